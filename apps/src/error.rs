@@ -1,0 +1,113 @@
+//! The crate's error type, [`AppError`].
+
+use std::path::PathBuf;
+
+use ferrolabel_models::ModelsError;
+
+/// Everything that can go wrong in an app task. Each variant says which status the HTTP layer
+/// should answer (see [`AppError::status`]).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A request parameter has an invalid value (422).
+    #[error("{0}")]
+    InvalidParams(String),
+    /// The model named by the request does not exist (404).
+    #[error("model {0:?} not found")]
+    ModelNotFound(String),
+    /// The active-learning strategy named by the request does not exist (404).
+    #[error("strategy {0:?} not found")]
+    StrategyNotFound(String),
+    /// The weights of the requested resolution are not installed (503).
+    #[error(
+        "no weights for {model} ({resolution}): put the bundle's {file} at {} \
+         (see README: Installing weights)",
+        path.display()
+    )]
+    WeightsMissing {
+        /// The model name.
+        model: String,
+        /// `highres` or `lowres`.
+        resolution: &'static str,
+        /// The expected file name, e.g. `model.pt`.
+        file: &'static str,
+        /// Where the file is expected.
+        path: PathBuf,
+    },
+    /// The input image cannot be read or used (422).
+    #[error("cannot read image: {0}")]
+    BadImage(String),
+    /// An uploaded weights file does not fit the network (422).
+    #[error("weights file rejected: {0}")]
+    BadWeights(String),
+    /// The engine's queue is full (429).
+    #[error("server busy: {0}")]
+    Busy(String),
+    /// The job was cancelled (the client went away).
+    #[error("inference cancelled")]
+    Cancelled,
+    /// The bundle folder is unusable (fatal at start-up).
+    #[error("cannot open bundle {}: {message}", path.display())]
+    Bundle {
+        /// The bundle folder.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Any other engine failure (500).
+    #[error("inference failed: {0}")]
+    Engine(ModelsError),
+    /// Writing the result file failed (500).
+    #[error("cannot write the result: {0}")]
+    Encode(String),
+    /// A background task panicked or was cancelled (500).
+    #[error("background task failed: {0}")]
+    Task(String),
+    /// File I/O failed (500).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AppError {
+    /// The HTTP status code the server should answer with.
+    pub fn status(&self) -> u16 {
+        match self {
+            AppError::InvalidParams(_) | AppError::BadImage(_) | AppError::BadWeights(_) => 422,
+            AppError::ModelNotFound(_) | AppError::StrategyNotFound(_) => 404,
+            AppError::WeightsMissing { .. } => 503,
+            AppError::Busy(_) => 429,
+            // nobody is listening any more; 499 is nginx's "client closed request"
+            AppError::Cancelled => 499,
+            AppError::Bundle { .. }
+            | AppError::Engine(_)
+            | AppError::Encode(_)
+            | AppError::Task(_)
+            | AppError::Io(_) => 500,
+        }
+    }
+}
+
+impl From<ModelsError> for AppError {
+    fn from(e: ModelsError) -> Self {
+        match e {
+            ModelsError::Invalid(m) => AppError::BadImage(m),
+            ModelsError::Imaging(e) => AppError::BadImage(e.to_string()),
+            ModelsError::Unavailable(m) => AppError::Busy(m),
+            ModelsError::Cancelled => AppError::Cancelled,
+            other => AppError::Engine(other),
+        }
+    }
+}
+
+/// `Result` with [`AppError`].
+pub type Result<T, E = AppError> = std::result::Result<T, E>;
+
+/// Runs blocking work on tokio's blocking pool.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AppError::Task(e.to_string()))?
+}

@@ -1,0 +1,346 @@
+//! [`WholeBodyApp`]: MONAI's `wholeBody_ct_segmentation` bundle (SegResNet, 104 structures plus
+//! background) served as one segmentation model.
+//!
+//! The bundle folder defaults to `<app dir>/model/wholeBody_ct_segmentation` and can be moved with
+//! `--conf bundle_dir PATH`. Missing weights never stop the app: `/info/` still lists the model,
+//! with `weights_available: false` and a hint in its description, and infer requests fail with
+//! [`AppError::WeightsMissing`] (503) until the file is installed. The engine checks the weights
+//! file before every job, so installing it needs no restart.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferrolabel_imaging::{read_volume, Limits, Volume};
+use ferrolabel_models::engine::EngineStatus;
+use ferrolabel_models::{Bundle, Engine, EngineOptions, InferRequest, Priority, Resolution};
+use serde_json::{json, Map, Value};
+
+use crate::error::{blocking, AppError, Result};
+use crate::infer::{self, InferOutput, InferPlan};
+use crate::strategy::Strategy;
+
+/// The name of the model (and of its future trainer).
+pub const MODEL_NAME: &str = "wholeBody_ct_segmentation";
+
+/// Where the bundle lives inside the app folder unless `--conf bundle_dir` says otherwise.
+pub const DEFAULT_BUNDLE_DIR: &str = "model/wholeBody_ct_segmentation";
+
+/// How to build a [`WholeBodyApp`].
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    /// The app folder (`--app`).
+    pub app_dir: PathBuf,
+    /// `--conf KEY VALUE` pairs. Known keys: `bundle_dir`, `skip_strategies`.
+    pub conf: BTreeMap<String, String>,
+    /// Engine settings (device, threads, queue size).
+    pub engine: EngineOptions,
+    /// Display names of the device(s), as `/info/` lists them in `config.device`
+    /// (`["cpu"]`, or GPU names).
+    pub device_names: Vec<String>,
+    /// Limits applied when reading input images.
+    pub limits: Limits,
+    /// Whether active-learning strategies are offered (`MONAI_LABEL_TASKS_STRATEGY`).
+    pub strategies_enabled: bool,
+    /// The server version shown in the app name.
+    pub server_version: String,
+}
+
+/// The whole-body CT segmentation app.
+#[derive(Debug)]
+pub struct WholeBodyApp {
+    name: String,
+    version: String,
+    bundle_dir: PathBuf,
+    bundle: Bundle,
+    /// `(name, index)` for 1..=N, by index.
+    labels: Vec<(String, i64)>,
+    engine: Engine,
+    device_names: Vec<String>,
+    limits: Limits,
+    strategies: Vec<Strategy>,
+}
+
+fn conf_flag(conf: &BTreeMap<String, String>, key: &str) -> bool {
+    conf.get(key)
+        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+}
+
+impl WholeBodyApp {
+    /// Opens the bundle's configs and starts the engine thread (weights load on first use).
+    pub fn open(opts: AppOptions) -> Result<WholeBodyApp> {
+        let bundle_dir = match opts.conf.get("bundle_dir") {
+            Some(p) => PathBuf::from(p),
+            None => opts.app_dir.join(DEFAULT_BUNDLE_DIR),
+        };
+        let bundle = Bundle::open(&bundle_dir).map_err(|e| AppError::Bundle {
+            path: bundle_dir.clone(),
+            message: e.to_string(),
+        })?;
+        if bundle.labels.len() > 256 {
+            return Err(AppError::Bundle {
+                path: bundle_dir,
+                message: format!("{} classes do not fit in a uint8 label map", bundle.labels.len()),
+            });
+        }
+        let labels = bundle
+            .labels
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, n)| (n.clone(), i as i64))
+            .collect();
+        let engine = Engine::start(bundle.clone(), opts.engine.clone())?;
+        let strategies = if opts.strategies_enabled && !conf_flag(&opts.conf, "skip_strategies") {
+            Strategy::ALL.to_vec()
+        } else {
+            Vec::new()
+        };
+        let device_names = if opts.device_names.is_empty() {
+            vec!["cpu".to_string()]
+        } else {
+            opts.device_names
+        };
+        Ok(WholeBodyApp {
+            name: format!("MONAILabel - {MODEL_NAME} (ferrolabel {})", opts.server_version),
+            version: opts.server_version,
+            bundle_dir,
+            bundle,
+            labels,
+            engine,
+            device_names,
+            limits: opts.limits,
+            strategies,
+        })
+    }
+
+    /// The app name shown by `/info/`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bundle folder.
+    pub fn bundle_dir(&self) -> &Path {
+        &self.bundle_dir
+    }
+
+    /// The model names this app serves.
+    pub fn model_names(&self) -> Vec<&'static str> {
+        vec![MODEL_NAME]
+    }
+
+    /// Whether `name` is one of this app's models.
+    pub fn has_model(&self, name: &str) -> bool {
+        name == MODEL_NAME
+    }
+
+    /// The engine's queue state.
+    pub fn engine_status(&self) -> EngineStatus {
+        self.engine.status()
+    }
+
+    /// The image-reading limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// `{name: index}` for every foreground label, by index (background excluded).
+    pub fn label_map(&self) -> Map<String, Value> {
+        self.labels.iter().map(|(n, i)| (n.clone(), Value::from(*i))).collect()
+    }
+
+    fn resolution_name(res: Resolution) -> &'static str {
+        if res.is_high() {
+            "highres"
+        } else {
+            "lowres"
+        }
+    }
+
+    /// The 503 error if the weights of `res` are not installed.
+    pub fn check_weights(&self, res: Resolution) -> Result<()> {
+        if self.bundle.has_weights(res) {
+            Ok(())
+        } else {
+            Err(AppError::WeightsMissing {
+                model: MODEL_NAME.to_string(),
+                resolution: Self::resolution_name(res),
+                file: res.model_file(),
+                path: self.bundle.weights_path(res),
+            })
+        }
+    }
+
+    /// The weights file of a model and resolution (which may not exist); 404 for an unknown model.
+    pub fn weights_path(&self, model: &str, res: Resolution) -> Result<PathBuf> {
+        if !self.has_model(model) {
+            return Err(AppError::ModelNotFound(model.to_string()));
+        }
+        Ok(self.bundle.weights_path(res))
+    }
+
+    /// The resolution used when a request does not choose one.
+    pub fn default_resolution(&self) -> Resolution {
+        Resolution::from_highres(self.bundle.default_highres)
+    }
+
+    /// The model's entry in `/info/` `models` (MONAI Label's InferInfo plus `weights_available`).
+    pub fn model_info(&self) -> Value {
+        let default = self.bundle.default_highres;
+        let res = self.default_resolution();
+        let available = self.bundle.has_weights(res);
+        let mut description = self.bundle.description.clone();
+        if !available {
+            if let Err(e) = self.check_weights(res) {
+                description.push_str(&format!(" [not usable yet: {e}]"));
+            }
+        }
+        json!({
+            "type": "segmentation",
+            "labels": self.label_map(),
+            "dimension": 3,
+            "description": description,
+            "version": self.bundle.version,
+            "config": {
+                "highres": [default, !default],
+                "sw_overlap": self.bundle.sw_overlap,
+                "sw_batch_size": self.bundle.sw_batch_size,
+                "device": self.device_names,
+            },
+            "weights_available": available,
+        })
+    }
+
+    /// The whole `/info/` document; `datastore` is the datastore's status JSON.
+    ///
+    /// It never has a top-level `config` key (Slicer refuses servers that send one) and no
+    /// config list is empty (Slicer's options panel crashes on those).
+    pub fn info(&self, datastore: Value) -> Value {
+        let strategies: Map<String, Value> = self
+            .strategies
+            .iter()
+            .map(|s| (s.name().to_string(), json!({"description": s.description()})))
+            .collect();
+        json!({
+            "name": self.name,
+            "description": format!(
+                "Whole-body CT segmentation of {} structures (MONAI bundle {MODEL_NAME} {}) served by ferrolabel",
+                self.labels.len(),
+                self.bundle.version
+            ),
+            "version": self.version,
+            "labels": self.labels.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            "models": { MODEL_NAME: self.model_info() },
+            "trainers": {},
+            "strategies": strategies,
+            "scoring": {},
+            "train_stats": {},
+            "datastore": datastore,
+        })
+    }
+
+    /// Looks up an active-learning strategy (404 if unknown or disabled).
+    pub fn strategy(&self, name: &str) -> Result<Strategy> {
+        Strategy::from_name(name)
+            .filter(|s| self.strategies.contains(s))
+            .ok_or_else(|| AppError::StrategyNotFound(name.to_string()))
+    }
+
+    /// Validates an infer request: 404 for an unknown model, 422 for bad params, 503 when the
+    /// requested weights are missing. Cheap; call it before touching the image.
+    pub fn plan_infer(&self, model: &str, params: &Map<String, Value>) -> Result<InferPlan> {
+        if !self.has_model(model) {
+            return Err(AppError::ModelNotFound(model.to_string()));
+        }
+        let plan = infer::plan(model, params, self.bundle.default_highres, &self.device_names)?;
+        self.check_weights(plan.resolution)?;
+        Ok(plan)
+    }
+
+    /// Reads an image file on the blocking pool; unreadable, unsupported or non-finite images
+    /// are [`AppError::BadImage`].
+    pub async fn load_image(&self, path: PathBuf) -> Result<Arc<Volume>> {
+        let limits = self.limits;
+        blocking(move || {
+            if path.is_dir() {
+                return Err(AppError::BadImage(
+                    "the image is a folder (DICOM series are not supported; upload a NIfTI or NRRD file)".into(),
+                ));
+            }
+            let vol = read_volume(&path, &limits).map_err(|e| AppError::BadImage(e.to_string()))?;
+            if vol.has_non_finite() {
+                return Err(AppError::BadImage("the image has NaN or infinite voxels".into()));
+            }
+            Ok(Arc::new(vol))
+        })
+        .await
+    }
+
+    /// Runs a planned infer task on `image`: read (blocking pool), segment (engine thread),
+    /// encode (blocking pool). Setting `cancel` stops the job between two windows.
+    pub async fn run_infer(
+        &self,
+        plan: &InferPlan,
+        image: &Path,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<InferOutput> {
+        let t0 = Instant::now();
+        let volume = self.load_image(image.to_path_buf()).await?;
+        let t_load = t0.elapsed().as_secs_f64();
+        let req = InferRequest {
+            volume: volume.clone(),
+            resolution: plan.resolution,
+            sw_overlap: plan.sw_overlap,
+            sw_batch_size: plan.sw_batch_size,
+            priority: Priority::Interactive,
+            cancel,
+        };
+        let seg = self.engine.infer(req).await.map_err(|e| match e {
+            ferrolabel_models::ModelsError::WeightsMissing(_) => self
+                .check_weights(plan.resolution)
+                .err()
+                .unwrap_or(AppError::Engine(e)),
+            other => other.into(),
+        })?;
+        let ext = infer::result_ext(plan, image);
+        let t_write = Instant::now();
+        let labels = seg.labels;
+        let bytes = blocking(move || infer::encode(&labels, &volume, ext)).await?;
+        let write = t_write.elapsed().as_secs_f64();
+        let mut params = Map::new();
+        params.insert("label_names".into(), Value::Object(self.label_map()));
+        params.insert(
+            "latencies".into(),
+            json!({
+                "pre": infer::secs(t_load + seg.times.pre),
+                "infer": infer::secs(seg.times.infer),
+                "invert": infer::secs(seg.times.invert),
+                "post": infer::secs(0.0),
+                "write": infer::secs(write),
+                "total": infer::secs(t0.elapsed().as_secs_f64()),
+                "transform": null,
+            }),
+        );
+        params.insert("centroids".into(), json!({}));
+        params.insert("highres".into(), plan.resolution.is_high().into());
+        params.insert("windows".into(), seg.windows.into());
+        params.insert("network_shape".into(), json!(seg.network_shape));
+        Ok(InferOutput { bytes, ext, params })
+    }
+
+    /// Checks on the blocking pool that a weights file loads strictly into this app's network
+    /// (right keys and shapes); anything else is [`AppError::BadWeights`].
+    pub async fn validate_weights(&self, path: PathBuf) -> Result<()> {
+        let config = self.bundle.network.clone();
+        blocking(move || {
+            use ferrolabel_models::network::{weights, SegResNet};
+            use ferrolabel_models::tch::{nn::VarStore, Device};
+            let mut vs = VarStore::new(Device::Cpu);
+            let _net = SegResNet::new(&vs.root(), &config);
+            weights::load_strict(&mut vs, &path).map_err(|e| AppError::BadWeights(e.to_string()))
+        })
+        .await
+    }
+}

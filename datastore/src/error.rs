@@ -1,0 +1,81 @@
+//! The crate's single error type.
+
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong in the datastore.
+///
+/// The HTTP layer maps the variants to status codes: `NotFound` → 404 (or the upstream 500 where
+/// MONAI Label answers that), `InvalidId`/`Invalid` → 422, `Conflict` → 409, the rest → 500.
+#[derive(Debug, thiserror::Error)]
+pub enum DatastoreError {
+    /// An image, label, revision or session that does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// An id, tag or file name that is not safe to use in a path.
+    #[error("invalid id: {0}")]
+    InvalidId(String),
+    /// A request that is malformed for another reason (bad extension, bad input file...).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A request that clashes with existing state.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A file-system operation failed.
+    #[error("I/O error at {path}: {source}")]
+    Io {
+        /// The path being worked on.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The SQLite database failed.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Applying the embedded migrations failed.
+    #[error("database migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// JSON (de)serialisation failed.
+    #[error("JSON error: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A `datastore_v2.json` (or session `meta.info`) that cannot be parsed.
+    #[error("malformed {path}: {message}")]
+    MalformedJson {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A blocking file task panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// Shorthand for `Result<T, DatastoreError>`.
+pub type Result<T, E = DatastoreError> = std::result::Result<T, E>;
+
+/// Attaches a path to an [`std::io::Error`].
+pub(crate) trait IoContext<T> {
+    /// Converts the error into [`DatastoreError::Io`] naming `path`.
+    fn at(self, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: &Path) -> Result<T> {
+        self.map_err(|source| DatastoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// Runs blocking file work off the async runtime.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DatastoreError::Task(e.to_string()))?
+}

@@ -1,0 +1,362 @@
+//! Images: upload, replace, remove, info, listings, status and the exported models.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::Row;
+
+use crate::error::{blocking, DatastoreError, Result};
+use crate::files::{self, Source};
+use crate::ids::{validate_ext, validate_id, FINAL_TAG};
+use crate::monai_json::{self, Entry, Object};
+use crate::store::{now_secs, parse_info, Datastore};
+
+/// A registered image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImageRecord {
+    /// The image id (file name minus extension).
+    pub id: String,
+    /// The file extension, e.g. `.nii.gz`.
+    pub ext: String,
+    /// Absolute path of the image file, `<studies>/<id><ext>`.
+    pub path: PathBuf,
+    /// The info object (`ts`, `name`, client keys...).
+    pub info: Map<String, Value>,
+}
+
+/// Counts for `GET /datastore/?output=stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DatastoreStatus {
+    /// Number of images.
+    pub total: u64,
+    /// Number of images with a `final` label.
+    pub completed: u64,
+    /// Number of images per label tag (only tags in use).
+    pub label_tags: BTreeMap<String, u64>,
+}
+
+impl Datastore {
+    /// Stores an image as `<studies>/<id><ext>` and registers it.
+    ///
+    /// `info` is the client's params; `ts`, `name` (`<id><ext>`) and, if given, `user` are added.
+    /// Re-uploading an existing id replaces the file and the info but keeps the labels (and the
+    /// image's place in the listing order).
+    #[tracing::instrument(skip(self, source, info))]
+    pub async fn add_image(
+        &self,
+        id: &str,
+        ext: &str,
+        source: Source,
+        mut info: Map<String, Value>,
+        user: Option<&str>,
+    ) -> Result<ImageRecord> {
+        validate_id(id)?;
+        validate_ext(ext)?;
+        let _guard = self.lock_image(id).await;
+        let name = format!("{id}{ext}");
+        let clash: Option<String> =
+            sqlx::query_scalar("SELECT id FROM images WHERE id || ext = ? AND id != ?")
+                .bind(&name)
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
+        if let Some(other) = clash {
+            return Err(DatastoreError::Conflict(format!(
+                "file {name:?} already belongs to image {other:?}"
+            )));
+        }
+        let old_ext: Option<String> = sqlx::query_scalar("SELECT ext FROM images WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+
+        let ts = now_secs();
+        info.insert("ts".into(), ts.into());
+        info.insert("name".into(), name.into());
+        if let Some(user) = user {
+            info.insert("user".into(), user.into());
+        }
+
+        let dest = self.image_file(id, ext);
+        let (studies, stem, d) = (self.studies().to_path_buf(), id.to_string(), dest.clone());
+        blocking(move || {
+            let tmp = files::stage(source, &studies, &stem)?;
+            files::publish(&tmp, &d)
+        })
+        .await?;
+
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO images (id, ext, info, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT(id) DO UPDATE SET ext = excluded.ext, info = excluded.info, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(id)
+        .bind(ext)
+        .bind(serde_json::to_string(&info)?)
+        .bind(ts)
+        .bind(ts)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+
+        if let Some(old) = old_ext.filter(|o| o != ext) {
+            let old = self.image_file(id, &old);
+            blocking(move || files::remove_if_exists(&old)).await?;
+        }
+        self.committed().await;
+        Ok(ImageRecord {
+            id: id.to_string(),
+            ext: ext.to_string(),
+            path: dest,
+            info,
+        })
+    }
+
+    /// Deletes an image, its label files (every tag) and its rows. Label revisions are kept.
+    ///
+    /// Files go first, rows last: after a crash in between, the next scan drops the rows whose
+    /// files are gone, rather than resurrecting a half-deleted image.
+    #[tracing::instrument(skip(self))]
+    pub async fn remove_image(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        let _guard = self.lock_image(id).await;
+        let ext = self.require_image_ext(id).await?;
+        let labels = sqlx::query("SELECT tag, ext FROM labels WHERE image_id = ? AND deleted = 0")
+            .bind(id)
+            .fetch_all(self.pool())
+            .await?;
+        let mut doomed = Vec::with_capacity(labels.len() + 1);
+        for row in labels {
+            let tag: String = row.try_get("tag")?;
+            let lext: String = row.try_get("ext")?;
+            doomed.push(self.label_file(&tag, id, &lext));
+        }
+        doomed.push(self.image_file(id, &ext));
+        blocking(move || {
+            for p in &doomed {
+                files::remove_if_exists(p)?;
+            }
+            Ok(())
+        })
+        .await?;
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM images WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.committed().await;
+        Ok(())
+    }
+
+    /// The image, if registered.
+    pub async fn image(&self, id: &str) -> Result<Option<ImageRecord>> {
+        validate_id(id)?;
+        let row = sqlx::query("SELECT ext, info FROM images WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let ext: String = row.try_get("ext")?;
+        Ok(Some(ImageRecord {
+            id: id.to_string(),
+            path: self.image_file(id, &ext),
+            ext,
+            info: parse_info(row.try_get("info")?)?,
+        }))
+    }
+
+    /// Absolute path of the image file; `NotFound` if the id is unknown or the file is missing.
+    pub async fn image_path(&self, id: &str) -> Result<PathBuf> {
+        let ext = {
+            validate_id(id)?;
+            self.require_image_ext(id).await?
+        };
+        let path = self.image_file(id, &ext);
+        if files::is_file(&path) {
+            Ok(path)
+        } else {
+            Err(DatastoreError::NotFound(format!(
+                "image file {}",
+                path.display()
+            )))
+        }
+    }
+
+    /// The image's info plus `path` (absolute); `None` if unknown (the endpoint answers `{}`).
+    pub async fn image_info(&self, id: &str) -> Result<Option<Map<String, Value>>> {
+        Ok(self.image(id).await?.map(|rec| {
+            let mut info = rec.info;
+            info.insert(
+                "path".into(),
+                rec.path.to_string_lossy().into_owned().into(),
+            );
+            info
+        }))
+    }
+
+    /// Shallow-merges `patch` (and `user`, if given) into the image's info.
+    #[tracing::instrument(skip(self, patch))]
+    pub async fn update_image_info(
+        &self,
+        id: &str,
+        patch: Map<String, Value>,
+        user: Option<&str>,
+    ) -> Result<()> {
+        validate_id(id)?;
+        let mut tx = self.begin_write().await?;
+        let info: Option<String> = sqlx::query_scalar("SELECT info FROM images WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let mut info =
+            parse_info(&info.ok_or_else(|| DatastoreError::NotFound(format!("image {id:?}")))?)?;
+        info.extend(patch);
+        if let Some(user) = user {
+            info.insert("user".into(), user.into());
+        }
+        sqlx::query("UPDATE images SET info = ?, updated_at = ? WHERE id = ?")
+            .bind(serde_json::to_string(&info)?)
+            .bind(now_secs())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.committed().await;
+        Ok(())
+    }
+
+    /// All image ids, in insertion order.
+    pub async fn list_images(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT id FROM images ORDER BY seq")
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// Ids of images that have a `final` label, in insertion order.
+    pub async fn labeled_images(&self) -> Result<Vec<String>> {
+        self.images_by_final(true).await
+    }
+
+    /// Ids of images without a `final` label, in insertion order.
+    pub async fn unlabeled_images(&self) -> Result<Vec<String>> {
+        self.images_by_final(false).await
+    }
+
+    async fn images_by_final(&self, labeled: bool) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT id FROM images i WHERE {} EXISTS (SELECT 1 FROM labels l \
+             WHERE l.image_id = i.id AND l.tag = ? AND l.deleted = 0) ORDER BY seq",
+            if labeled { "" } else { "NOT" }
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(FINAL_TAG)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// Totals for `GET /datastore/?output=stats`.
+    pub async fn status(&self) -> Result<DatastoreStatus> {
+        let mut tx = self.pool().begin().await?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images")
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT tag, COUNT(*) AS n FROM labels WHERE deleted = 0 GROUP BY tag ORDER BY tag",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut label_tags = BTreeMap::new();
+        for row in rows {
+            label_tags.insert(row.try_get("tag")?, row.try_get::<i64, _>("n")? as u64);
+        }
+        Ok(DatastoreStatus {
+            total: total as u64,
+            completed: label_tags.get(FINAL_TAG).copied().unwrap_or(0),
+            label_tags,
+        })
+    }
+
+    /// The whole datastore in MONAI Label's `datastore_v2.json` schema (`?output=all`); the same
+    /// value is mirrored to `<studies>/datastore_v2.json` after every write.
+    pub async fn datastore_json(&self) -> Result<Value> {
+        let mut tx = self.pool().begin().await?;
+        let meta = sqlx::query("SELECT key, value FROM meta WHERE key IN ('name', 'description')")
+            .fetch_all(&mut *tx)
+            .await?;
+        let images = sqlx::query("SELECT id, ext, info FROM images ORDER BY seq")
+            .fetch_all(&mut *tx)
+            .await?;
+        let labels = sqlx::query(
+            "SELECT image_id, tag, ext, info FROM labels WHERE deleted = 0 ORDER BY seq",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+
+        let mut name = monai_json::DEFAULT_NAME.to_string();
+        let mut description = monai_json::DEFAULT_DESCRIPTION.to_string();
+        for row in meta {
+            let (k, v): (String, String) = (row.try_get("key")?, row.try_get("value")?);
+            if k == "name" {
+                name = v;
+            } else {
+                description = v;
+            }
+        }
+        let mut objects = Vec::with_capacity(images.len());
+        let mut index = std::collections::HashMap::with_capacity(images.len());
+        for row in images {
+            let id: String = row.try_get("id")?;
+            index.insert(id.clone(), objects.len());
+            objects.push(Object {
+                id,
+                image: Entry {
+                    ext: row.try_get("ext")?,
+                    info: parse_info(row.try_get("info")?)?,
+                },
+                labels: Vec::new(),
+            });
+        }
+        for row in labels {
+            let image_id: String = row.try_get("image_id")?;
+            if let Some(&i) = index.get(&image_id) {
+                objects[i].labels.push((
+                    row.try_get("tag")?,
+                    Entry {
+                        ext: row.try_get("ext")?,
+                        info: parse_info(row.try_get("info")?)?,
+                    },
+                ));
+            }
+        }
+        Ok(monai_json::render(&name, &description, objects))
+    }
+
+    /// `(image, final label)` absolute paths for every image with a `final` label
+    /// (`?output=train`), in insertion order.
+    pub async fn datalist(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
+        let rows = sqlx::query(
+            "SELECT i.id, i.ext AS iext, l.ext AS lext FROM images i JOIN labels l \
+             ON l.image_id = i.id AND l.tag = ? AND l.deleted = 0 ORDER BY i.seq",
+        )
+        .bind(FINAL_TAG)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                let iext: String = row.try_get("iext")?;
+                let lext: String = row.try_get("lext")?;
+                Ok((
+                    self.image_file(&id, &iext),
+                    self.label_file(FINAL_TAG, &id, &lext),
+                ))
+            })
+            .collect()
+    }
+}

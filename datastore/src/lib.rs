@@ -1,0 +1,68 @@
+//! The ferrolabel datastore: the SQLite label store and the MONAI Label studies-folder layout.
+//!
+//! This crate owns everything persistent about images and labels:
+//! * the studies folder in MONAI Label's layout — images at the top level
+//!   (`<studies>/<id><ext>`), labels in `<studies>/labels/<tag>/<id><ext>`, and the
+//!   `datastore_v2.json` model, which we import at open and rewrite after every change so that
+//!   MONAI Label can still open a folder we wrote;
+//! * the SQLite database (by default `<studies>/.ferrolabel/datastore.db`; WAL,
+//!   `synchronous=FULL`, migrations embedded from `migrations/`), which is the source of truth;
+//! * immutable label revisions under `<studies>/.ferrolabel/revisions/<tag>/<id>/<rev><ext>`;
+//! * the session store ([`Sessions`]).
+//!
+//! It must not depend on torch or on HTTP: the server crate maps [`DatastoreError`] variants to
+//! status codes and the protocol's quirks; this crate implements the semantics.
+//!
+//! # Crash safety
+//!
+//! Every write follows the same order: temp file in the destination folder → `fsync` →
+//! `rename` → `fsync` of the folder → database transaction (see [`files`]). So:
+//! * a crash before the rename leaves only a `.*.tmp` file, deleted at the next open;
+//! * a crash between the rename and the commit leaves a complete file the database does not
+//!   know (or knows with older info); the scan at the next open registers it (see [`reconcile`]),
+//!   and a label revision file without a row is recorded as a revision;
+//! * deletions remove files first and rows last, so a crash in between is healed by the scan
+//!   dropping rows whose files are gone.
+//!
+//! A reader never sees a torn file: files are only ever replaced by `rename`.
+//!
+//! # Concurrency
+//!
+//! [`Datastore`] is `Clone + Send + Sync`. Label saves for the same (image, tag) are serialised
+//! by an async mutex (so revision numbers and parent links never race); image writes hold the
+//! image exclusively; [`Datastore::refresh`] waits for all writes. Write transactions use
+//! `BEGIN IMMEDIATE`, and blocking file I/O runs on tokio's blocking pool.
+
+pub mod error;
+pub mod files;
+pub mod ids;
+pub mod images;
+pub mod import;
+pub mod labels;
+mod monai_json;
+pub mod reconcile;
+pub mod sessions;
+mod store;
+
+pub use error::{DatastoreError, Result};
+pub use files::Source;
+pub use ids::{
+    id_from_filename, match_extension, normalize_tag, validate_ext, validate_id,
+    validate_session_id, validate_tag, DEFAULT_EXTENSIONS, FINAL_TAG, ORIGINAL_TAG,
+};
+pub use images::{DatastoreStatus, ImageRecord};
+pub use labels::{LabelRecord, RevisionRecord};
+pub use monai_json::{DEFAULT_DESCRIPTION, DEFAULT_NAME};
+pub use sessions::{SessionInfo, Sessions};
+pub use store::{Datastore, DatastoreOptions, DATASTORE_JSON, PRIVATE_DIR};
+
+#[cfg(test)]
+mod send_sync {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+
+    #[test]
+    fn handles_are_send_sync_clone() {
+        check::<super::Datastore>();
+        check::<super::Sessions>();
+    }
+}

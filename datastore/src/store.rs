@@ -1,0 +1,394 @@
+//! The [`Datastore`] handle: opening the database, locks, paths and the JSON mirror.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::Row;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+
+use crate::error::{blocking, DatastoreError, IoContext, Result};
+use crate::files;
+use crate::ids::{FINAL_TAG, ORIGINAL_TAG};
+use crate::monai_json;
+
+/// The MONAI Label datastore model file inside the studies folder.
+pub const DATASTORE_JSON: &str = "datastore_v2.json";
+
+/// Our private folder inside the studies folder (database, label revisions).
+pub const PRIVATE_DIR: &str = ".ferrolabel";
+
+/// How a [`Datastore`] is opened.
+#[derive(Debug, Clone)]
+pub struct DatastoreOptions {
+    /// Where the SQLite file lives; `None` → `<studies>/.ferrolabel/datastore.db`.
+    pub db_path: Option<PathBuf>,
+    /// Image/label extensions the folder scan recognises, e.g. `.nii.gz`.
+    pub extensions: Vec<String>,
+    /// How long a connection waits for a lock held by another writer.
+    pub busy_timeout: Duration,
+    /// Size of the connection pool.
+    pub max_connections: u32,
+}
+
+impl Default for DatastoreOptions {
+    fn default() -> Self {
+        Self {
+            db_path: None,
+            extensions: crate::ids::DEFAULT_EXTENSIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            busy_timeout: Duration::from_secs(30),
+            max_connections: 8,
+        }
+    }
+}
+
+/// The label store of one studies folder. Cheap to clone; all clones share one pool.
+#[derive(Clone)]
+pub struct Datastore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Datastore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datastore")
+            .field("studies", &self.inner.studies)
+            .field("db_path", &self.inner.db_path)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) pool: SqlitePool,
+    pub(crate) studies: PathBuf,
+    pub(crate) db_path: PathBuf,
+    pub(crate) extensions: Vec<String>,
+    /// Held shared by every operation and exclusively by `refresh`, so a scan never sees a
+    /// half-done write (file renamed, row not yet committed).
+    scan_lock: Arc<RwLock<()>>,
+    /// Per-image locks: shared for label writes, exclusive for image writes.
+    image_locks: KeyLocks,
+    /// Per-(image, tag) locks serialising label saves.
+    label_locks: KeyLocks,
+    /// Bumped after every committed change; the JSON mirror records which one it wrote.
+    generation: AtomicU64,
+    json_written: tokio::sync::Mutex<u64>,
+}
+
+#[derive(Default)]
+struct KeyLocks(std::sync::Mutex<HashMap<String, Arc<RwLock<()>>>>);
+
+impl KeyLocks {
+    fn get(&self, key: &str) -> Arc<RwLock<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 1024 {
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        map.entry(key.to_string()).or_default().clone()
+    }
+}
+
+/// Locks held for the duration of one write operation.
+pub(crate) struct Guards {
+    _scan: OwnedRwLockReadGuard<()>,
+    _image_shared: Option<OwnedRwLockReadGuard<()>>,
+    _image_exclusive: Option<OwnedRwLockWriteGuard<()>>,
+    _label: Option<OwnedRwLockWriteGuard<()>>,
+}
+
+/// Epoch seconds now.
+pub(crate) fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Parses an info column.
+pub(crate) fn parse_info(s: &str) -> Result<Map<String, Value>> {
+    Ok(serde_json::from_str(s)?)
+}
+
+impl Datastore {
+    /// Opens (creating if needed) the studies folder and its database, imports a MONAI Label
+    /// `datastore_v2.json` if one is there, registers files added while the server was stopped,
+    /// and rewrites the JSON mirror.
+    ///
+    /// Creates `<studies>`, `labels/final`, `labels/original` and `.ferrolabel/`; deletes leftover
+    /// `.*.tmp` files from interrupted writes. A malformed `datastore_v2.json` is an error
+    /// ([`DatastoreError::MalformedJson`]) naming the file.
+    #[tracing::instrument(skip(opts), fields(studies = %studies.display()))]
+    pub async fn open(studies: &Path, opts: DatastoreOptions) -> Result<Datastore> {
+        for ext in &opts.extensions {
+            crate::ids::validate_ext(ext)?;
+        }
+        let dirs = [
+            studies.to_path_buf(),
+            studies.join("labels").join(FINAL_TAG),
+            studies.join("labels").join(ORIGINAL_TAG),
+            studies.join(PRIVATE_DIR).join("revisions"),
+        ];
+        let root = studies.to_path_buf();
+        let studies = blocking(move || {
+            for d in &dirs {
+                files::create_dir_durable(d)?;
+            }
+            let studies = std::fs::canonicalize(&root).at(&root)?;
+            remove_all_temp_files(&studies)?;
+            Ok(studies)
+        })
+        .await?;
+
+        let db_path = opts
+            .db_path
+            .clone()
+            .unwrap_or_else(|| studies.join(PRIVATE_DIR).join("datastore.db"));
+        if let Some(dir) = db_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let dir = dir.to_path_buf();
+            blocking(move || files::create_dir_durable(&dir)).await?;
+        }
+        let connect = SqliteConnectOptions::new()
+            .filename(&db_path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(opts.busy_timeout)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .connect_with(connect)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+
+        let ds = Datastore {
+            inner: Arc::new(Inner {
+                pool,
+                studies,
+                db_path,
+                extensions: opts.extensions,
+                scan_lock: Arc::default(),
+                image_locks: KeyLocks::default(),
+                label_locks: KeyLocks::default(),
+                generation: AtomicU64::new(1),
+                json_written: tokio::sync::Mutex::new(0),
+            }),
+        };
+        {
+            let _scan = ds.inner.scan_lock.clone().write_owned().await;
+            ds.import_json().await?;
+            ds.reconcile().await?;
+        }
+        ds.try_sync_json().await?;
+        tracing::info!(images = ds.list_images().await?.len(), "datastore open");
+        Ok(ds)
+    }
+
+    /// Re-scans the studies folder (like the scan at open): registers new image and label files,
+    /// drops images whose files vanished, marks vanished labels deleted, and records label
+    /// revision files left by an interrupted save. Waits for in-flight writes to finish.
+    #[tracing::instrument(skip(self))]
+    pub async fn refresh(&self) -> Result<()> {
+        {
+            let _scan = self.inner.scan_lock.clone().write_owned().await;
+            blocking({
+                let s = self.inner.studies.clone();
+                move || remove_all_temp_files(&s)
+            })
+            .await?;
+            self.reconcile().await?;
+        }
+        self.sync_json().await;
+        Ok(())
+    }
+
+    /// The (canonical, absolute) studies folder.
+    pub fn studies(&self) -> &Path {
+        &self.inner.studies
+    }
+
+    /// The SQLite database file.
+    pub fn db_path(&self) -> &Path {
+        &self.inner.db_path
+    }
+
+    /// The extensions the folder scan recognises.
+    pub fn extensions(&self) -> &[String] {
+        &self.inner.extensions
+    }
+
+    /// Runs `PRAGMA integrity_check` and returns its first line (`"ok"` when healthy).
+    pub async fn integrity_check(&self) -> Result<String> {
+        let row = sqlx::query("PRAGMA integrity_check")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(row.try_get::<String, _>(0)?)
+    }
+
+    /// Closes the connection pool (waits for connections to be returned). Later calls fail.
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    // ----- crate-internal helpers -------------------------------------------------------------
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// Starts a write transaction that takes SQLite's write lock up front (no upgrade deadlocks).
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.inner.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    pub(crate) fn image_file(&self, id: &str, ext: &str) -> PathBuf {
+        self.inner.studies.join(format!("{id}{ext}"))
+    }
+
+    pub(crate) fn label_dir(&self, tag: &str) -> PathBuf {
+        self.inner.studies.join("labels").join(tag)
+    }
+
+    pub(crate) fn label_file(&self, tag: &str, id: &str, ext: &str) -> PathBuf {
+        self.label_dir(tag).join(format!("{id}{ext}"))
+    }
+
+    /// `.ferrolabel/revisions/<tag>/<id>`, relative to the studies folder.
+    pub(crate) fn revision_dir_rel(tag: &str, id: &str) -> PathBuf {
+        Path::new(PRIVATE_DIR).join("revisions").join(tag).join(id)
+    }
+
+    pub(crate) async fn lock_image(&self, id: &str) -> Guards {
+        let scan = self.inner.scan_lock.clone().read_owned().await;
+        let image = self.inner.image_locks.get(id).write_owned().await;
+        Guards {
+            _scan: scan,
+            _image_shared: None,
+            _image_exclusive: Some(image),
+            _label: None,
+        }
+    }
+
+    pub(crate) async fn lock_label(&self, id: &str, tag: &str) -> Guards {
+        let scan = self.inner.scan_lock.clone().read_owned().await;
+        let image = self.inner.image_locks.get(id).read_owned().await;
+        let label = self
+            .inner
+            .label_locks
+            .get(&format!("{id}\0{tag}"))
+            .write_owned()
+            .await;
+        Guards {
+            _scan: scan,
+            _image_shared: Some(image),
+            _image_exclusive: None,
+            _label: Some(label),
+        }
+    }
+
+    /// Records that a change was committed, then rewrites the JSON mirror.
+    pub(crate) async fn committed(&self) {
+        self.bump();
+        self.sync_json().await;
+    }
+
+    /// Records that a change was committed, without rewriting the JSON mirror yet.
+    pub(crate) fn bump(&self) {
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Rewrites `datastore_v2.json`; a failure is logged, not returned, because the change it
+    /// mirrors is already committed to SQLite (the next write or open retries).
+    pub(crate) async fn sync_json(&self) {
+        if let Err(e) = self.try_sync_json().await {
+            tracing::error!(error = %e, "could not rewrite {DATASTORE_JSON}");
+        }
+    }
+
+    /// Rewrites the JSON mirror unless a write that already covers the latest change happened.
+    /// Concurrent callers coalesce: whoever holds the mutex writes the newest state for all.
+    pub(crate) async fn try_sync_json(&self) -> Result<()> {
+        let wanted = self.inner.generation.load(Ordering::SeqCst);
+        let mut written = self.inner.json_written.lock().await;
+        if *written >= wanted {
+            return Ok(());
+        }
+        let snapshot = self.inner.generation.load(Ordering::SeqCst);
+        let model = self.datastore_json().await?;
+        let bytes = monai_json::to_bytes(&model)?;
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        let path = self.inner.studies.join(DATASTORE_JSON);
+        blocking(move || files::write_atomic(&path, &bytes)).await?;
+        self.set_meta("json_sha256", &sha).await?;
+        *written = snapshot;
+        Ok(())
+    }
+
+    pub(crate) async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.inner.pool)
+            .await?)
+    }
+
+    pub(crate) async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES (?, ?) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Fails with [`DatastoreError::NotFound`] unless the image is registered; returns its ext.
+    pub(crate) async fn require_image_ext(&self, id: &str) -> Result<String> {
+        sqlx::query_scalar::<_, String>("SELECT ext FROM images WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.inner.pool)
+            .await?
+            .ok_or_else(|| DatastoreError::NotFound(format!("image {id:?}")))
+    }
+}
+
+/// Deletes `.*.tmp` files in every folder this crate writes to.
+fn remove_all_temp_files(studies: &Path) -> Result<usize> {
+    let labels = studies.join("labels");
+    let revisions = studies.join(PRIVATE_DIR).join("revisions");
+    let mut dirs = vec![studies.to_path_buf(), studies.join(PRIVATE_DIR)];
+    dirs.push(labels.clone());
+    dirs.extend(subdirs(&labels)?);
+    dirs.push(revisions.clone());
+    for tag_dir in subdirs(&revisions)? {
+        dirs.extend(subdirs(&tag_dir)?);
+        dirs.push(tag_dir);
+    }
+    dirs.iter().map(|d| files::remove_temp_files(d)).sum()
+}
+
+/// The sub-folders of `dir` (none if it does not exist), sorted.
+pub(crate) fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).at(dir),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.at(dir)?;
+        if entry.file_type().at(dir)?.is_dir() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}

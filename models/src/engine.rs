@@ -1,0 +1,321 @@
+//! The engine actor: one OS thread owns the loaded networks (tch tensors are not `Sync`),
+//! takes jobs from a two-level priority queue and answers through oneshot channels. HTTP
+//! handlers only await answers; they never run torch code.
+//!
+//! * Networks load lazily per resolution and stay warm. Before each job the weights file's
+//!   modification time is checked, so a new checkpoint (training) is picked up without a
+//!   restart (hot reload).
+//! * Interactive jobs go ahead of background (batch) jobs. While a background job runs,
+//!   queued interactive jobs run between two of its windows, so an interactive request
+//!   waits at most one window.
+//! * A full queue is refused at once ([`ModelsError::Unavailable`]), never blocks.
+
+use crate::bundle::{Bundle, Resolution};
+use crate::error::{ModelsError, Result};
+use crate::inferer::{BlendMode, PadMode, SlidingWindow};
+use crate::network::{weights, SegResNet};
+use crate::pipeline::{segment, Segmentation};
+use ferrolabel_imaging::Volume;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::SystemTime;
+use tch::{nn, Device};
+use tokio::sync::oneshot;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Device the networks run on.
+    pub device: Device,
+    /// Intra-op threads for libtorch (set once, at start).
+    pub threads: Option<i32>,
+    /// fp16 autocast around the network on CUDA (the bundle's `amp: true`).
+    pub amp: bool,
+    /// Jobs that may wait; more are refused.
+    pub queue_limit: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, threads: None, amp: true, queue_limit: 8 }
+    }
+}
+
+/// Who is waiting for a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A user waiting at a viewer (`/infer`).
+    Interactive,
+    /// Batch inference, scoring.
+    Background,
+}
+
+/// One segmentation request.
+#[derive(Debug, Clone)]
+pub struct InferRequest {
+    /// The image.
+    pub volume: Arc<Volume>,
+    /// Which weights and spacing.
+    pub resolution: Resolution,
+    /// Sliding-window overlap (default: the bundle's).
+    pub sw_overlap: Option<f64>,
+    /// Windows per network call (default: the bundle's).
+    pub sw_batch_size: Option<usize>,
+    /// Queue priority.
+    pub priority: Priority,
+    /// Set to cancel the job between two windows.
+    pub cancel: Arc<AtomicBool>,
+}
+
+struct Job {
+    req: InferRequest,
+    reply: oneshot::Sender<Result<Segmentation>>,
+}
+
+#[derive(Default)]
+struct Queues {
+    interactive: VecDeque<Job>,
+    background: VecDeque<Job>,
+    shutdown: bool,
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+    cv: Condvar,
+    running: AtomicUsize,
+    completed: AtomicUsize,
+}
+
+/// Snapshot of the engine's state.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineStatus {
+    /// Jobs waiting.
+    pub queued: usize,
+    /// Jobs running (nested interactive jobs count too).
+    pub running: usize,
+    /// Jobs finished since start.
+    pub completed: usize,
+}
+
+/// Handle to the engine thread; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    bundle: Arc<Bundle>,
+    opts: EngineOptions,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("bundle", &self.bundle.root).finish()
+    }
+}
+
+struct Loaded {
+    net: SegResNet,
+    _vs: nn::VarStore,
+    mtime: Option<SystemTime>,
+}
+
+struct Worker {
+    bundle: Arc<Bundle>,
+    opts: EngineOptions,
+    shared: Arc<Shared>,
+    cache: RefCell<HashMap<Resolution, Rc<Loaded>>>,
+}
+
+fn mtime(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl Worker {
+    fn network(&self, res: Resolution) -> Result<Rc<Loaded>> {
+        let path = self.bundle.weights_path(res);
+        let current = mtime(&path);
+        if current.is_none() {
+            self.cache.borrow_mut().remove(&res);
+            return Err(ModelsError::WeightsMissing(path.display().to_string()));
+        }
+        if let Some(l) = self.cache.borrow().get(&res) {
+            if l.mtime == current {
+                return Ok(l.clone());
+            }
+        }
+        let _span = tracing::info_span!("load_weights", path = %path.display()).entered();
+        let mut vs = nn::VarStore::new(self.opts.device);
+        let net = SegResNet::new(&vs.root(), &self.bundle.network);
+        weights::load_strict(&mut vs, &path)?;
+        vs.freeze();
+        let loaded = Rc::new(Loaded { net, _vs: vs, mtime: current });
+        self.cache.borrow_mut().insert(res, loaded.clone());
+        tracing::info!(?res, "weights loaded");
+        Ok(loaded)
+    }
+
+    fn run(&self, job: Job) {
+        self.shared.running.fetch_add(1, Ordering::SeqCst);
+        let result = self.segment(&job.req);
+        self.shared.running.fetch_sub(1, Ordering::SeqCst);
+        self.shared.completed.fetch_add(1, Ordering::SeqCst);
+        let _ = job.reply.send(result);
+    }
+
+    fn segment(&self, req: &InferRequest) -> Result<Segmentation> {
+        let span = tracing::info_span!("engine_infer", res = ?req.resolution, dims = ?req.volume.dims);
+        let _g = span.enter();
+        if req.cancel.load(Ordering::SeqCst) {
+            return Err(ModelsError::Cancelled);
+        }
+        let loaded = self.network(req.resolution)?;
+        let sw = SlidingWindow {
+            roi: [96, 96, 96],
+            overlap: req.sw_overlap.unwrap_or(self.bundle.sw_overlap),
+            sw_batch_size: req.sw_batch_size.unwrap_or(self.bundle.sw_batch_size).max(1),
+            blend: BlendMode::Gaussian { sigma_scale: 0.125 },
+            pad: PadMode::Replicate,
+        };
+        let background = req.priority == Priority::Background;
+        let cancel = req.cancel.clone();
+        let mut observer = |_done: usize, _total: usize| {
+            if background {
+                while let Some(job) = self.pop_interactive() {
+                    self.run(job);
+                }
+            }
+            !cancel.load(Ordering::SeqCst)
+        };
+        segment(
+            &loaded.net,
+            &req.volume,
+            req.resolution.pixdim(),
+            &sw,
+            self.opts.device,
+            self.opts.amp,
+            &mut observer,
+        )
+    }
+
+    fn pop_interactive(&self) -> Option<Job> {
+        self.shared.queues.lock().ok()?.interactive.pop_front()
+    }
+
+    fn next_job(&self) -> Option<Job> {
+        let mut q = self.shared.queues.lock().ok()?;
+        loop {
+            if let Some(j) = q.interactive.pop_front() {
+                return Some(j);
+            }
+            if let Some(j) = q.background.pop_front() {
+                return Some(j);
+            }
+            if q.shutdown {
+                return None;
+            }
+            q = self.shared.cv.wait(q).ok()?;
+        }
+    }
+}
+
+impl Engine {
+    /// Starts the engine thread for `bundle`.
+    pub fn start(bundle: Bundle, opts: EngineOptions) -> Result<Engine> {
+        if let Some(t) = opts.threads {
+            tch::set_num_threads(t);
+        }
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Queues::default()),
+            cv: Condvar::new(),
+            running: AtomicUsize::new(0),
+            completed: AtomicUsize::new(0),
+        });
+        let bundle = Arc::new(bundle);
+        let worker_shared = shared.clone();
+        let worker_bundle = bundle.clone();
+        let worker_opts = opts.clone();
+        std::thread::Builder::new()
+            .name("ferrolabel-engine".into())
+            .spawn(move || {
+                let worker = Worker {
+                    bundle: worker_bundle,
+                    opts: worker_opts,
+                    shared: worker_shared,
+                    cache: RefCell::new(HashMap::new()),
+                };
+                while let Some(job) = worker.next_job() {
+                    worker.run(job);
+                }
+            })?;
+        Ok(Engine { shared, bundle, opts })
+    }
+
+    /// The bundle this engine serves.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// The engine's settings.
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// Queues a job and returns the receiver of its answer.
+    pub fn submit(&self, req: InferRequest) -> Result<oneshot::Receiver<Result<Segmentation>>> {
+        let (tx, rx) = oneshot::channel();
+        let mut q = self
+            .shared
+            .queues
+            .lock()
+            .map_err(|_| ModelsError::Unavailable("engine queue poisoned".into()))?;
+        if q.shutdown {
+            return Err(ModelsError::Unavailable("engine is shutting down".into()));
+        }
+        let waiting = q.interactive.len() + q.background.len();
+        if waiting >= self.opts.queue_limit {
+            return Err(ModelsError::Unavailable(format!(
+                "{waiting} inference jobs are already waiting (limit {})",
+                self.opts.queue_limit
+            )));
+        }
+        let job = Job { req, reply: tx };
+        match job.req.priority {
+            Priority::Interactive => q.interactive.push_back(job),
+            Priority::Background => q.background.push_back(job),
+        }
+        drop(q);
+        self.shared.cv.notify_one();
+        Ok(rx)
+    }
+
+    /// Runs a job and waits for its answer (async).
+    pub async fn infer(&self, req: InferRequest) -> Result<Segmentation> {
+        let rx = self.submit(req)?;
+        rx.await.map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
+    }
+
+    /// Runs a job and waits for its answer (blocking; for the CLI and jobs).
+    pub fn infer_blocking(&self, req: InferRequest) -> Result<Segmentation> {
+        let rx = self.submit(req)?;
+        rx.blocking_recv().map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
+    }
+
+    /// Queue and run counts.
+    pub fn status(&self) -> EngineStatus {
+        let queued = self.shared.queues.lock().map(|q| q.interactive.len() + q.background.len()).unwrap_or(0);
+        EngineStatus {
+            queued,
+            running: self.shared.running.load(Ordering::SeqCst),
+            completed: self.shared.completed.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Stops the thread after the queued jobs.
+    pub fn shutdown(&self) {
+        if let Ok(mut q) = self.shared.queues.lock() {
+            q.shutdown = true;
+        }
+        self.shared.cv.notify_all();
+    }
+}

@@ -1,0 +1,210 @@
+//! Sliding-window inference with bounded memory.
+//!
+//! MONAI keeps a `C`-channel float32 accumulator for the whole volume (13.7 GB for a
+//! 287x287x397 grid with 105 classes). Windows run first-dimension-slowest, so once every
+//! window that starts at a given offset along dimension 0 is done, the part of the volume
+//! before the next offset is final: it is divided by the weight sum, soft-maxed, arg-maxed
+//! and kept only as one byte per voxel. The accumulator therefore spans one window along
+//! dimension 0 instead of the whole volume, with exactly MONAI's per-voxel arithmetic
+//! (same accumulation order, same division), so the labels are identical.
+
+use super::window::{constant_importance_map, gaussian_importance_map, windows};
+use crate::error::{ModelsError, Result};
+use tch::{Device, Kind, Tensor};
+
+/// How windows are weighted when they overlap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BlendMode {
+    /// Gaussian weights with `sigma = sigma_scale * roi` (the bundle's inference).
+    Gaussian {
+        /// Sigma as a fraction of the window size (MONAI default 0.125).
+        sigma_scale: f64,
+    },
+    /// Uniform weights (MONAI's default mode, used by training validation).
+    Constant,
+}
+
+/// How a volume smaller than the window is padded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PadMode {
+    /// Repeat the edge voxels (the bundle's inference).
+    Replicate,
+    /// Pad with a constant (MONAI's default, used by training validation).
+    Constant(f64),
+}
+
+/// Sliding-window settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlidingWindow {
+    /// Window size.
+    pub roi: [i64; 3],
+    /// Fractional overlap between neighbouring windows.
+    pub overlap: f64,
+    /// Windows per network call.
+    pub sw_batch_size: usize,
+    /// Blending of overlapping windows.
+    pub blend: BlendMode,
+    /// Padding of small volumes.
+    pub pad: PadMode,
+}
+
+impl SlidingWindow {
+    /// The bundle's inferer: 96^3, overlap 0.25, batch 1, gaussian, replicate padding.
+    pub fn bundle_default() -> Self {
+        Self {
+            roi: [96, 96, 96],
+            overlap: 0.25,
+            sw_batch_size: 1,
+            blend: BlendMode::Gaussian { sigma_scale: 0.125 },
+            pad: PadMode::Replicate,
+        }
+    }
+}
+
+/// Progress and cancellation hooks of a sliding-window run.
+pub trait WindowObserver {
+    /// Called after each window; return `false` to cancel the run.
+    fn window_done(&mut self, done: usize, total: usize) -> bool;
+}
+
+impl<F: FnMut(usize, usize) -> bool> WindowObserver for F {
+    fn window_done(&mut self, done: usize, total: usize) -> bool {
+        self(done, total)
+    }
+}
+
+/// Padding `(before, after)` per spatial dimension so each is at least the window size.
+fn padding(size: [i64; 3], roi: [i64; 3]) -> [(i64, i64); 3] {
+    let mut p = [(0, 0); 3];
+    for i in 0..3 {
+        let diff = (roi[i] - size[i]).max(0);
+        p[i] = (diff / 2, diff - diff / 2);
+    }
+    p
+}
+
+/// The accumulator of the live slab along dimension 0.
+struct Slab {
+    /// `[1, C, L, Y, Z]` weighted logit sums for x in `[base, base + L)`.
+    acc: Tensor,
+    /// `[1, 1, L, Y, Z]` weight sums.
+    count: Tensor,
+    base: i64,
+}
+
+/// Runs `predict` over windows of `input` (`[1, 1, X, Y, Z]`, float32) and returns the
+/// `argmax(softmax)` label map `[X, Y, Z]` as uint8 on the CPU (`num_classes <= 256`).
+///
+/// `predict` maps a `[B, 1, rx, ry, rz]` batch to `[B, C, rx, ry, rz]` logits.
+pub fn predict_labels(
+    input: &Tensor,
+    cfg: &SlidingWindow,
+    num_classes: i64,
+    mut predict: impl FnMut(&Tensor) -> Result<Tensor>,
+    observer: &mut dyn WindowObserver,
+) -> Result<Tensor> {
+    if !(1..=256).contains(&num_classes) {
+        return Err(ModelsError::Invalid(format!("{num_classes} classes do not fit in uint8 labels")));
+    }
+    let dev = input.device();
+    let sz = input.size();
+    let size = [sz[2], sz[3], sz[4]];
+    let pads = padding(size, cfg.roi);
+    let padded = if pads.iter().any(|&(a, b)| a > 0 || b > 0) {
+        let pad = [pads[2].0, pads[2].1, pads[1].0, pads[1].1, pads[0].0, pads[0].1];
+        match cfg.pad {
+            PadMode::Replicate => input.pad(pad, "replicate", None),
+            PadMode::Constant(v) => input.pad(pad, "constant", Some(v)),
+        }
+    } else {
+        input.shallow_clone()
+    };
+    let work = [size[0].max(cfg.roi[0]), size[1].max(cfg.roi[1]), size[2].max(cfg.roi[2])];
+    let wins = windows(work, cfg.roi, cfg.overlap);
+    let weight = match cfg.blend {
+        BlendMode::Gaussian { sigma_scale } => gaussian_importance_map(cfg.roi, sigma_scale),
+        BlendMode::Constant => constant_importance_map(cfg.roi),
+    }
+    .to_device(dev)
+    .view([1, 1, cfg.roi[0], cfg.roi[1], cfg.roi[2]]);
+    let slab_len = cfg.roi[0].min(work[0]);
+    let mut slab = Slab {
+        acc: Tensor::zeros([1, num_classes, slab_len, work[1], work[2]], (Kind::Float, dev)),
+        count: Tensor::zeros([1, 1, slab_len, work[1], work[2]], (Kind::Float, dev)),
+        base: 0,
+    };
+    let labels = Tensor::zeros(work, (Kind::Uint8, Device::Cpu));
+    let total = wins.len();
+    let batch = cfg.sw_batch_size.max(1);
+    let mut done = 0usize;
+    for chunk in wins.chunks(batch) {
+        let parts: Vec<Tensor> = chunk
+            .iter()
+            .map(|w| {
+                padded
+                    .narrow(2, w[0], cfg.roi[0])
+                    .narrow(3, w[1], cfg.roi[1])
+                    .narrow(4, w[2], cfg.roi[2])
+            })
+            .collect();
+        let x = if parts.len() == 1 { parts[0].shallow_clone() } else { Tensor::cat(&parts, 0) };
+        let logits = predict(&x)?;
+        for (i, w) in chunk.iter().enumerate() {
+            if w[0] != slab.base && w[0] > slab.base {
+                finalize(&mut slab, w[0], &labels)?;
+            }
+            let mut buf = logits.narrow(0, i as i64, 1);
+            let _ = buf.g_mul_(&weight);
+            let off = w[0] - slab.base;
+            let _ = slab
+                .acc
+                .narrow(2, off, cfg.roi[0])
+                .narrow(3, w[1], cfg.roi[1])
+                .narrow(4, w[2], cfg.roi[2])
+                .g_add_(&buf);
+            let _ = slab
+                .count
+                .narrow(2, off, cfg.roi[0])
+                .narrow(3, w[1], cfg.roi[1])
+                .narrow(4, w[2], cfg.roi[2])
+                .g_add_(&weight);
+            done += 1;
+            if !observer.window_done(done, total) {
+                return Err(ModelsError::Cancelled);
+            }
+        }
+    }
+    finalize(&mut slab, work[0], &labels)?;
+    let labels = labels
+        .narrow(0, pads[0].0, size[0])
+        .narrow(1, pads[1].0, size[1])
+        .narrow(2, pads[2].0, size[2]);
+    Ok(labels.contiguous())
+}
+
+/// Finishes `[base, upto)` of the slab: divide, softmax, argmax into `labels`, then shift the
+/// slab so that it starts at `upto`.
+fn finalize(slab: &mut Slab, upto: i64, labels: &Tensor) -> Result<()> {
+    let n = upto - slab.base;
+    if n <= 0 {
+        return Ok(());
+    }
+    let len = slab.acc.size()[2];
+    let n_done = n.min(len);
+    let out = slab.acc.narrow(2, 0, n_done) / slab.count.narrow(2, 0, n_done);
+    let probs = out.squeeze_dim(0).softmax(0, Kind::Float);
+    let lab = probs.argmax(0, false).to_kind(Kind::Uint8).to_device(Device::Cpu);
+    labels.narrow(0, slab.base, n_done).copy_(&lab);
+    // shift the unfinished tail to the front and clear the rest
+    let keep = len - n_done;
+    if keep > 0 {
+        let tail_acc = slab.acc.narrow(2, n_done, keep).copy();
+        slab.acc.narrow(2, 0, keep).copy_(&tail_acc);
+        let tail_cnt = slab.count.narrow(2, n_done, keep).copy();
+        slab.count.narrow(2, 0, keep).copy_(&tail_cnt);
+    }
+    let _ = slab.acc.narrow(2, keep, n_done).zero_();
+    let _ = slab.count.narrow(2, keep, n_done).zero_();
+    slab.base = upto;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! The bundle's inference pipeline end to end (`wholebody-bundle.md` §2.2): orientation to
+//! RAS, spacing, normalise (non-zero), scale to [-1, 1], sliding window, softmax + argmax,
+//! and the nearest inversion back to the input grid.
+
+use crate::error::{ModelsError, Result};
+use crate::inferer::{predict_labels, SlidingWindow, WindowObserver};
+use crate::network::SegResNet;
+use crate::transforms::{intensity, orientation, spacing};
+use ferrolabel_imaging::Volume;
+use serde::Serialize;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// A preprocessed image on the network's grid, with what is needed to invert it.
+#[derive(Debug)]
+pub struct Prepared {
+    /// `[1, X', Y', Z']` float32 network input (scaled to [-1, 1]).
+    pub image: Tensor,
+    /// The orientation step.
+    pub orientation: orientation::OrientationOp,
+    /// The spacing step.
+    pub spacing: spacing::SpacingOp,
+}
+
+/// Seconds spent in each stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageTimes {
+    /// Orientation, spacing, intensity.
+    pub pre: f64,
+    /// Sliding-window network passes, blending, softmax and argmax.
+    pub infer: f64,
+    /// Inversion to the input grid.
+    pub invert: f64,
+}
+
+/// A label map on the input grid.
+#[derive(Debug)]
+pub struct Segmentation {
+    /// Class index per voxel, NIfTI order (x fastest), input dims.
+    pub labels: Vec<u8>,
+    /// Input dims.
+    pub dims: [usize; 3],
+    /// Shape of the network grid (after orientation and spacing).
+    pub network_shape: [i64; 3],
+    /// Number of sliding windows run.
+    pub windows: usize,
+    /// Time per stage.
+    pub times: StageTimes,
+}
+
+/// The volume as a channel-first `[1, X, Y, Z]` float32 tensor (a view of its data).
+pub fn volume_tensor(vol: &Volume) -> Tensor {
+    let [nx, ny, nz] = vol.dims;
+    Tensor::from_slice(&vol.data).view([nz as i64, ny as i64, nx as i64]).permute([2, 1, 0]).unsqueeze(0)
+}
+
+/// `[X, Y, Z]` labels to NIfTI order bytes.
+pub fn labels_to_vec(labels: &Tensor) -> Result<Vec<u8>> {
+    let t = labels.to_kind(Kind::Uint8).to_device(Device::Cpu).permute([2, 1, 0]).contiguous();
+    Ok(Vec::<u8>::try_from(t.view([-1]))?)
+}
+
+/// Orientation + spacing of a volume (the geometric part of the preprocessing).
+pub fn orient_and_resample(vol: &Volume, pixdim: [f64; 3]) -> Result<Prepared> {
+    let shape = [vol.dims[0] as i64, vol.dims[1] as i64, vol.dims[2] as i64];
+    let orient = orientation::plan(&vol.affine, shape)
+        .ok_or_else(|| ModelsError::Invalid("the image affine is degenerate (no orientation)".into()))?;
+    let x = orient.apply(&volume_tensor(vol));
+    let a1 = orient.new_affine(&vol.affine);
+    let s = x.size();
+    let spacing = spacing::plan(&a1, [s[1], s[2], s[3]], pixdim)
+        .ok_or_else(|| ModelsError::Invalid("cannot resample this image to the model spacing".into()))?;
+    let image = spacing.apply(&x, spacing::Interp::Bilinear);
+    Ok(Prepared { image, orientation: orient, spacing })
+}
+
+/// The full preprocessing: orientation, spacing, normalise non-zero, scale to [-1, 1].
+pub fn preprocess(vol: &Volume, pixdim: [f64; 3]) -> Result<Prepared> {
+    if vol.has_non_finite() {
+        return Err(ModelsError::Invalid("the image contains NaN or infinite voxel values".into()));
+    }
+    let mut p = orient_and_resample(vol, pixdim)?;
+    p.image = intensity::scale_to_unit_range(&intensity::normalize_nonzero(&p.image));
+    Ok(p)
+}
+
+/// Inverts network-grid labels `[X', Y', Z']` back to the input grid `[X, Y, Z]`
+/// (nearest, float64, border; then un-orient), as MONAI's `Invertd(nearest_interp=True)`.
+pub fn invert_labels(labels: &Tensor, prepared: &Prepared) -> Result<Tensor> {
+    let inv = prepared
+        .spacing
+        .inverse()
+        .ok_or_else(|| ModelsError::Invalid("the spacing transform is not invertible".into()))?;
+    let x = labels.to_kind(Kind::Float).unsqueeze(0);
+    let back = inv.apply(&x, spacing::Interp::Nearest);
+    let back = prepared.orientation.invert(&back);
+    Ok(back.squeeze_dim(0).to_kind(Kind::Uint8))
+}
+
+/// Runs the whole pipeline with `net` on `device`. With `amp` (CUDA only) the network runs
+/// under fp16 autocast, as the bundle's evaluator does.
+pub fn segment(
+    net: &SegResNet,
+    vol: &Volume,
+    pixdim: [f64; 3],
+    sw: &SlidingWindow,
+    device: Device,
+    amp: bool,
+    observer: &mut dyn WindowObserver,
+) -> Result<Segmentation> {
+    let t0 = Instant::now();
+    let prepared = preprocess(vol, pixdim)?;
+    let input = prepared.image.unsqueeze(0).to_device(device);
+    let s = input.size();
+    let network_shape = [s[2], s[3], s[4]];
+    let t1 = Instant::now();
+    let mut windows = 0;
+    let classes = net.config().out_channels;
+    let labels = tch::no_grad(|| {
+        predict_labels(
+            &input,
+            sw,
+            classes,
+            |x| {
+                windows += x.size()[0] as usize;
+                let y = if amp && device.is_cuda() {
+                    tch::autocast(true, || net.forward_t(x, false))
+                } else {
+                    net.forward_t(x, false)
+                };
+                Ok(y)
+            },
+            observer,
+        )
+    })?;
+    drop(input);
+    let t2 = Instant::now();
+    let back = invert_labels(&labels, &prepared)?;
+    let out = labels_to_vec(&back)?;
+    let t3 = Instant::now();
+    Ok(Segmentation {
+        labels: out,
+        dims: vol.dims,
+        network_shape,
+        windows,
+        times: StageTimes {
+            pre: (t1 - t0).as_secs_f64(),
+            infer: (t2 - t1).as_secs_f64(),
+            invert: (t3 - t2).as_secs_f64(),
+        },
+    })
+}
