@@ -79,25 +79,35 @@ impl Bundle {
     pub fn open(root: &Path) -> Result<Self> {
         let inference = read_json(&root.join("configs/inference.json"))?;
         let metadata = read_json(&root.join("configs/metadata.json"))?;
-        let def = inference
-            .get("network_def")
-            .ok_or_else(|| ModelsError::Bundle("configs/inference.json has no network_def".into()))?;
+        let def = inference.get("network_def").ok_or_else(|| {
+            ModelsError::Bundle("configs/inference.json has no network_def".into())
+        })?;
         let network = SegResNetConfig::from_network_def(def).map_err(ModelsError::Bundle)?;
         let channel_def = metadata
             .pointer("/network_data_format/outputs/pred/channel_def")
             .and_then(|v| v.as_object())
-            .ok_or_else(|| ModelsError::Bundle("metadata.json lacks outputs.pred.channel_def".into()))?;
+            .ok_or_else(|| {
+                ModelsError::Bundle("metadata.json lacks outputs.pred.channel_def".into())
+            })?;
         let mut labels = vec![String::new(); network.out_channels as usize];
         for (k, v) in channel_def {
-            let idx: usize = k.parse().map_err(|_| ModelsError::Bundle(format!("channel_def key {k}")))?;
-            let name = v.as_str().ok_or_else(|| ModelsError::Bundle(format!("channel_def[{k}]")))?;
+            let idx: usize = k
+                .parse()
+                .map_err(|_| ModelsError::Bundle(format!("channel_def key {k}")))?;
+            let name = v
+                .as_str()
+                .ok_or_else(|| ModelsError::Bundle(format!("channel_def[{k}]")))?;
             if idx >= labels.len() {
-                return Err(ModelsError::Bundle(format!("channel_def index {idx} >= out_channels")));
+                return Err(ModelsError::Bundle(format!(
+                    "channel_def index {idx} >= out_channels"
+                )));
             }
             labels[idx] = name.to_lowercase();
         }
         if let Some(i) = labels.iter().position(|l| l.is_empty()) {
-            return Err(ModelsError::Bundle(format!("channel_def has no name for channel {i}")));
+            return Err(ModelsError::Bundle(format!(
+                "channel_def has no name for channel {i}"
+            )));
         }
         let disp = inference.get("displayable_configs");
         let get = |k: &str| disp.and_then(|d| d.get(k));
@@ -108,8 +118,16 @@ impl Bundle {
             default_highres: get("highres").and_then(|v| v.as_bool()).unwrap_or(true),
             sw_overlap: get("sw_overlap").and_then(|v| v.as_f64()).unwrap_or(0.25),
             sw_batch_size: get("sw_batch_size").and_then(|v| v.as_u64()).unwrap_or(1) as usize,
-            version: metadata.get("version").and_then(|v| v.as_str()).unwrap_or("").to_string(),
-            description: metadata.get("description").and_then(|v| v.as_str()).unwrap_or("").to_string(),
+            version: metadata
+                .get("version")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string(),
+            description: metadata
+                .get("description")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string(),
         })
     }
 

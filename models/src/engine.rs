@@ -40,7 +40,12 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, threads: None, amp: true, queue_limit: 8 }
+        Self {
+            device: Device::Cpu,
+            threads: None,
+            amp: true,
+            queue_limit: 8,
+        }
     }
 }
 
@@ -70,9 +75,15 @@ pub struct InferRequest {
     pub cancel: Arc<AtomicBool>,
 }
 
-struct Job {
-    req: InferRequest,
-    reply: oneshot::Sender<Result<Segmentation>>,
+enum Job {
+    Infer {
+        req: InferRequest,
+        reply: oneshot::Sender<Result<Segmentation>>,
+    },
+    Load {
+        res: Resolution,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 #[derive(Default)]
@@ -110,7 +121,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("bundle", &self.bundle.root).finish()
+        f.debug_struct("Engine")
+            .field("bundle", &self.bundle.root)
+            .finish()
     }
 }
 
@@ -149,7 +162,11 @@ impl Worker {
         let net = SegResNet::new(&vs.root(), &self.bundle.network);
         weights::load_strict(&mut vs, &path)?;
         vs.freeze();
-        let loaded = Rc::new(Loaded { net, _vs: vs, mtime: current });
+        let loaded = Rc::new(Loaded {
+            net,
+            _vs: vs,
+            mtime: current,
+        });
         self.cache.borrow_mut().insert(res, loaded.clone());
         tracing::info!(?res, "weights loaded");
         Ok(loaded)
@@ -157,14 +174,22 @@ impl Worker {
 
     fn run(&self, job: Job) {
         self.shared.running.fetch_add(1, Ordering::SeqCst);
-        let result = self.segment(&job.req);
+        match job {
+            Job::Infer { req, reply } => {
+                let result = self.segment(&req);
+                let _ = reply.send(result);
+            }
+            Job::Load { res, reply } => {
+                let _ = reply.send(self.network(res).map(|_| ()));
+            }
+        }
         self.shared.running.fetch_sub(1, Ordering::SeqCst);
         self.shared.completed.fetch_add(1, Ordering::SeqCst);
-        let _ = job.reply.send(result);
     }
 
     fn segment(&self, req: &InferRequest) -> Result<Segmentation> {
-        let span = tracing::info_span!("engine_infer", res = ?req.resolution, dims = ?req.volume.dims);
+        let span =
+            tracing::info_span!("engine_infer", res = ?req.resolution, dims = ?req.volume.dims);
         let _g = span.enter();
         if req.cancel.load(Ordering::SeqCst) {
             return Err(ModelsError::Cancelled);
@@ -173,7 +198,10 @@ impl Worker {
         let sw = SlidingWindow {
             roi: [96, 96, 96],
             overlap: req.sw_overlap.unwrap_or(self.bundle.sw_overlap),
-            sw_batch_size: req.sw_batch_size.unwrap_or(self.bundle.sw_batch_size).max(1),
+            sw_batch_size: req
+                .sw_batch_size
+                .unwrap_or(self.bundle.sw_batch_size)
+                .max(1),
             blend: BlendMode::Gaussian { sigma_scale: 0.125 },
             pad: PadMode::Replicate,
         };
@@ -248,7 +276,11 @@ impl Engine {
                     worker.run(job);
                 }
             })?;
-        Ok(Engine { shared, bundle, opts })
+        Ok(Engine {
+            shared,
+            bundle,
+            opts,
+        })
     }
 
     /// The bundle this engine serves.
@@ -264,6 +296,12 @@ impl Engine {
     /// Queues a job and returns the receiver of its answer.
     pub fn submit(&self, req: InferRequest) -> Result<oneshot::Receiver<Result<Segmentation>>> {
         let (tx, rx) = oneshot::channel();
+        let priority = req.priority;
+        self.enqueue(Job::Infer { req, reply: tx }, priority)?;
+        Ok(rx)
+    }
+
+    fn enqueue(&self, job: Job, priority: Priority) -> Result<()> {
         let mut q = self
             .shared
             .queues
@@ -279,31 +317,53 @@ impl Engine {
                 self.opts.queue_limit
             )));
         }
-        let job = Job { req, reply: tx };
-        match job.req.priority {
+        match priority {
             Priority::Interactive => q.interactive.push_back(job),
             Priority::Background => q.background.push_back(job),
         }
         drop(q);
         self.shared.cv.notify_one();
-        Ok(rx)
+        Ok(())
+    }
+
+    /// Loads (or reloads, if the file changed) the weights of a resolution and waits.
+    pub fn preload_blocking(&self, res: Resolution) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Job::Load { res, reply: tx }, Priority::Interactive)?;
+        rx.blocking_recv()
+            .map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
+    }
+
+    /// Loads the weights of a resolution (async).
+    pub async fn preload(&self, res: Resolution) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Job::Load { res, reply: tx }, Priority::Interactive)?;
+        rx.await
+            .map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
     }
 
     /// Runs a job and waits for its answer (async).
     pub async fn infer(&self, req: InferRequest) -> Result<Segmentation> {
         let rx = self.submit(req)?;
-        rx.await.map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
+        rx.await
+            .map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
     }
 
     /// Runs a job and waits for its answer (blocking; for the CLI and jobs).
     pub fn infer_blocking(&self, req: InferRequest) -> Result<Segmentation> {
         let rx = self.submit(req)?;
-        rx.blocking_recv().map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
+        rx.blocking_recv()
+            .map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
     }
 
     /// Queue and run counts.
     pub fn status(&self) -> EngineStatus {
-        let queued = self.shared.queues.lock().map(|q| q.interactive.len() + q.background.len()).unwrap_or(0);
+        let queued = self
+            .shared
+            .queues
+            .lock()
+            .map(|q| q.interactive.len() + q.background.len())
+            .unwrap_or(0);
         EngineStatus {
             queued,
             running: self.shared.running.load(Ordering::SeqCst),

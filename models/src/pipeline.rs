@@ -51,33 +51,48 @@ pub struct Segmentation {
 /// The volume as a channel-first `[1, X, Y, Z]` float32 tensor (a view of its data).
 pub fn volume_tensor(vol: &Volume) -> Tensor {
     let [nx, ny, nz] = vol.dims;
-    Tensor::from_slice(&vol.data).view([nz as i64, ny as i64, nx as i64]).permute([2, 1, 0]).unsqueeze(0)
+    Tensor::from_slice(&vol.data)
+        .view([nz as i64, ny as i64, nx as i64])
+        .permute([2, 1, 0])
+        .unsqueeze(0)
 }
 
 /// `[X, Y, Z]` labels to NIfTI order bytes.
 pub fn labels_to_vec(labels: &Tensor) -> Result<Vec<u8>> {
-    let t = labels.to_kind(Kind::Uint8).to_device(Device::Cpu).permute([2, 1, 0]).contiguous();
+    let t = labels
+        .to_kind(Kind::Uint8)
+        .to_device(Device::Cpu)
+        .permute([2, 1, 0])
+        .contiguous();
     Ok(Vec::<u8>::try_from(t.view([-1]))?)
 }
 
 /// Orientation + spacing of a volume (the geometric part of the preprocessing).
 pub fn orient_and_resample(vol: &Volume, pixdim: [f64; 3]) -> Result<Prepared> {
     let shape = [vol.dims[0] as i64, vol.dims[1] as i64, vol.dims[2] as i64];
-    let orient = orientation::plan(&vol.affine, shape)
-        .ok_or_else(|| ModelsError::Invalid("the image affine is degenerate (no orientation)".into()))?;
+    let orient = orientation::plan(&vol.affine, shape).ok_or_else(|| {
+        ModelsError::Invalid("the image affine is degenerate (no orientation)".into())
+    })?;
     let x = orient.apply(&volume_tensor(vol));
     let a1 = orient.new_affine(&vol.affine);
     let s = x.size();
-    let spacing = spacing::plan(&a1, [s[1], s[2], s[3]], pixdim)
-        .ok_or_else(|| ModelsError::Invalid("cannot resample this image to the model spacing".into()))?;
+    let spacing = spacing::plan(&a1, [s[1], s[2], s[3]], pixdim).ok_or_else(|| {
+        ModelsError::Invalid("cannot resample this image to the model spacing".into())
+    })?;
     let image = spacing.apply(&x, spacing::Interp::Bilinear);
-    Ok(Prepared { image, orientation: orient, spacing })
+    Ok(Prepared {
+        image,
+        orientation: orient,
+        spacing,
+    })
 }
 
 /// The full preprocessing: orientation, spacing, normalise non-zero, scale to [-1, 1].
 pub fn preprocess(vol: &Volume, pixdim: [f64; 3]) -> Result<Prepared> {
     if vol.has_non_finite() {
-        return Err(ModelsError::Invalid("the image contains NaN or infinite voxel values".into()));
+        return Err(ModelsError::Invalid(
+            "the image contains NaN or infinite voxel values".into(),
+        ));
     }
     let mut p = orient_and_resample(vol, pixdim)?;
     p.image = intensity::scale_to_unit_range(&intensity::normalize_nonzero(&p.image));

@@ -39,12 +39,20 @@ fn set_threads() {
 }
 
 fn load(path: PathBuf) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(&path).unwrap().into_iter().collect()
+    Tensor::read_safetensors(&path)
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shape mismatch");
-    f64::try_from((a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max()).unwrap()
+    f64::try_from(
+        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+            .abs()
+            .max(),
+    )
+    .unwrap()
 }
 
 fn affine_of(v: &serde_json::Value) -> [[f64; 4]; 4] {
@@ -58,7 +66,11 @@ fn affine_of(v: &serde_json::Value) -> [[f64; 4]; 4] {
 }
 
 fn affine_diff(a: &[[f64; 4]; 4], b: &[[f64; 4]; 4]) -> f64 {
-    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 fn net_for(bundle: &Bundle, res: Resolution) -> (nn::VarStore, SegResNet) {
@@ -116,19 +128,28 @@ fn strict_loading_names_the_offending_key() {
     ] {
         let mut vs = nn::VarStore::new(tch::Device::Cpu);
         let _net = SegResNet::new(&vs.root(), &bundle.network);
-        let err = weights::load_strict(&mut vs, &g.join("weights").join(file)).unwrap_err().to_string();
-        assert!(err.contains(needle), "{file}: error {err:?} does not name {needle}");
+        let err = weights::load_strict(&mut vs, &g.join("weights").join(file))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(needle),
+            "{file}: error {err:?} does not name {needle}"
+        );
     }
     let mut vs = nn::VarStore::new(tch::Device::Cpu);
     let _net = SegResNet::new(&vs.root(), &bundle.network);
-    let err = weights::load_strict(&mut vs, &g.join("weights/nope.pt")).unwrap_err().to_string();
+    let err = weights::load_strict(&mut vs, &g.join("weights/nope.pt"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not found"), "{err}");
 }
 
 /// Compares two label maps; returns (agreement, worst gap at a mismatch).
 fn compare_labels(ours: &Tensor, theirs: &Tensor, gap: Option<&Tensor>) -> (f64, f64) {
     assert_eq!(ours.size(), theirs.size());
-    let diff = ours.to_kind(Kind::Int64).ne_tensor(&theirs.to_kind(Kind::Int64));
+    let diff = ours
+        .to_kind(Kind::Int64)
+        .ne_tensor(&theirs.to_kind(Kind::Int64));
     let n = diff.numel() as f64;
     let bad = i64::try_from(diff.sum(Kind::Int64)).unwrap() as f64;
     let worst = match gap {
@@ -142,13 +163,20 @@ fn run_case(name: &str) {
     set_threads();
     let g = golden_dir();
     let m = manifest();
-    let case = m["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    let case = m["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
+        .clone();
     let f = load(g.join("cases").join(format!("{name}.safetensors")));
     let input = g.join(case["input"].as_str().unwrap());
     let input = if input.exists() {
         input
     } else {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(case["input"].as_str().unwrap().trim_start_matches("../../"))
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .join(case["input"].as_str().unwrap().trim_start_matches("../../"))
     };
     let vol = read_nifti(&input, &Limits::default()).unwrap();
     let highres = case["highres"].as_bool().unwrap();
@@ -174,29 +202,51 @@ fn run_case(name: &str) {
     let w = intensity::scale_to_unit_range(&z);
     let d_s = max_abs_diff(&w.squeeze_dim(0), &f["scale"]);
     eprintln!("{name}: spacing {d_sp:e}, normalize {d_n:e}, scale {d_s:e}");
-    assert!(d_sp <= 1e-6 && d_n <= 1e-6 && d_s <= 1e-6, "{name}: transforms differ");
+    assert!(
+        d_sp <= 1e-6 && d_n <= 1e-6 && d_s <= 1e-6,
+        "{name}: transforms differ"
+    );
 
     // network + sliding window + argmax on the network grid
-    let bundle_dir = if name.ends_with("_full") { "bundle_full" } else { "bundle_small" };
+    let bundle_dir = if name.ends_with("_full") {
+        "bundle_full"
+    } else {
+        "bundle_small"
+    };
     let bundle = Bundle::open(&g.join(bundle_dir)).unwrap();
     let (_vs, net) = net_for(&bundle, res);
     let prepared = preprocess(&vol, res.pixdim()).unwrap();
     let input = prepared.image.unsqueeze(0);
     let mut never_cancel = |_: usize, _: usize| true;
     let labels = tch::no_grad(|| {
-        predict_labels(&input, &SlidingWindow::bundle_default(), 105, |b| Ok(net.forward_t(b, false)), &mut never_cancel)
+        predict_labels(
+            &input,
+            &SlidingWindow::bundle_default(),
+            105,
+            |b| Ok(net.forward_t(b, false)),
+            &mut never_cancel,
+        )
     })
     .unwrap();
     let (agree, worst) = compare_labels(&labels, &f["labels_net"], Some(&f["gap"]));
-    eprintln!("{name}: network-grid labels agree on {:.6}%, worst gap at a mismatch {worst:e}", agree * 100.0);
+    eprintln!(
+        "{name}: network-grid labels agree on {:.6}%, worst gap at a mismatch {worst:e}",
+        agree * 100.0
+    );
     assert!(agree >= 0.9999, "{name}: labels agree on only {agree}");
-    assert!(worst < 1e-4, "{name}: a mismatch where MONAI's top-2 gap is {worst}");
+    assert!(
+        worst < 1e-4,
+        "{name}: a mismatch where MONAI's top-2 gap is {worst}"
+    );
 
     // inversion to the input grid
     let back = invert_labels(&labels, &prepared).unwrap();
     let (agree_inv, _) = compare_labels(&back, &f["labels_inv"], None);
     eprintln!("{name}: inverted labels agree on {:.6}%", agree_inv * 100.0);
-    assert!(agree_inv >= 0.9999, "{name}: inverted labels agree on only {agree_inv}");
+    assert!(
+        agree_inv >= 0.9999,
+        "{name}: inverted labels agree on only {agree_inv}"
+    );
     assert_eq!(labels_to_vec(&back).unwrap().len(), vol.data.len());
 }
 

@@ -104,14 +104,18 @@ pub fn predict_labels(
     observer: &mut dyn WindowObserver,
 ) -> Result<Tensor> {
     if !(1..=256).contains(&num_classes) {
-        return Err(ModelsError::Invalid(format!("{num_classes} classes do not fit in uint8 labels")));
+        return Err(ModelsError::Invalid(format!(
+            "{num_classes} classes do not fit in uint8 labels"
+        )));
     }
     let dev = input.device();
     let sz = input.size();
     let size = [sz[2], sz[3], sz[4]];
     let pads = padding(size, cfg.roi);
     let padded = if pads.iter().any(|&(a, b)| a > 0 || b > 0) {
-        let pad = [pads[2].0, pads[2].1, pads[1].0, pads[1].1, pads[0].0, pads[0].1];
+        let pad = [
+            pads[2].0, pads[2].1, pads[1].0, pads[1].1, pads[0].0, pads[0].1,
+        ];
         match cfg.pad {
             PadMode::Replicate => input.pad(pad, "replicate", None),
             PadMode::Constant(v) => input.pad(pad, "constant", Some(v)),
@@ -119,7 +123,11 @@ pub fn predict_labels(
     } else {
         input.shallow_clone()
     };
-    let work = [size[0].max(cfg.roi[0]), size[1].max(cfg.roi[1]), size[2].max(cfg.roi[2])];
+    let work = [
+        size[0].max(cfg.roi[0]),
+        size[1].max(cfg.roi[1]),
+        size[2].max(cfg.roi[2]),
+    ];
     let wins = windows(work, cfg.roi, cfg.overlap);
     let weight = match cfg.blend {
         BlendMode::Gaussian { sigma_scale } => gaussian_importance_map(cfg.roi, sigma_scale),
@@ -129,7 +137,10 @@ pub fn predict_labels(
     .view([1, 1, cfg.roi[0], cfg.roi[1], cfg.roi[2]]);
     let slab_len = cfg.roi[0].min(work[0]);
     let mut slab = Slab {
-        acc: Tensor::zeros([1, num_classes, slab_len, work[1], work[2]], (Kind::Float, dev)),
+        acc: Tensor::zeros(
+            [1, num_classes, slab_len, work[1], work[2]],
+            (Kind::Float, dev),
+        ),
         count: Tensor::zeros([1, 1, slab_len, work[1], work[2]], (Kind::Float, dev)),
         base: 0,
     };
@@ -147,7 +158,11 @@ pub fn predict_labels(
                     .narrow(4, w[2], cfg.roi[2])
             })
             .collect();
-        let x = if parts.len() == 1 { parts[0].shallow_clone() } else { Tensor::cat(&parts, 0) };
+        let x = if parts.len() == 1 {
+            parts[0].shallow_clone()
+        } else {
+            Tensor::cat(&parts, 0)
+        };
         let logits = predict(&x)?;
         for (i, w) in chunk.iter().enumerate() {
             if w[0] != slab.base && w[0] > slab.base {
@@ -193,7 +208,10 @@ fn finalize(slab: &mut Slab, upto: i64, labels: &Tensor) -> Result<()> {
     let n_done = n.min(len);
     let out = slab.acc.narrow(2, 0, n_done) / slab.count.narrow(2, 0, n_done);
     let probs = out.squeeze_dim(0).softmax(0, Kind::Float);
-    let lab = probs.argmax(0, false).to_kind(Kind::Uint8).to_device(Device::Cpu);
+    let lab = probs
+        .argmax(0, false)
+        .to_kind(Kind::Uint8)
+        .to_device(Device::Cpu);
     labels.narrow(0, slab.base, n_done).copy_(&lab);
     // shift the unfinished tail to the front and clear the rest
     let keep = len - n_done;

@@ -9,7 +9,12 @@ pub fn window_starts(n: i64, roi: i64, overlap: f64) -> Vec<i64> {
     if n <= roi {
         return vec![0];
     }
-    let interval = if n == roi { roi } else { ((roi as f64) * (1.0 - overlap)) as i64 }.max(1);
+    let interval = if n == roi {
+        roi
+    } else {
+        ((roi as f64) * (1.0 - overlap)) as i64
+    }
+    .max(1);
     let num = (n as f64 / interval as f64).ceil() as i64;
     let mut count = num;
     for d in 0..num {
@@ -76,7 +81,10 @@ mod tests {
         assert_eq!(window_starts(168, 96, 0.25), vec![0, 72]);
         assert_eq!(window_starts(169, 96, 0.25), vec![0, 72, 73]);
         assert_eq!(window_starts(287, 96, 0.25), vec![0, 72, 144, 191]);
-        assert_eq!(window_starts(397, 96, 0.25), vec![0, 72, 144, 216, 288, 301]);
+        assert_eq!(
+            window_starts(397, 96, 0.25),
+            vec![0, 72, 144, 216, 288, 301]
+        );
     }
 
     #[test]

@@ -49,13 +49,17 @@ impl SegResNetConfig {
         let obj = def.as_object().ok_or("network_def is not an object")?;
         if let Some(target) = obj.get("_target_").and_then(|v| v.as_str()) {
             if !target.ends_with("SegResNet") {
-                return Err(format!("network_def._target_ is {target}, only SegResNet is supported"));
+                return Err(format!(
+                    "network_def._target_ is {target}, only SegResNet is supported"
+                ));
             }
         }
         let int = |k: &str, d: i64| -> Result<i64, String> {
             match obj.get(k) {
                 None => Ok(d),
-                Some(v) => v.as_i64().ok_or(format!("network_def.{k} is not an integer")),
+                Some(v) => v
+                    .as_i64()
+                    .ok_or(format!("network_def.{k} is not an integer")),
             }
         };
         let list = |k: &str, d: &[i64]| -> Result<Vec<i64>, String> {
@@ -65,16 +69,28 @@ impl SegResNetConfig {
                     .as_array()
                     .ok_or(format!("network_def.{k} is not a list"))?
                     .iter()
-                    .map(|x| x.as_i64().ok_or(format!("network_def.{k} holds a non-integer")))
+                    .map(|x| {
+                        x.as_i64()
+                            .ok_or(format!("network_def.{k} holds a non-integer"))
+                    })
                     .collect(),
             }
         };
         if int("spatial_dims", 3)? != 3 {
             return Err("only spatial_dims = 3 is supported".into());
         }
-        for unsupported in ["norm", "act", "upsample_mode", "use_conv_final", "norm_name", "num_groups"] {
+        for unsupported in [
+            "norm",
+            "act",
+            "upsample_mode",
+            "use_conv_final",
+            "norm_name",
+            "num_groups",
+        ] {
             if obj.contains_key(unsupported) {
-                return Err(format!("network_def.{unsupported} is not supported (MONAI defaults only)"));
+                return Err(format!(
+                    "network_def.{unsupported} is not supported (MONAI defaults only)"
+                ));
             }
         }
         let cfg = Self {
@@ -101,7 +117,12 @@ impl SegResNetConfig {
         if self.init_filters % self.norm_groups != 0 {
             return Err("init_filters must be a multiple of 8 (GroupNorm groups)".into());
         }
-        if self.blocks_down.iter().chain(&self.blocks_up).any(|&b| b < 1) {
+        if self
+            .blocks_down
+            .iter()
+            .chain(&self.blocks_up)
+            .any(|&b| b < 1)
+        {
             return Err("every level needs at least one block".into());
         }
         if let Some(p) = self.dropout_prob {
@@ -119,9 +140,22 @@ impl SegResNetConfig {
 }
 
 fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, bias: bool) -> Conv {
-    let ws = p.var("weight", &[cout, cin, k, k, k], nn::init::DEFAULT_KAIMING_UNIFORM);
-    let bs = if bias { Some(p.var("bias", &[cout], nn::Init::Const(0.0))) } else { None };
-    Conv { ws, bs, stride, padding: (k - 1) / 2 }
+    let ws = p.var(
+        "weight",
+        &[cout, cin, k, k, k],
+        nn::init::DEFAULT_KAIMING_UNIFORM,
+    );
+    let bs = if bias {
+        Some(p.var("bias", &[cout], nn::Init::Const(0.0)))
+    } else {
+        None
+    };
+    Conv {
+        ws,
+        bs,
+        stride,
+        padding: (k - 1) / 2,
+    }
 }
 
 #[derive(Debug)]
@@ -220,7 +254,14 @@ impl SegResNet {
     pub fn new(root: &nn::Path, config: &SegResNetConfig) -> Self {
         let g = config.norm_groups;
         let f = config.init_filters;
-        let conv_init = conv(root / "convInit" / "conv", config.in_channels, f, 3, 1, false);
+        let conv_init = conv(
+            root / "convInit" / "conv",
+            config.in_channels,
+            f,
+            3,
+            1,
+            false,
+        );
         let down = config
             .blocks_down
             .iter()
@@ -247,8 +288,22 @@ impl SegResNet {
             })
             .collect();
         let final_norm = GroupNorm::new(root / "conv_final" / 0, f, g);
-        let final_conv = conv(root / "conv_final" / 2 / "conv", f, config.out_channels, 1, 1, true);
-        Self { config: config.clone(), conv_init, down, up, final_norm, final_conv }
+        let final_conv = conv(
+            root / "conv_final" / 2 / "conv",
+            f,
+            config.out_channels,
+            1,
+            1,
+            true,
+        );
+        Self {
+            config: config.clone(),
+            conv_init,
+            down,
+            up,
+            final_norm,
+            final_conv,
+        }
     }
 
     /// The configuration the network was built with.
@@ -291,7 +346,10 @@ impl SegResNet {
 
     /// Number of parameters (18,799,401 for the bundle's network).
     pub fn num_parameters(vs: &nn::VarStore) -> i64 {
-        vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+        vs.trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
     }
 
     /// Output dtype of the logits (always float32 outside autocast).

@@ -35,9 +35,17 @@ pub fn read_named_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
 pub fn load_strict(vs: &mut VarStore, path: &Path) -> Result<()> {
     let named: BTreeMap<String, Tensor> = read_named_tensors(path)?.into_iter().collect();
     let vars = vs.variables();
-    let mut missing: Vec<&str> = vars.keys().filter(|k| !named.contains_key(*k)).map(|s| s.as_str()).collect();
+    let mut missing: Vec<&str> = vars
+        .keys()
+        .filter(|k| !named.contains_key(*k))
+        .map(|s| s.as_str())
+        .collect();
     missing.sort();
-    let mut extra: Vec<&str> = named.keys().filter(|k| !vars.contains_key(*k)).map(|s| s.as_str()).collect();
+    let mut extra: Vec<&str> = named
+        .keys()
+        .filter(|k| !vars.contains_key(*k))
+        .map(|s| s.as_str())
+        .collect();
     extra.sort();
     if !missing.is_empty() || !extra.is_empty() {
         let mut msg = String::new();
@@ -50,7 +58,10 @@ pub fn load_strict(vs: &mut VarStore, path: &Path) -> Result<()> {
             }
             msg.push_str(&format!("unexpected keys: {}", extra.join(", ")));
         }
-        return Err(ModelsError::WeightsMismatch(format!("{}: {msg}", path.display())));
+        return Err(ModelsError::WeightsMismatch(format!(
+            "{}: {msg}",
+            path.display()
+        )));
     }
     for (name, var) in &vars {
         let src = &named[name];
@@ -99,7 +110,9 @@ pub fn save_state_dict(vs: &VarStore, order: &[String], path: &Path) -> Result<(
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("weights"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("weights"),
         std::process::id()
     ));
     {

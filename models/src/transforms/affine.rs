@@ -47,7 +47,10 @@ pub fn spacing(a: &Affine) -> [f64; 3] {
 
 /// numpy.allclose(a, b, rtol=0, atol)
 pub fn allclose(a: &Affine, b: &Affine, atol: f64) -> bool {
-    a.iter().flatten().zip(b.iter().flatten()).all(|(x, y)| (x - y).abs() <= atol + 1e-5 * y.abs())
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .all(|(x, y)| (x - y).abs() <= atol + 1e-5 * y.abs())
 }
 
 /// The 4x4 identity.

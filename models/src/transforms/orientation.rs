@@ -34,8 +34,15 @@ impl OrientationOp {
 
     /// Applies the step to a channel-first `[C, X, Y, Z]` tensor.
     pub fn apply(&self, data: &Tensor) -> Tensor {
-        let flips: Vec<i64> = (0..3).filter(|&i| self.flip[i]).map(|i| i as i64 + 1).collect();
-        let t = if flips.is_empty() { data.shallow_clone() } else { data.flip(&flips) };
+        let flips: Vec<i64> = (0..3)
+            .filter(|&i| self.flip[i])
+            .map(|i| i as i64 + 1)
+            .collect();
+        let t = if flips.is_empty() {
+            data.shallow_clone()
+        } else {
+            data.flip(&flips)
+        };
         let perm = self.permutation();
         if perm == [0, 1, 2, 3] {
             t
@@ -51,8 +58,15 @@ impl OrientationOp {
         for (j, &p) in perm.iter().enumerate() {
             inv[p as usize] = j as i64;
         }
-        let t = if perm == [0, 1, 2, 3] { data.shallow_clone() } else { data.permute(inv) };
-        let flips: Vec<i64> = (0..3).filter(|&i| self.flip[i]).map(|i| i as i64 + 1).collect();
+        let t = if perm == [0, 1, 2, 3] {
+            data.shallow_clone()
+        } else {
+            data.permute(inv)
+        };
+        let flips: Vec<i64> = (0..3)
+            .filter(|&i| self.flip[i])
+            .map(|i| i as i64 + 1)
+            .collect();
         if flips.is_empty() {
             t
         } else {
@@ -79,7 +93,8 @@ impl OrientationOp {
 }
 
 fn det3(m: &[[f64; 3]; 3]) -> f64 {
-    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
         + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
 }
 
@@ -107,7 +122,10 @@ fn inv_t3(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
 pub fn io_orientation(affine: &Affine) -> Option<([usize; 3], [bool; 3])> {
     let mut r = [[0.0f64; 3]; 3];
     for j in 0..3 {
-        let norm = (0..3).map(|i| affine[i][j] * affine[i][j]).sum::<f64>().sqrt();
+        let norm = (0..3)
+            .map(|i| affine[i][j] * affine[i][j])
+            .sum::<f64>()
+            .sqrt();
         let norm = if norm == 0.0 { 1.0 } else { norm };
         for i in 0..3 {
             r[i][j] = affine[i][j] / norm;
@@ -157,5 +175,9 @@ pub fn io_orientation(affine: &Affine) -> Option<([usize; 3], [bool; 3])> {
 /// Plans the orientation of a volume of `shape` with `affine` to RAS.
 pub fn plan(affine: &Affine, shape: [i64; 3]) -> Option<OrientationOp> {
     let (out_axis, flip) = io_orientation(affine)?;
-    Some(OrientationOp { out_axis, flip, in_shape: shape })
+    Some(OrientationOp {
+        out_axis,
+        flip,
+        in_shape: shape,
+    })
 }

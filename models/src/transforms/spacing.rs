@@ -67,13 +67,22 @@ fn zoom_affine(a: &Affine, out_d: [f64; 3]) -> Option<Affine> {
     let rtr = t.transpose(0, 1).matmul(&t);
     let m: Vec<f64> = Vec::<f64>::try_from(rtr.contiguous().view([-1])).ok()?;
     let l = cholesky3(&[[m[0], m[1], m[2]], [m[3], m[4], m[5]], [m[6], m[7], m[8]]])?;
-    let flat: Vec<f64> = (0..3).flat_map(|i| (0..3).map(move |j| (i, j))).map(|(i, j)| l[j][i]).collect();
+    let flat: Vec<f64> = (0..3)
+        .flat_map(|i| (0..3).map(move |j| (i, j)))
+        .map(|(i, j)| l[j][i])
+        .collect();
     let zs = Tensor::from_slice(&flat).view([3, 3]); // upper = L^T
     let rot = t.matmul(&zs.inverse());
     let mut s = [0.0; 3];
     for i in 0..3 {
         let d = flat[i * 4];
-        let sign = if d > 0.0 { 1.0 } else if d < 0.0 { -1.0 } else { 0.0 };
+        let sign = if d > 0.0 {
+            1.0
+        } else if d < 0.0 {
+            -1.0
+        } else {
+            0.0
+        };
         s[i] = sign * out_d[i].abs();
     }
     let z = rot.matmul(&Tensor::from_slice(&s).diag(0));
@@ -102,7 +111,13 @@ pub fn plan(affine: &Affine, shape: [i64; 3], pixdim: [f64; 3]) -> Option<Spacin
     for row in 0..4 {
         for c in 0..8usize {
             let bit = |axis: usize| (c >> (2 - axis)) & 1;
-            let v = if row == 3 { 1.0 } else if bit(row) == 1 { (shape[row] - 1) as f64 } else { 0.0 };
+            let v = if row == 3 {
+                1.0
+            } else if bit(row) == 1 {
+                (shape[row] - 1) as f64
+            } else {
+                0.0
+            };
             corners.push(v);
         }
     }
@@ -119,7 +134,7 @@ pub fn plan(affine: &Affine, shape: [i64; 3], pixdim: [f64; 3]) -> Option<Spacin
         let lo = row.iter().cloned().fold(f64::INFINITY, f64::min);
         let hi = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let n = ((hi - lo) + 1.0).round_ties_even();
-        if !n.is_finite() || n < 1.0 || n > 1e5 {
+        if !n.is_finite() || !(1.0..=1e5).contains(&n) {
             return None;
         }
         *d = n as i64;
@@ -127,7 +142,9 @@ pub fn plan(affine: &Affine, shape: [i64; 3], pixdim: [f64; 3]) -> Option<Spacin
     let mut offset = None;
     for i in 0..8 {
         let ok = (0..3).all(|r| {
-            let m = (0..8).map(|c| c_out[r * 8 + c] - c_out[r * 8 + i]).fold(f64::INFINITY, f64::min);
+            let m = (0..8)
+                .map(|c| c_out[r * 8 + c] - c_out[r * 8 + i])
+                .fold(f64::INFINITY, f64::min);
             m.abs() <= 1e-8
         });
         if ok {
@@ -159,19 +176,31 @@ pub fn plan(affine: &Affine, shape: [i64; 3], pixdim: [f64; 3]) -> Option<Spacin
         a2[r][3] = offset[r];
     }
     let xform = solve(affine, &a2)?;
-    let unchanged = (allclose(affine, &a2, AFFINE_TOL) && dst_shape == shape)
-        || (allclose(&xform, &identity(), AFFINE_TOL) && dst_shape == shape);
-    let dst_affine = if unchanged { *affine } else { from_tensor(&a1t.matmul(&to_tensor(&xform))) };
-    Some(SpacingOp { src_affine: *affine, src_shape: shape, dst_affine, dst_shape, xform, unchanged })
+    // MONAI's fast path: same shape and (same affine or identity index map)
+    let unchanged = dst_shape == shape
+        && (allclose(affine, &a2, AFFINE_TOL) || allclose(&xform, &identity(), AFFINE_TOL));
+    let dst_affine = if unchanged {
+        *affine
+    } else {
+        from_tensor(&a1t.matmul(&to_tensor(&xform)))
+    };
+    Some(SpacingOp {
+        src_affine: *affine,
+        src_shape: shape,
+        dst_affine,
+        dst_shape,
+        xform,
+        unchanged,
+    })
 }
 
 impl SpacingOp {
     /// The plan of the inverse step (destination grid back to the source grid).
     pub fn inverse(&self) -> Option<SpacingOp> {
         let xform = solve(&self.dst_affine, &self.src_affine)?;
-        let unchanged = (allclose(&self.dst_affine, &self.src_affine, AFFINE_TOL)
-            && self.dst_shape == self.src_shape)
-            || (allclose(&xform, &identity(), AFFINE_TOL) && self.dst_shape == self.src_shape);
+        let unchanged = self.dst_shape == self.src_shape
+            && (allclose(&self.dst_affine, &self.src_affine, AFFINE_TOL)
+                || allclose(&xform, &identity(), AFFINE_TOL));
         Some(SpacingOp {
             src_affine: self.dst_affine,
             src_shape: self.dst_shape,
@@ -199,7 +228,9 @@ impl SpacingOp {
             }
             to_tensor(&m)
         };
-        let theta = norm(self.src_shape).matmul(&to_tensor(&self.xform)).matmul(&norm(self.dst_shape).inverse());
+        let theta = norm(self.src_shape)
+            .matmul(&to_tensor(&self.xform))
+            .matmul(&norm(self.dst_shape).inverse());
         // (i, j, k) index order -> torch's (x, y, z): reverse the first 3 rows and columns
         let rev = Tensor::from_slice(&[2i64, 1, 0, 3]);
         let rows = Tensor::from_slice(&[2i64, 1, 0]);
@@ -213,7 +244,11 @@ impl SpacingOp {
         };
         let x = data.to_kind(Kind::Double).unsqueeze(0).contiguous();
         let c = x.size()[1];
-        let grid = if c > 1 { grid.expand([1, d0, d1, d2, 3], false) } else { grid };
+        let grid = if c > 1 {
+            grid.expand([1, d0, d1, d2, 3], false)
+        } else {
+            grid
+        };
         let out = Tensor::grid_sampler(&x, &grid, mode, 1, false);
         out.squeeze_dim(0).to_kind(Kind::Float)
     }
