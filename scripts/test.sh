@@ -19,3 +19,5 @@ fi
 # golden tests compare against fixtures made with 2 threads; run test binaries one at a time
 # so that thread counts and memory stay what the fixtures and the 2-core machine expect
 cargo test --workspace --release -- --test-threads=1
+# the conformance suite: the release binary driven by the official monailabel client
+FERROLABEL_BIN="$PWD/target/release/ferrolabel" "$FERROLABEL_PYTHON" -m pytest tests/conformance -q -p no:cacheprovider
