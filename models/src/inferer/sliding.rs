@@ -197,6 +197,10 @@ pub fn predict_labels(
     Ok(labels.contiguous())
 }
 
+/// Planes of dimension 0 finalised per step: bounds the temporaries of the division and the
+/// softmax to a few planes instead of the whole slab.
+const FINALIZE_PLANES: i64 = 8;
+
 /// Finishes `[base, upto)` of the slab: divide, softmax, argmax into `labels`, then shift the
 /// slab so that it starts at `upto`.
 fn finalize(slab: &mut Slab, upto: i64, labels: &Tensor) -> Result<()> {
@@ -206,20 +210,27 @@ fn finalize(slab: &mut Slab, upto: i64, labels: &Tensor) -> Result<()> {
     }
     let len = slab.acc.size()[2];
     let n_done = n.min(len);
-    let out = slab.acc.narrow(2, 0, n_done) / slab.count.narrow(2, 0, n_done);
-    let probs = out.squeeze_dim(0).softmax(0, Kind::Float);
-    let lab = probs
-        .argmax(0, false)
-        .to_kind(Kind::Uint8)
-        .to_device(Device::Cpu);
-    labels.narrow(0, slab.base, n_done).copy_(&lab);
-    // shift the unfinished tail to the front and clear the rest
+    let mut start = 0;
+    while start < n_done {
+        let planes = FINALIZE_PLANES.min(n_done - start);
+        let out = slab.acc.narrow(2, start, planes) / slab.count.narrow(2, start, planes);
+        let probs = out.squeeze_dim(0).softmax(0, Kind::Float);
+        drop(out);
+        let lab = probs
+            .argmax(0, false)
+            .to_kind(Kind::Uint8)
+            .to_device(Device::Cpu);
+        labels.narrow(0, slab.base + start, planes).copy_(&lab);
+        start += planes;
+    }
+    // shift the unfinished tail to the front plane by plane (the source is always ahead of
+    // the destination, so an in-order copy is safe even when they overlap), clear the rest
     let keep = len - n_done;
-    if keep > 0 {
-        let tail_acc = slab.acc.narrow(2, n_done, keep).copy();
-        slab.acc.narrow(2, 0, keep).copy_(&tail_acc);
-        let tail_cnt = slab.count.narrow(2, n_done, keep).copy();
-        slab.count.narrow(2, 0, keep).copy_(&tail_cnt);
+    for i in 0..keep {
+        let src = slab.acc.narrow(2, n_done + i, 1);
+        slab.acc.narrow(2, i, 1).copy_(&src);
+        let src = slab.count.narrow(2, n_done + i, 1);
+        slab.count.narrow(2, i, 1).copy_(&src);
     }
     let _ = slab.acc.narrow(2, keep, n_done).zero_();
     let _ = slab.count.narrow(2, keep, n_done).zero_();
