@@ -9,7 +9,9 @@ fn main() {
         let path = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone().into());
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", path.display());
         if path.join("libtorch_cuda.so").exists() {
-            println!("cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-ltorch_cuda,--pop-state");
+            println!(
+                "cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-ltorch_cuda,--pop-state"
+            );
         }
     }
 }

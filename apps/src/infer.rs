@@ -111,7 +111,9 @@ fn bad(key: &str, v: &Value, why: &str) -> AppError {
 /// Reads a boolean param: JSON bool, `"true"`/`"false"`/`"1"`/`"0"`/`"yes"`/`"no"` (any case),
 /// or the numbers 1 and 0.
 pub fn param_bool(params: &Map<String, Value>, key: &str) -> Result<Option<bool>> {
-    let Some(v) = params.get(key) else { return Ok(None) };
+    let Some(v) = params.get(key) else {
+        return Ok(None);
+    };
     let parsed = match v {
         Value::Null => return Ok(None),
         Value::Bool(b) => Some(*b),
@@ -127,11 +129,15 @@ pub fn param_bool(params: &Map<String, Value>, key: &str) -> Result<Option<bool>
         },
         _ => None,
     };
-    parsed.map(Some).ok_or_else(|| bad(key, v, "expected true or false"))
+    parsed
+        .map(Some)
+        .ok_or_else(|| bad(key, v, "expected true or false"))
 }
 
 fn param_f64(params: &Map<String, Value>, key: &str) -> Result<Option<f64>> {
-    let Some(v) = params.get(key) else { return Ok(None) };
+    let Some(v) = params.get(key) else {
+        return Ok(None);
+    };
     let parsed = match v {
         Value::Null => return Ok(None),
         Value::Number(n) => n.as_f64(),
@@ -145,7 +151,9 @@ fn param_f64(params: &Map<String, Value>, key: &str) -> Result<Option<f64>> {
 }
 
 fn param_usize(params: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
-    let Some(v) = params.get(key) else { return Ok(None) };
+    let Some(v) = params.get(key) else {
+        return Ok(None);
+    };
     let parsed = match v {
         Value::Null => return Ok(None),
         Value::Number(n) => n.as_u64().or_else(|| {
@@ -181,7 +189,11 @@ pub(crate) fn plan(
     let sw_overlap = param_f64(params, "sw_overlap")?;
     if let Some(o) = sw_overlap {
         if !(0.0..1.0).contains(&o) {
-            return Err(bad("sw_overlap", &params["sw_overlap"], "must be >= 0 and < 1"));
+            return Err(bad(
+                "sw_overlap",
+                &params["sw_overlap"],
+                "must be >= 0 and < 1",
+            ));
         }
     }
     let sw_batch_size = param_usize(params, "sw_batch_size")?;
@@ -261,13 +273,16 @@ fn check_device(d: &str, devices: &[String]) -> std::result::Result<(), String> 
 pub(crate) fn encode(labels: &[u8], volume: &Volume, ext: ResultExt) -> Result<Vec<u8>> {
     let enc = |e: ferrolabel_imaging::ImagingError| AppError::Encode(e.to_string());
     match ext {
-        ResultExt::Nrrd => encode_label_nrrd(labels, volume.dims, &volume.affine, true).map_err(enc),
+        ResultExt::Nrrd => {
+            encode_label_nrrd(labels, volume.dims, &volume.affine, true).map_err(enc)
+        }
         ResultExt::NiiGz | ResultExt::Nii => {
             let gzip = ext == ResultExt::NiiGz;
             match &volume.header {
                 Some(h) => encode_label_nifti(labels, h, gzip).map_err(enc),
                 None => {
-                    let h = Header::new_3d(volume.dims, DataType::U8, &volume.affine).map_err(enc)?;
+                    let h =
+                        Header::new_3d(volume.dims, DataType::U8, &volume.affine).map_err(enc)?;
                     encode_label_nifti(labels, &h, gzip).map_err(enc)
                 }
             }
@@ -289,7 +304,9 @@ pub(crate) fn result_ext(plan: &InferPlan, input: &Path) -> ResultExt {
 /// Rounds seconds to 2 decimals, as MONAI Label reports latencies.
 pub(crate) fn secs(x: f64) -> Value {
     let r = (x * 100.0).round() / 100.0;
-    serde_json::Number::from_f64(r).map(Value::Number).unwrap_or(Value::Null)
+    serde_json::Number::from_f64(r)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 #[cfg(test)]
@@ -317,8 +334,10 @@ mod tests {
 
     #[test]
     fn slicer_params() {
-        let plan = run(json!({"highres": "False", "sw_overlap": "0.5", "sw_batch_size": 2,
-            "device": "cpu", "result_extension": ".seg.nrrd", "result_dtype": "uint8"}))
+        let plan = run(
+            json!({"highres": "False", "sw_overlap": "0.5", "sw_batch_size": 2,
+            "device": "cpu", "result_extension": ".seg.nrrd", "result_dtype": "uint8"}),
+        )
         .unwrap();
         assert_eq!(plan.resolution, Resolution::Low);
         assert_eq!(plan.sw_overlap, Some(0.5));

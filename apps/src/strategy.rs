@@ -98,12 +98,19 @@ mod tests {
     use serde_json::json;
 
     fn cand(id: &str, info: Value) -> Candidate {
-        Candidate { id: id.into(), info: info.as_object().unwrap().clone() }
+        Candidate {
+            id: id.into(),
+            info: info.as_object().unwrap().clone(),
+        }
     }
 
     #[test]
     fn first_is_smallest_id() {
-        let c = [cand("b", json!({})), cand("a", json!({})), cand("c", json!({}))];
+        let c = [
+            cand("b", json!({})),
+            cand("a", json!({})),
+            cand("c", json!({})),
+        ];
         assert_eq!(Strategy::First.select(&c, 100).unwrap()["id"], "a");
         assert!(Strategy::First.select(&[], 100).is_none());
     }
@@ -121,7 +128,10 @@ mod tests {
             assert_eq!(r["weight"], now);
         }
         let all_served = [cand("x", json!({"strategy": {"random": {"ts": now}}}))];
-        assert_eq!(Strategy::Random.select(&all_served, now).unwrap()["id"], "x");
+        assert_eq!(
+            Strategy::Random.select(&all_served, now).unwrap()["id"],
+            "x"
+        );
     }
 
     #[test]

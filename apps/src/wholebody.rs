@@ -33,7 +33,8 @@ pub const DEFAULT_BUNDLE_DIR: &str = "model/wholeBody_ct_segmentation";
 pub struct AppOptions {
     /// The app folder (`--app`).
     pub app_dir: PathBuf,
-    /// `--conf KEY VALUE` pairs. Known keys: `bundle_dir`, `skip_strategies`.
+    /// `--conf KEY VALUE` pairs. Known keys: `bundle_dir`, `skip_strategies` (the server also
+    /// reads `preload`).
     pub conf: BTreeMap<String, String>,
     /// Engine settings (device, threads, queue size).
     pub engine: EngineOptions,
@@ -82,7 +83,10 @@ impl WholeBodyApp {
         if bundle.labels.len() > 256 {
             return Err(AppError::Bundle {
                 path: bundle_dir,
-                message: format!("{} classes do not fit in a uint8 label map", bundle.labels.len()),
+                message: format!(
+                    "{} classes do not fit in a uint8 label map",
+                    bundle.labels.len()
+                ),
             });
         }
         let labels = bundle
@@ -104,7 +108,10 @@ impl WholeBodyApp {
             opts.device_names
         };
         Ok(WholeBodyApp {
-            name: format!("MONAILabel - {MODEL_NAME} (ferrolabel {})", opts.server_version),
+            name: format!(
+                "MONAILabel - {MODEL_NAME} (ferrolabel {})",
+                opts.server_version
+            ),
             version: opts.server_version,
             bundle_dir,
             bundle,
@@ -148,7 +155,10 @@ impl WholeBodyApp {
 
     /// `{name: index}` for every foreground label, by index (background excluded).
     pub fn label_map(&self) -> Map<String, Value> {
-        self.labels.iter().map(|(n, i)| (n.clone(), Value::from(*i))).collect()
+        self.labels
+            .iter()
+            .map(|(n, i)| (n.clone(), Value::from(*i)))
+            .collect()
     }
 
     fn resolution_name(res: Resolution) -> &'static str {
@@ -221,7 +231,12 @@ impl WholeBodyApp {
         let strategies: Map<String, Value> = self
             .strategies
             .iter()
-            .map(|s| (s.name().to_string(), json!({"description": s.description()})))
+            .map(|s| {
+                (
+                    s.name().to_string(),
+                    json!({"description": s.description()}),
+                )
+            })
             .collect();
         json!({
             "name": self.name,
@@ -254,7 +269,12 @@ impl WholeBodyApp {
         if !self.has_model(model) {
             return Err(AppError::ModelNotFound(model.to_string()));
         }
-        let plan = infer::plan(model, params, self.bundle.default_highres, &self.device_names)?;
+        let plan = infer::plan(
+            model,
+            params,
+            self.bundle.default_highres,
+            &self.device_names,
+        )?;
         self.check_weights(plan.resolution)?;
         Ok(plan)
     }
@@ -328,6 +348,14 @@ impl WholeBodyApp {
         params.insert("windows".into(), seg.windows.into());
         params.insert("network_shape".into(), json!(seg.network_shape));
         Ok(InferOutput { bytes, ext, params })
+    }
+
+    /// Loads the default resolution's weights on the engine thread, so that the first request
+    /// does not pay for it; [`AppError::WeightsMissing`] if they are not installed.
+    pub async fn preload(&self) -> Result<()> {
+        let res = self.default_resolution();
+        self.check_weights(res)?;
+        self.engine.preload(res).await.map_err(AppError::from)
     }
 
     /// Checks on the blocking pool that a weights file loads strictly into this app's network

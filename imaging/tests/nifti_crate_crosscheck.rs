@@ -17,7 +17,7 @@ fn decompressed(path: &str) -> Vec<u8> {
 fn crosscheck(bytes: &[u8]) {
     let ours = read_nifti_bytes(bytes, &Limits::default()).unwrap();
     let h = ours.header.as_ref().unwrap();
-    let theirs = nifti::NiftiHeader::from_reader(&bytes[..]).unwrap();
+    let theirs = nifti::NiftiHeader::from_reader(bytes).unwrap();
     assert_eq!(h.dim.map(|d| d as u16), theirs.dim);
     assert_eq!(h.datatype, theirs.datatype);
     assert_eq!(h.bitpix, theirs.bitpix);

@@ -218,9 +218,11 @@ impl ResBlock {
         }
     }
     fn forward(&self, x: &Tensor) -> Tensor {
-        let y = self.conv1.forward(&self.norm1.forward(x).relu());
-        let y = self.conv2.forward(&self.norm2.forward(&y).relu());
-        y + x
+        // in-place ReLU and residual add on fresh tensors, as MONAI (inplace=True, `x += identity`)
+        let y = self.conv1.forward(&self.norm1.forward(x).relu_());
+        let mut y = self.conv2.forward(&self.norm2.forward(&y).relu_());
+        let _ = y.g_add_(x);
+        y
     }
 }
 
@@ -335,13 +337,17 @@ impl SegResNet {
             let y = layer.reduce.forward(&x);
             let size = y.size();
             let out: Vec<i64> = size[2..].iter().map(|s| s * 2).collect();
-            let y = y.upsample_trilinear3d(&out, false, Some(2.0), Some(2.0), Some(2.0));
-            x = y + skips.pop().expect("one skip per decoder level");
+            let mut y = y.upsample_trilinear3d(&out, false, Some(2.0), Some(2.0), Some(2.0));
+            let _ = y.g_add_(&skips.pop().expect("one skip per decoder level"));
+            x = y;
             for b in &layer.blocks {
                 x = b.forward(&x);
             }
         }
-        self.final_conv.forward(&self.final_norm.forward(&x).relu())
+        // free the decoder output before the widest tensor (C x 96^3 logits) is allocated
+        let h = self.final_norm.forward(&x).relu_();
+        drop(x);
+        self.final_conv.forward(&h)
     }
 
     /// Number of parameters (18,799,401 for the bundle's network).

@@ -72,7 +72,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
 pub fn run(args: InferArgs) -> Result<()> {
     let t0 = Instant::now();
     let device = parse_device(&args.device)?;
-    let bundle = Bundle::open(&args.bundle).with_context(|| format!("bundle {}", args.bundle.display()))?;
+    let bundle =
+        Bundle::open(&args.bundle).with_context(|| format!("bundle {}", args.bundle.display()))?;
     let res = Resolution::from_highres(args.highres.unwrap_or(bundle.default_highres));
     if !bundle.has_weights(res) {
         bail!(
@@ -84,8 +85,14 @@ pub fn run(args: InferArgs) -> Result<()> {
     let labels_count = bundle.labels.len();
     let engine = Engine::start(
         bundle,
-        EngineOptions { device, threads: args.threads, amp: device.is_cuda(), queue_limit: 1 },
+        EngineOptions {
+            device,
+            threads: args.threads,
+            amp: device.is_cuda(),
+            queue_limit: 1,
+        },
     )?;
+    engine.preload_blocking(res)?;
     let vol = read_nifti(&args.image, &Limits::default())
         .with_context(|| format!("cannot read {}", args.image.display()))?;
     let t_load = t0.elapsed().as_secs_f64();
@@ -105,7 +112,8 @@ pub fn run(args: InferArgs) -> Result<()> {
     }
     let name = args.output.to_string_lossy();
     if name.ends_with(".nrrd") {
-        let bytes = ferrolabel_imaging::encode_label_nrrd(&seg.labels, volume.dims, &volume.affine, true)?;
+        let bytes =
+            ferrolabel_imaging::encode_label_nrrd(&seg.labels, volume.dims, &volume.affine, true)?;
         std::fs::write(&args.output, bytes)?;
     } else {
         let header = volume

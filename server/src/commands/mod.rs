@@ -1,3 +1,5 @@
 //! The CLI's subcommands.
 
+pub mod dev;
 pub mod infer;
+pub mod start_server;

@@ -1,0 +1,177 @@
+//! `ferrolabel start_server`: opens the app, the datastore and the session store, and serves the
+//! MONAI Label REST API with actix-web.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::{Context, Result};
+use ferrolabel_apps::{AppOptions, WholeBodyApp};
+use ferrolabel_datastore::{Datastore, DatastoreOptions, Sessions};
+use ferrolabel_imaging::Limits;
+use ferrolabel_models::EngineOptions;
+
+use crate::config::ServerArgs;
+use crate::error::ApiError;
+use crate::routes;
+use crate::state::AppState;
+
+/// How often expired sessions are removed.
+const SESSION_SWEEP: Duration = Duration::from_secs(300);
+
+/// Display names of the device, as `/info/` lists them (`cpu`, else the GPU's name).
+fn device_names(device: tch::Device) -> Vec<String> {
+    let tch::Device::Cuda(n) = device else {
+        return vec!["cpu".to_string()];
+    };
+    let names = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    match names.get(n) {
+        Some(name) if !name.is_empty() => vec![name.clone()],
+        _ => vec![format!("cuda:{n}")],
+    }
+}
+
+/// Runs the server until it is stopped (Ctrl-C / SIGTERM).
+pub fn run(args: ServerArgs) -> Result<()> {
+    let settings = args.settings()?;
+    crate::logging::init_with_file("info", &settings.log_file)
+        .with_context(|| format!("cannot open the log file {}", settings.log_file.display()))?;
+    let device = crate::commands::infer::parse_device(&args.device)?;
+    let limits = Limits {
+        max_voxels: args.max_voxels.unwrap_or(Limits::DEFAULT_MAX_VOXELS),
+        ..Limits::default()
+    };
+    let app = WholeBodyApp::open(AppOptions {
+        app_dir: args.app.clone(),
+        conf: settings.conf.clone(),
+        engine: EngineOptions {
+            device,
+            threads: args.threads,
+            amp: device.is_cuda(),
+            queue_limit: args.infer_queue.max(1),
+        },
+        device_names: device_names(device),
+        limits,
+        strategies_enabled: args.tasks_strategy,
+        server_version: env!("CARGO_PKG_VERSION").to_string(),
+    })?;
+    for res in [
+        ferrolabel_models::Resolution::High,
+        ferrolabel_models::Resolution::Low,
+    ] {
+        if let Err(e) = app.check_weights(res) {
+            tracing::warn!("{e}");
+        }
+    }
+    let workers = args
+        .workers
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
+        .max(2);
+    actix_web::rt::System::new().block_on(serve(args, settings, app, workers))
+}
+
+async fn serve(
+    args: ServerArgs,
+    settings: crate::config::Settings,
+    app: WholeBodyApp,
+    workers: usize,
+) -> Result<()> {
+    let datastore = Datastore::open(
+        &settings.studies,
+        DatastoreOptions {
+            extensions: settings.extensions.clone(),
+            ..DatastoreOptions::default()
+        },
+    )
+    .await
+    .with_context(|| format!("cannot open the datastore {}", settings.studies.display()))?;
+    let sessions = match &settings.session_path {
+        Some(p) => Some(
+            Sessions::open(p, settings.session_expiry)
+                .await
+                .with_context(|| format!("cannot open the session folder {}", p.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(s) = sessions.clone() {
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(SESSION_SWEEP);
+            loop {
+                tick.tick().await;
+                match s.remove_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "expired sessions removed"),
+                    Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+                }
+            }
+        });
+    }
+    let app = Arc::new(app);
+    let state = web::Data::new(AppState {
+        app: app.clone(),
+        datastore: datastore.clone(),
+        sessions,
+        settings: Arc::new(settings.clone()),
+    });
+    let cors_origins = settings.cors_origins.clone();
+    let server = HttpServer::new(move || {
+        let cors = routes::Cors::new(cors_origins.clone());
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                ApiError::unprocessable(format!("invalid query string: {e}")).into()
+            }))
+            .app_data(
+                web::PathConfig::default()
+                    .error_handler(|_, _| ApiError::not_found("Not Found").into()),
+            )
+            .configure(routes::configure)
+            .default_service(web::to(routes::not_found))
+            .wrap_fn(move |req, srv| cors.handle(req, srv))
+            .wrap_fn(|req, srv| routes::log_request(req, srv))
+    })
+    .workers(workers)
+    .bind((args.host.as_str(), args.port))
+    .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
+    for addr in server.addrs() {
+        tracing::info!(
+            studies = %settings.studies.display(),
+            bundle = %app.bundle_dir().display(),
+            "ferrolabel {} listening on http://{addr}",
+            env!("CARGO_PKG_VERSION")
+        );
+    }
+    let preload = settings
+        .conf
+        .get("preload")
+        .map(|v| crate::config::parse_bool(v).unwrap_or(true))
+        .unwrap_or(true);
+    if preload {
+        let app = app.clone();
+        actix_web::rt::spawn(async move {
+            match app.preload().await {
+                Ok(()) => tracing::info!("weights preloaded"),
+                Err(e) => tracing::warn!("weights not preloaded: {e}"),
+            }
+        });
+    }
+    server.run().await.context("server failed")?;
+    datastore.close().await;
+    tracing::info!("server stopped");
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! `POST /activelearning/{strategy}`: the next image to annotate (spec §3.6).
+
+use actix_web::{web, HttpResponse};
+use ferrolabel_apps::Candidate;
+use serde_json::{json, Map, Value};
+
+use crate::error::{ApiError, ApiResult};
+use crate::multipart::{parse_json_object, read_body};
+use crate::response;
+use crate::state::AppState;
+
+/// Largest accepted JSON body.
+const MAX_BODY: u64 = 1 << 20;
+
+/// Picks an image without a `final` label. The body (optional JSON object) is merged over
+/// `{"strategy": <path>}`. Answers `{}` when every image is labeled; otherwise the strategy's
+/// result plus `path`, overlaid with the image's info, and records
+/// `strategy.<name> = {ts, client_id}` in the image info.
+pub async fn next_sample(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let body = read_body(payload, MAX_BODY).await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::unprocessable("the body is not UTF-8 JSON"))?;
+    let params = parse_json_object(text, "the request body")?;
+    let name = match params.get("strategy") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => path.into_inner(),
+    };
+    let strategy = state.app.strategy(&name)?;
+    let ds = &state.datastore;
+    let mut candidates = Vec::new();
+    for id in ds.unlabeled_images().await? {
+        if let Some(rec) = ds.image(&id).await? {
+            candidates.push(Candidate { id, info: rec.info });
+        }
+    }
+    let now = chrono::Utc::now().timestamp();
+    let Some(mut result) = strategy.select(&candidates, now) else {
+        return Ok(response::empty_object());
+    };
+    let id = result
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let info = ds.image_info(&id).await?.unwrap_or_default();
+    if let Some(p) = info.get("path") {
+        result.insert("path".into(), p.clone());
+    }
+    let mut strategies: Map<String, Value> = info
+        .get("strategy")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for (k, v) in info {
+        result.insert(k, v);
+    }
+    let client_id = params
+        .get("client_id")
+        .and_then(Value::as_str)
+        .unwrap_or(state.user());
+    strategies.insert(
+        strategy.name().into(),
+        json!({"ts": now, "client_id": client_id}),
+    );
+    let mut patch = Map::new();
+    patch.insert("strategy".into(), Value::Object(strategies));
+    ds.update_image_info(&id, patch, None).await?;
+    tracing::info!(strategy = strategy.name(), image = %id, "next sample");
+    Ok(response::json(result))
+}

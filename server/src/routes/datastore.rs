@@ -1,0 +1,378 @@
+//! `/datastore/*`: listing, image and label upload / download / delete, info, dataset export
+//! (spec §3.8).
+//!
+//! Differences from MONAI Label, all towards clearer errors: unknown ids on writes and deletes
+//! are 404 (upstream: 500), unsafe ids are 422, and uploaded NIfTI/NRRD files are checked to be
+//! readable images before they are stored (422 otherwise).
+
+use std::path::PathBuf;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use ferrolabel_datastore::{id_from_filename, DatastoreError, Source, FINAL_TAG};
+use serde_json::{json, Map, Value};
+
+use crate::error::{joined, ApiError, ApiResult};
+use crate::multipart::{read_form, UploadLimits, UploadedFile};
+use crate::routes::{q, q_int, q_required, QueryMap};
+use crate::state::AppState;
+use crate::{response, zip_export};
+
+const IMAGE_NOT_FOUND: &str = "Image NOT Found or is a directory";
+const LABEL_NOT_FOUND: &str = "Label NOT Found or is a directory";
+
+/// Upload limits from the settings.
+pub fn limits(state: &AppState) -> UploadLimits<'_> {
+    UploadLimits {
+        tmp_dir: &state.settings.tmp_dir,
+        max_bytes: state.settings.max_upload_bytes,
+    }
+}
+
+/// The file's format from its first bytes, for uploads whose name has no known extension.
+async fn sniff_ext(path: PathBuf) -> ApiResult<String> {
+    let head = joined(
+        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            use std::io::Read;
+            let mut head = Vec::with_capacity(4);
+            std::fs::File::open(&path)?.take(4).read_to_end(&mut head)?;
+            Ok(head)
+        })
+        .await,
+    )??;
+    Ok(match ferrolabel_imaging::detect_format(&head, "") {
+        Some(ferrolabel_imaging::ImageFormat::Nrrd) => ".nrrd".into(),
+        Some(ferrolabel_imaging::ImageFormat::Nifti) if head.starts_with(&[0x1f, 0x8b]) => {
+            ".nii.gz".into()
+        }
+        Some(ferrolabel_imaging::ImageFormat::Nifti) => ".nii".into(),
+        None => String::new(),
+    })
+}
+
+/// The extension to store an upload under; image formats are checked to be readable.
+async fn checked_ext(state: &AppState, file: &UploadedFile, what: &str) -> ApiResult<String> {
+    let ext = if file.ext.is_empty() {
+        sniff_ext(file.path()).await?
+    } else {
+        file.ext.clone()
+    };
+    if ext.is_empty() {
+        return Err(ApiError::unprocessable(format!(
+            "cannot tell the format of {what} {:?}: give it a .nii.gz, .nii or .nrrd name",
+            file.filename
+        )));
+    }
+    if matches!(ext.as_str(), ".nii.gz" | ".nii" | ".nrrd") {
+        let path = file.path();
+        let limits = *state.app.limits();
+        joined(
+            tokio::task::spawn_blocking(move || ferrolabel_imaging::read_volume(&path, &limits))
+                .await,
+        )?
+        .map_err(|e| ApiError::unprocessable(format!("cannot read {what}: {e}")))?;
+    }
+    Ok(ext)
+}
+
+/// `GET /datastore/?output=stats|all|train`.
+pub async fn list(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
+    let ds = &state.datastore;
+    match q(&query, "output") {
+        "" | "stats" => Ok(response::json(ds.status().await?)),
+        "all" => Ok(response::json(ds.datastore_json().await?)),
+        "train" => {
+            let list: Vec<Value> = ds
+                .datalist()
+                .await?
+                .into_iter()
+                .map(|(i, l)| json!({"image": i.to_string_lossy(), "label": l.to_string_lossy()}))
+                .collect();
+            Ok(response::json(list))
+        }
+        other => Err(ApiError::unprocessable(format!(
+            "query parameter \"output\": {other:?} is not one of stats, all, train"
+        ))),
+    }
+}
+
+/// `PUT /datastore/?image=` and `PUT /datastore/image?image=`: multipart `file` + `params`.
+pub async fn upload_image(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: QueryMap,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let mut form = read_form(&req, payload, limits(&state)).await?;
+    let params = form.json_object("params")?;
+    let file = form
+        .take_file("file")
+        .ok_or_else(|| ApiError::unprocessable("missing file part \"file\""))?;
+    let id = match q(&query, "image") {
+        "" => id_from_filename(&file.filename).0,
+        id => id.to_string(),
+    };
+    ferrolabel_datastore::validate_id(&id)?;
+    let ext = checked_ext(&state, &file, "image").await?;
+    let rec = state
+        .datastore
+        .add_image(
+            &id,
+            &ext,
+            Source::File(file.path()),
+            params,
+            Some(state.user()),
+        )
+        .await?;
+    tracing::info!(image = %rec.id, bytes = file.size, "image stored");
+    Ok(response::json(json!({"image": rec.id})))
+}
+
+fn image_not_found(e: DatastoreError) -> ApiError {
+    match e {
+        DatastoreError::NotFound(_) => ApiError::not_found(IMAGE_NOT_FOUND),
+        other => other.into(),
+    }
+}
+
+fn label_not_found(e: DatastoreError) -> ApiError {
+    match e {
+        DatastoreError::NotFound(_) => ApiError::not_found(LABEL_NOT_FOUND),
+        other => other.into(),
+    }
+}
+
+/// `DELETE /datastore/?id=` and `DELETE /datastore/image?id=`: the image and its labels.
+pub async fn remove_image(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
+    let id = q_required(&query, "id")?;
+    state
+        .datastore
+        .remove_image(id)
+        .await
+        .map_err(|e| match e {
+            DatastoreError::NotFound(_) => ApiError::not_found(format!("Image NOT Found: {id}")),
+            other => other.into(),
+        })?;
+    Ok(response::empty_object())
+}
+
+/// `HEAD /datastore/image?image=&check_sum=SHA256:<hex>`: 200 `{}` if the file exists (and
+/// matches the checksum, when one is given).
+pub async fn head_image(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
+    let id = q_required(&query, "image")?;
+    let path = state
+        .datastore
+        .image_path(id)
+        .await
+        .map_err(image_not_found)?;
+    let check = q(&query, "check_sum");
+    if !check.is_empty() {
+        let actual = joined(
+            tokio::task::spawn_blocking(move || crate::routes::model::sha256_file(&path)).await,
+        )??;
+        let want = check
+            .strip_prefix("SHA256:")
+            .or_else(|| check.strip_prefix("sha256:"))
+            .unwrap_or(check);
+        if !actual.eq_ignore_ascii_case(want) {
+            return Err(ApiError::not_found("Image NOT Found (checksum failed)"));
+        }
+    }
+    Ok(response::empty_object())
+}
+
+/// `GET /datastore/image?image=`: the image file, named `<id><ext>`.
+pub async fn download_image(
+    state: web::Data<AppState>,
+    query: QueryMap,
+) -> ApiResult<HttpResponse> {
+    let id = q_required(&query, "image")?;
+    let rec = state
+        .datastore
+        .image(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(IMAGE_NOT_FOUND))?;
+    let name = format!("{}{}", rec.id, rec.ext);
+    response::stream_file(&rec.path, &name, ())
+        .await
+        .map_err(|_| ApiError::not_found(IMAGE_NOT_FOUND))
+}
+
+/// `GET /datastore/image/info?image=`: the info plus `path`; `{}` for an unknown id.
+pub async fn image_info(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
+    let id = q_required(&query, "image")?;
+    let info = state.datastore.image_info(id).await?.unwrap_or_default();
+    Ok(response::json(info))
+}
+
+async fn info_patch(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    field: &str,
+) -> ApiResult<Map<String, Value>> {
+    let form = read_form(req, payload, limits(state)).await?;
+    form.json_object(field)
+}
+
+/// `PUT /datastore/image/info?image=` (form field `info`): shallow merge; answers `null`.
+pub async fn update_image_info(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: QueryMap,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let id = q_required(&query, "image")?.to_string();
+    let patch = info_patch(&state, &req, payload, "info").await?;
+    state
+        .datastore
+        .update_image_info(&id, patch, Some(state.user()))
+        .await
+        .map_err(image_not_found)?;
+    Ok(response::null())
+}
+
+/// `PUT /datastore/label?image=&tag=` (multipart `label` + `params`; tag defaults to `final`).
+pub async fn save_label(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: QueryMap,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let id = q_required(&query, "image")?.to_string();
+    let tag = ferrolabel_datastore::normalize_tag(q(&query, "tag"))?.to_string();
+    let mut form = read_form(&req, payload, limits(&state)).await?;
+    let params = form.json_object("params")?;
+    let label = form
+        .take_file("label")
+        .ok_or_else(|| ApiError::unprocessable("missing file part \"label\""))?;
+    if state.datastore.image(&id).await?.is_none() {
+        return Err(ApiError::not_found(format!("Image NOT Found: {id}")));
+    }
+    let ext = checked_ext(&state, &label, "label").await?;
+    let author = params
+        .get("client_id")
+        .and_then(Value::as_str)
+        .map(String::from);
+    let rec = state
+        .datastore
+        .save_label(
+            &id,
+            &tag,
+            &ext,
+            Source::File(label.path()),
+            params,
+            author.as_deref(),
+        )
+        .await?;
+    tracing::info!(image = %id, tag = %tag, rev = ?rec.rev, "label saved");
+    Ok(response::json(json!({"image": id, "label": id})))
+}
+
+/// `GET /datastore/label?label=&tag=`: the label file, named `<id><ext>`.
+pub async fn download_label(
+    state: web::Data<AppState>,
+    query: QueryMap,
+) -> ApiResult<HttpResponse> {
+    let id = q_required(&query, "label")?;
+    let tag = query
+        .get("tag")
+        .ok_or_else(|| ApiError::unprocessable("missing query parameter \"tag\""))?;
+    let rec = state
+        .datastore
+        .label(id, tag)
+        .await?
+        .ok_or_else(|| ApiError::not_found(LABEL_NOT_FOUND))?;
+    let name = format!("{}{}", rec.image_id, rec.ext);
+    response::stream_file(&rec.path, &name, ())
+        .await
+        .map_err(|_| ApiError::not_found(LABEL_NOT_FOUND))
+}
+
+/// `HEAD /datastore/label?image=&tag=` (the id is in `image`).
+pub async fn head_label(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
+    let id = q_required(&query, "image")?;
+    state
+        .datastore
+        .label_path(id, q(&query, "tag"))
+        .await
+        .map_err(label_not_found)?;
+    Ok(response::empty_object())
+}
+
+/// `DELETE /datastore/label?id=&tag=`: `{}` whether or not the label existed.
+pub async fn remove_label(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
+    let id = q_required(&query, "id")?;
+    state.datastore.remove_label(id, q(&query, "tag")).await?;
+    Ok(response::empty_object())
+}
+
+/// `GET /datastore/label/info?label=&tag=`: the label info, `{}` if unknown.
+pub async fn label_info(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
+    let id = q_required(&query, "label")?;
+    let info = state
+        .datastore
+        .label_info(id, q(&query, "tag"))
+        .await?
+        .unwrap_or_default();
+    Ok(response::json(info))
+}
+
+async fn update_label(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: QueryMap,
+    payload: web::Payload,
+    field: &str,
+) -> ApiResult<HttpResponse> {
+    let id = q_required(&query, "label")?.to_string();
+    let tag = q(&query, "tag").to_string();
+    let patch = info_patch(&state, &req, payload, field).await?;
+    state
+        .datastore
+        .update_label_info(&id, &tag, patch, Some(state.user()))
+        .await
+        .map_err(label_not_found)?;
+    Ok(response::null())
+}
+
+/// `PUT /datastore/label/info?label=&tag=` (form field `info`): answers `null`.
+pub async fn update_label_info(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: QueryMap,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    update_label(state, req, query, payload, "info").await
+}
+
+/// `PUT /datastore/updatelabelinfo?label=&tag=` (form field `params`): answers `null`.
+pub async fn update_label_info_params(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: QueryMap,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    update_label(state, req, query, payload, "params").await
+}
+
+/// `GET /datastore/dataset?limit_cases=`: a zip of every `final` label with its image, plus
+/// `metadata.json` (the datastore model).
+pub async fn dataset(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
+    let mut pairs = state.datastore.datalist().await?;
+    if pairs.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no images with a {FINAL_TAG} label: nothing to export"
+        )));
+    }
+    let limit = q_int(&query, "limit_cases", 0)?;
+    if limit >= 1 && (limit as usize) < pairs.len() {
+        pairs.truncate(limit as usize);
+    }
+    let meta = state.datastore.datastore_json().await?;
+    let tmp_dir = state.settings.tmp_dir.clone();
+    let zip = joined(
+        tokio::task::spawn_blocking(move || zip_export::write(&tmp_dir, &pairs, &meta)).await,
+    )??;
+    let path = zip.to_path_buf();
+    response::stream_file(&path, "dataset.zip", zip).await
+}

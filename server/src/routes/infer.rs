@@ -1,0 +1,199 @@
+//! `POST /infer/{model}?image=&session_id=&output=image|json|all` (spec §3.2).
+//!
+//! Order of checks: output type (422) → body (400/413) → params JSON (422) → model (404) →
+//! param values (422) → weights (503) → input image (404/422) → engine (429 when the queue is
+//! full). The image is read on the blocking pool, the network runs on the engine thread and the
+//! label is encoded on the blocking pool, so the HTTP workers stay free. If the client goes
+//! away, the job is cancelled between two sliding windows.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use ferrolabel_datastore::{validate_session_id, Source};
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use crate::error::{ApiError, ApiResult};
+use crate::multipart::read_form;
+use crate::response;
+use crate::routes::datastore::limits;
+use crate::routes::{q, QueryMap};
+use crate::state::AppState;
+
+/// The response formats of `output=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Image,
+    Json,
+    All,
+}
+
+/// Sets the cancel flag when dropped before [`CancelOnDrop::disarm`] (i.e. when actix drops the
+/// handler because the client disconnected).
+struct CancelOnDrop(Option<Arc<AtomicBool>>);
+
+impl CancelOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0.take() {
+            flag.store(true, Ordering::SeqCst);
+            tracing::info!("client went away: inference cancelled");
+        }
+    }
+}
+
+/// Where the input image comes from.
+enum Input {
+    /// A datastore image (results may be saved as labels).
+    Datastore(String, PathBuf),
+    /// An uploaded file or session image (never saved).
+    File(PathBuf),
+}
+
+/// Runs a model and answers with the label map and/or the result params.
+pub async fn infer(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: QueryMap,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let model = path.into_inner();
+    let span = tracing::info_span!("infer", model = %model, image = q(&query, "image"));
+    run(state, req, model, query, payload)
+        .instrument(span)
+        .await
+}
+
+async fn run(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    model: String,
+    query: QueryMap,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let output = match q(&query, "output") {
+        "" | "all" => Output::All,
+        "image" => Output::Image,
+        "json" => Output::Json,
+        "dicom_seg" => {
+            return Err(ApiError::unprocessable(
+                "DICOM SEG format is not supported in a non-DICOM datastore",
+            ))
+        }
+        other => {
+            return Err(ApiError::unprocessable(format!(
+                "query parameter \"output\": {other:?} is not one of image, json, all, dicom_seg"
+            )))
+        }
+    };
+    let mut form = read_form(&req, payload, limits(&state)).await?;
+    let params = form.json_object("params")?;
+    let plan = state.app.plan_infer(&model, &params)?;
+    let upload = form.take_file("file");
+
+    let input = if let Some(file) = &upload {
+        Input::File(file.path())
+    } else {
+        resolve(&state, &query, &params).await?
+    };
+    let image_path = match &input {
+        Input::Datastore(_, p) | Input::File(p) => p.clone(),
+    };
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut guard = CancelOnDrop(Some(cancel.clone()));
+    let result = state.app.run_infer(&plan, &image_path, cancel).await;
+    guard.disarm();
+    drop(upload);
+    let out = result?;
+    tracing::info!(bytes = out.bytes.len(), "inference done");
+
+    let mut result_params = Value::Object(out.params);
+    if plan.save_label {
+        if let Input::Datastore(id, _) = &input {
+            let info = json!({"model": model, "params": result_params.clone()});
+            let info = info.as_object().cloned().unwrap_or_default();
+            state
+                .datastore
+                .save_label(
+                    id,
+                    &plan.label_tag,
+                    out.ext.as_str(),
+                    Source::Bytes(out.bytes.clone()),
+                    info,
+                    None,
+                )
+                .await?;
+            if let Some(m) = result_params.as_object_mut() {
+                m.insert("label".into(), id.clone().into());
+                m.insert("tag".into(), plan.label_tag.clone().into());
+            }
+        }
+    }
+
+    let name = format!(
+        "tmp{}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12],
+        out.ext.as_str()
+    );
+    Ok(match output {
+        Output::Json => response::json(result_params),
+        Output::Image => response::bytes_file(out.bytes, &name),
+        Output::All => response::infer_multipart(&result_params, &name, &out.bytes),
+    })
+}
+
+/// Finds the input image of a request without an uploaded file: a live session, else the
+/// datastore id from `?image=` (or the `image` param).
+async fn resolve(
+    state: &AppState,
+    query: &QueryMap,
+    params: &serde_json::Map<String, Value>,
+) -> ApiResult<Input> {
+    let image_id = match q(query, "image") {
+        "" => params.get("image").and_then(Value::as_str).unwrap_or(""),
+        id => id,
+    };
+    let session_id = q(query, "session_id");
+    if !session_id.is_empty() {
+        let session = match (&state.sessions, validate_session_id(session_id)) {
+            (Some(s), Ok(())) => s.get(session_id, true).await?,
+            _ => None,
+        };
+        if let Some(info) = session {
+            return Ok(Input::File(info.image));
+        }
+        let known_image = !image_id.is_empty()
+            && ferrolabel_datastore::validate_id(image_id).is_ok()
+            && state.datastore.image(image_id).await?.is_some();
+        if !known_image {
+            return Err(ApiError::not_found(format!(
+                "Session ({session_id}) Not Found"
+            )));
+        }
+    }
+    if image_id.is_empty() {
+        return Err(ApiError::unprocessable(
+            "no input image: give ?image=<datastore id>, ?session_id=<session> or a \"file\" part",
+        ));
+    }
+    let path = state
+        .datastore
+        .image_path(image_id)
+        .await
+        .map_err(|e| match e {
+            ferrolabel_datastore::DatastoreError::NotFound(_) => {
+                ApiError::not_found(format!("Image NOT Found: {image_id}"))
+            }
+            other => other.into(),
+        })?;
+    Ok(Input::Datastore(image_id.to_string(), path))
+}

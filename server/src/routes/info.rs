@@ -1,0 +1,15 @@
+//! `GET /info/`: the app description Slicer and the Python client read first.
+
+use actix_web::{web, HttpResponse};
+
+use crate::error::ApiResult;
+use crate::response;
+use crate::state::AppState;
+
+/// The `/info/` document (spec §5); cheap (one datastore query), so it answers at once even
+/// while an inference runs.
+pub async fn info(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+    let status = state.datastore.status().await?;
+    let status = serde_json::to_value(status).unwrap_or_default();
+    Ok(response::json(state.app.info(status)))
+}

@@ -1,0 +1,96 @@
+//! `/session/`: images kept outside the datastore for interactive work (spec §3.9). Every
+//! endpoint answers 406 when sessions are disabled (`MONAI_LABEL_SESSIONS=false`).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use ferrolabel_datastore::{validate_session_id, Source};
+use serde_json::json;
+
+use crate::error::{ApiError, ApiResult};
+use crate::multipart::read_form;
+use crate::response;
+use crate::routes::datastore::limits;
+use crate::routes::{q_bool, q_int, QueryMap};
+use crate::state::AppState;
+
+/// `PUT /session/?expiry=&uncompress=false` (multipart `files`, one or more).
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: QueryMap,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let sessions = state.sessions()?.clone();
+    let expiry = q_int(&query, "expiry", 0)?;
+    if q_bool(&query, "uncompress", false)? {
+        return Err(ApiError::unprocessable(
+            "uncompress=true is not supported: upload the image files themselves",
+        ));
+    }
+    let mut form = read_form(&req, payload, limits(&state)).await?;
+    let files = form.take_files("files");
+    if files.is_empty() {
+        return Err(ApiError::unprocessable("missing file part \"files\""));
+    }
+    let sources = files
+        .iter()
+        .map(|f| (f.filename.clone(), Source::File(f.path())))
+        .collect();
+    let info = sessions.create(sources, expiry).await?;
+    drop(files);
+    Ok(response::json(
+        json!({"session_id": info.name, "session_info": info}),
+    ))
+}
+
+fn session_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("Session ({id}) Not Found"))
+}
+
+/// `GET /session/{id}?update_ts=false&image=false`: the session info, or its image file.
+pub async fn get(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: QueryMap,
+) -> ApiResult<HttpResponse> {
+    let sessions = state.sessions()?;
+    let id = path.into_inner();
+    if validate_session_id(&id).is_err() {
+        return Err(session_not_found(&id));
+    }
+    let update_ts = q_bool(&query, "update_ts", false)?;
+    let info = sessions
+        .get(&id, update_ts)
+        .await?
+        .ok_or_else(|| session_not_found(&id))?;
+    if q_bool(&query, "image", false)? {
+        if info.image.is_dir() {
+            return Err(ApiError::unprocessable(
+                "the session image is a folder of files",
+            ));
+        }
+        let name = info
+            .image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return response::stream_file(&info.image, &name, ()).await;
+    }
+    Ok(response::json(info))
+}
+
+/// `DELETE /session/{id}`: the removed session's info.
+pub async fn remove(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let sessions = state.sessions()?;
+    let id = path.into_inner();
+    if validate_session_id(&id).is_err() {
+        return Err(ApiError::not_found("Session Not Found"));
+    }
+    let info = sessions
+        .remove(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Session Not Found"))?;
+    Ok(response::json(info))
+}

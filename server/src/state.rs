@@ -1,0 +1,39 @@
+//! [`AppState`]: what every handler shares (the app, the datastore, the session store, settings).
+
+use std::sync::Arc;
+
+use ferrolabel_apps::WholeBodyApp;
+use ferrolabel_datastore::{Datastore, Sessions};
+
+use crate::config::Settings;
+use crate::error::ApiError;
+
+/// Shared server state, handed to handlers as `web::Data<AppState>`.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The served app (models, strategies, engine).
+    pub app: Arc<WholeBodyApp>,
+    /// The studies datastore.
+    pub datastore: Datastore,
+    /// The session store; `None` when sessions are disabled.
+    pub sessions: Option<Sessions>,
+    /// Server settings.
+    pub settings: Arc<Settings>,
+}
+
+impl AppState {
+    /// The session store, or the protocol's 406 when sessions are disabled.
+    pub fn sessions(&self) -> Result<&Sessions, ApiError> {
+        self.sessions.as_ref().ok_or_else(|| {
+            ApiError::new(
+                actix_web::http::StatusCode::NOT_ACCEPTABLE,
+                "Session Feature is Not Enabled",
+            )
+        })
+    }
+
+    /// The user name recorded in datastore info (authentication is off: always `admin`).
+    pub fn user(&self) -> &'static str {
+        "admin"
+    }
+}
