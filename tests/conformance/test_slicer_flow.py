@@ -12,7 +12,8 @@ import urllib.parse
 import nibabel as nib
 import numpy as np
 import pytest
-from monailabel.client import MONAILabelClient, MONAILabelClientException
+from monailabel.client import MONAILabelClient  # noqa: F401
+from monailabel.client.client import MONAILabelClientException
 
 from conftest import BIN, PEER, REPO, SMALL_CT
 
