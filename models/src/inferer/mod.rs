@@ -3,4 +3,6 @@
 pub mod sliding;
 pub mod window;
 
-pub use sliding::{predict_labels, BlendMode, PadMode, SlidingWindow, WindowObserver};
+pub use sliding::{
+    predict_labels, predict_labels_timed, BlendMode, PadMode, SlidingWindow, WindowObserver,
+};

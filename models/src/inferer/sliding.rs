@@ -100,9 +100,22 @@ pub fn predict_labels(
     input: &Tensor,
     cfg: &SlidingWindow,
     num_classes: i64,
-    mut predict: impl FnMut(&Tensor) -> Result<Tensor>,
+    predict: impl FnMut(&Tensor) -> Result<Tensor>,
     observer: &mut dyn WindowObserver,
 ) -> Result<Tensor> {
+    predict_labels_timed(input, cfg, num_classes, predict, observer).map(|(labels, _)| labels)
+}
+
+/// [`predict_labels`], also returning the seconds spent finalising slabs (division, softmax,
+/// argmax): the part MONAI counts as post-processing rather than network time.
+pub fn predict_labels_timed(
+    input: &Tensor,
+    cfg: &SlidingWindow,
+    num_classes: i64,
+    mut predict: impl FnMut(&Tensor) -> Result<Tensor>,
+    observer: &mut dyn WindowObserver,
+) -> Result<(Tensor, f64)> {
+    let mut finalize_secs = 0.0;
     if !(1..=256).contains(&num_classes) {
         return Err(ModelsError::Invalid(format!(
             "{num_classes} classes do not fit in uint8 labels"
@@ -165,8 +178,10 @@ pub fn predict_labels(
         };
         let logits = predict(&x)?;
         for (i, w) in chunk.iter().enumerate() {
-            if w[0] != slab.base && w[0] > slab.base {
+            if w[0] > slab.base {
+                let t = std::time::Instant::now();
                 finalize(&mut slab, w[0], &labels)?;
+                finalize_secs += t.elapsed().as_secs_f64();
             }
             let mut buf = logits.narrow(0, i as i64, 1);
             let _ = buf.g_mul_(&weight);
@@ -189,12 +204,14 @@ pub fn predict_labels(
             }
         }
     }
+    let t = std::time::Instant::now();
     finalize(&mut slab, work[0], &labels)?;
+    finalize_secs += t.elapsed().as_secs_f64();
     let labels = labels
         .narrow(0, pads[0].0, size[0])
         .narrow(1, pads[1].0, size[1])
         .narrow(2, pads[2].0, size[2]);
-    Ok(labels.contiguous())
+    Ok((labels.contiguous(), finalize_secs))
 }
 
 /// Planes of dimension 0 finalised per step: bounds the temporaries of the division and the
