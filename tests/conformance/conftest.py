@@ -66,11 +66,15 @@ class Server:
         else:
             py = os.environ["FERROLABEL_PEER_PYTHON"]
             app = os.path.join(tmp, "app")
-            shutil.copytree(os.path.join(os.path.dirname(py), "..", "monailabel_apps", "monaibundle"), app)
+            # the monailabel wheel installs its sample apps under <venv>/monailabel/sample-apps
+            venv = os.path.dirname(os.path.dirname(py))
+            shutil.copytree(os.path.join(venv, "monailabel", "sample-apps", "monaibundle"), app)
             model_dir = os.path.join(app, "model", "wholeBody_ct_segmentation")
             shutil.copytree(self.bundle, model_dir)
             cmd = [py, "-m", "monailabel.main", "start_server", "--app", app, "--studies", self.studies,
-                   "--conf", "models", "wholeBody_ct_segmentation", "--host", "127.0.0.1", "--port", str(self.port)]
+                   "--conf", "models", "wholeBody_ct_segmentation",
+                   # use the local bundle folder; never ask the model zoo (no network)
+                   "--conf", "zoo_source", "github", "--conf", "sam2", "false", "--host", "127.0.0.1", "--port", str(self.port)]
             env = dict(os.environ, MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
                        MONAI_LABEL_SESSION_PATH=os.path.join(tmp, "sessions"))
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)

@@ -75,9 +75,10 @@ def load_labels(path):
 
 @pytest.fixture(scope="module")
 def cli_lowres(server):
-    """ferrolabel infer (the CLI) on the same image with the same weights, lowres."""
+    """ferrolabel infer (the CLI) on the same image with the same weights, lowres (None against
+    the MONAI Label peer, whose lowres switch is not the bundle's)."""
     if PEER != "ferrolabel":
-        pytest.skip("CLI comparison is for ferrolabel")
+        return None
     out = os.path.join(tempfile.mkdtemp(), "cli.nii.gz")
     subprocess.run([BIN, "infer", "--bundle", server.bundle, "--image", SMALL_CT, "--output", out,
                     "--highres", "false", "--threads", "2"], check=True)
@@ -95,7 +96,8 @@ def test_infer_lowres_matches_cli_and_save_label_round_trip(server, client, cli_
     labels = load_labels(result)
     img = nib.load(SMALL_CT)
     assert labels.shape == img.shape
-    np.testing.assert_array_equal(labels, cli_lowres)
+    if cli_lowres is not None:
+        np.testing.assert_array_equal(labels, cli_lowres)
 
     # save it as the final label, as Slicer's "Submit Label" does
     r = client.save_label("ct_small", result, params={"label_info": [{"name": "spleen", "idx": 1}], "model": MODEL})
