@@ -226,3 +226,50 @@ def test_bad_input_gets_a_4xx_with_detail(server):
     body, headers = multipart_file("file", "broken.nii.gz", b"\x1f\x8b garbage that is not gzip")
     status, _, data = raw(server, "PUT", "/datastore/?image=broken", body, headers)
     assert 400 <= status < 500 and "detail" in json.loads(data), (status, data)
+
+
+def test_server_test_list_datastore_info_and_dataset(server):
+    """spec §15 test_datastore 007-011 and 004."""
+    status, _, body = raw(server, "GET", "/datastore/label/info?label=ct_small&tag=final")
+    assert status == 200 and json.loads(body)["name"].startswith("ct_small")
+    status, _, _ = raw(server, "PUT", "/datastore/image/info?image=ct_small", b"", {"Content-Length": "0"})
+    assert status == 200
+    status, _, body = raw(server, "GET", "/datastore/image/info?image=ct_small")
+    assert json.loads(body)["name"] == "ct_small.nii.gz"
+    form = urllib.parse.urlencode({"info": json.dumps({"reviewed": True})})
+    status, _, _ = raw(server, "PUT", "/datastore/label/info?label=ct_small&tag=final", form,
+                       {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200
+    status, _, body = raw(server, "GET", "/datastore/label/info?label=ct_small&tag=final")
+    assert json.loads(body)["reviewed"] is True
+    status, hdrs, body = raw(server, "GET", "/datastore/dataset")
+    assert status == 200 and body[:2] == b"PK"
+    status, _, body = raw(server, "GET", "/datastore/?output=train")
+    assert status == 200 and any(d["image"].endswith("ct_small.nii.gz") for d in json.loads(body))
+    before = json.loads(raw(server, "GET", "/datastore/?output=stats")[2])["total"]
+    status, _, _ = raw(server, "DELETE", "/datastore/?id=case")
+    assert status == 200
+    after = json.loads(raw(server, "GET", "/datastore/?output=stats")[2])["total"]
+    assert after == before - 1
+
+
+def test_server_test_list_sessions(server):
+    """spec §15 test_session 002 and 007: update_ts, image download, several files."""
+    import requests
+    with open(SMALL_CT, "rb") as fh:
+        r = requests.put(f"{server.url}/session/?expiry=600", files=[("files", ("ct.nii.gz", fh))],
+                         data={"client_id": "conformance"})
+    assert r.status_code == 200
+    sid = r.json()["session_id"]
+    first = requests.get(f"{server.url}/session/{sid}").json()["last_access_ts"]
+    time.sleep(1.1)
+    later = requests.get(f"{server.url}/session/{sid}?update_ts=true").json()["last_access_ts"]
+    assert later > first
+    img = requests.get(f"{server.url}/session/{sid}?image=true")
+    assert img.status_code == 200 and img.headers["content-type"] == "application/octet-stream"
+    assert requests.delete(f"{server.url}/session/{sid}").status_code == 200
+    with open(SMALL_CT, "rb") as a, open(SMALL_CT, "rb") as b:
+        r = requests.put(f"{server.url}/session/", files=[("files", ("a.nii.gz", a)), ("files", ("b.nii.gz", b))],
+                         data={"client_id": "conformance"})
+    assert r.status_code == 200
+    assert requests.delete(f"{server.url}/session/{r.json()['session_id']}").status_code == 200
