@@ -363,11 +363,8 @@ impl WholeBodyApp {
     pub async fn validate_weights(&self, path: PathBuf) -> Result<()> {
         let config = self.bundle.network.clone();
         blocking(move || {
-            use ferrolabel_models::network::{weights, SegResNet};
-            use ferrolabel_models::tch::{nn::VarStore, Device};
-            let mut vs = VarStore::new(Device::Cpu);
-            let _net = SegResNet::new(&vs.root(), &config);
-            weights::load_strict(&mut vs, &path).map_err(|e| AppError::BadWeights(e.to_string()))
+            ferrolabel_models::network::weights::validate_file(&config, &path)
+                .map_err(|e| AppError::BadWeights(e.to_string()))
         })
         .await
     }

@@ -9,6 +9,7 @@
 //! It must not depend on HTTP, SQL or the datastore: it takes volumes and returns label maps.
 
 pub mod bundle;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod inferer;
@@ -17,6 +18,6 @@ pub mod pipeline;
 pub mod transforms;
 
 pub use bundle::{Bundle, Resolution};
+pub use device::{parse_device, Device};
 pub use engine::{Engine, EngineOptions, InferRequest, Priority};
 pub use error::{ModelsError, Result};
-pub use tch;

@@ -127,3 +127,26 @@ pub fn save_state_dict(vs: &VarStore, order: &[String], path: &Path) -> Result<(
     }
     Ok(())
 }
+
+/// Checks that a weights file loads strictly into a network of `config` (on the CPU), without
+/// keeping it: used to vet an uploaded checkpoint before it replaces the current one.
+pub fn validate_file(config: &crate::network::SegResNetConfig, path: &Path) -> Result<()> {
+    let mut vs = VarStore::new(Device::Cpu);
+    let _net = crate::network::SegResNet::new(&vs.root(), config);
+    load_strict(&mut vs, path)
+}
+
+/// Writes seeded random weights (PyTorch's default initialisation) for a network of `config` to
+/// `path`, for demos and tests: not a model.
+pub fn write_random(
+    config: &crate::network::SegResNetConfig,
+    seed: i64,
+    path: &Path,
+) -> Result<()> {
+    tch::manual_seed(seed);
+    let vs = VarStore::new(Device::Cpu);
+    let _net = crate::network::SegResNet::new(&vs.root(), config);
+    let mut order: Vec<String> = vs.variables().keys().cloned().collect();
+    order.sort();
+    save_state_dict(&vs, &order, path)
+}

@@ -4,10 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use ferrolabel_models::network::{weights, SegResNet};
+use ferrolabel_models::network::weights;
 use ferrolabel_models::{Bundle, Resolution};
-use tch::nn::VarStore;
-use tch::Device;
 
 /// Developer subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -47,13 +45,8 @@ fn make_weights(args: &MakeWeightsArgs) -> Result<()> {
         _ => vec![(Resolution::High, 0), (Resolution::Low, 1)],
     };
     for (res, offset) in wanted {
-        tch::manual_seed(args.seed + offset);
-        let vs = VarStore::new(Device::Cpu);
-        let _net = SegResNet::new(&vs.root(), &bundle.network);
-        let mut order: Vec<String> = vs.variables().keys().cloned().collect();
-        order.sort();
         let path = args.bundle.join("models").join(res.model_file());
-        weights::save_state_dict(&vs, &order, &path)
+        weights::write_random(&bundle.network, args.seed + offset, &path)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());
     }

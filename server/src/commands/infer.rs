@@ -42,22 +42,8 @@ pub struct InferArgs {
 }
 
 /// Parses `cpu`, `cuda` or `cuda:N`; CUDA must be visible to libtorch.
-pub fn parse_device(s: &str) -> Result<tch::Device> {
-    let dev = match s {
-        "cpu" => tch::Device::Cpu,
-        "cuda" => tch::Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => tch::Device::Cuda(n),
-            None => bail!("unknown device {other:?} (use cpu, cuda or cuda:N)"),
-        },
-    };
-    if let tch::Device::Cuda(n) = dev {
-        let count = tch::Cuda::device_count();
-        if (n as i64) >= count {
-            bail!("device {s} requested but libtorch sees {count} CUDA device(s)");
-        }
-    }
-    Ok(dev)
+pub fn parse_device(s: &str) -> Result<ferrolabel_models::Device> {
+    Ok(ferrolabel_models::parse_device(s)?)
 }
 
 /// Peak resident memory of this process in bytes (VmHWM), if the OS reports it.

@@ -20,8 +20,8 @@ use crate::state::AppState;
 const SESSION_SWEEP: Duration = Duration::from_secs(300);
 
 /// Display names of the device, as `/info/` lists them (`cpu`, else the GPU's name).
-fn device_names(device: tch::Device) -> Vec<String> {
-    let tch::Device::Cuda(n) = device else {
+fn device_names(device: ferrolabel_models::Device) -> Vec<String> {
+    let Some(n) = ferrolabel_models::device::cuda_index(device) else {
         return vec!["cpu".to_string()];
     };
     let names = std::process::Command::new("nvidia-smi")
