@@ -36,28 +36,10 @@ pub fn solve(a: &Affine, b: &Affine) -> Option<Affine> {
     x.iter().flatten().all(|v| v.is_finite()).then_some(x)
 }
 
-/// Voxel spacing: the norms of the first three columns.
-pub fn spacing(a: &Affine) -> [f64; 3] {
-    let mut s = [0.0; 3];
-    for (j, sj) in s.iter_mut().enumerate() {
-        *sj = (a[0][j] * a[0][j] + a[1][j] * a[1][j] + a[2][j] * a[2][j]).sqrt();
-    }
-    s
-}
-
 /// numpy.allclose(a, b, rtol=0, atol)
 pub fn allclose(a: &Affine, b: &Affine, atol: f64) -> bool {
     a.iter()
         .flatten()
         .zip(b.iter().flatten())
         .all(|(x, y)| (x - y).abs() <= atol + 1e-5 * y.abs())
-}
-
-/// The 4x4 identity.
-pub fn identity() -> Affine {
-    let mut a = [[0.0; 4]; 4];
-    for (i, row) in a.iter_mut().enumerate() {
-        row[i] = 1.0;
-    }
-    a
 }

@@ -35,8 +35,3 @@ pub fn scale_to_unit_range(img: &Tensor) -> Tensor {
     let norm = (img - &mn) / (&mx - &mn);
     norm * 2.0 + (-1.0)
 }
-
-/// True when any voxel is NaN or infinite (such a volume cannot be normalised).
-pub fn has_non_finite(img: &Tensor) -> bool {
-    !bool::try_from(img.isfinite().all()).unwrap_or(false)
-}

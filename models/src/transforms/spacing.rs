@@ -5,7 +5,8 @@
 //! `zoom_affine` via Cholesky, `compute_shape_offset` with round-half-to-even, min-corner origin,
 //! and a float64 `affine_grid` + `grid_sample` (border padding, `align_corners=False`).
 
-use super::affine::{allclose, from_tensor, identity, solve, to_tensor};
+use super::affine::{allclose, from_tensor, solve, to_tensor};
+use ferrolabel_imaging::affine::{column_norms, IDENTITY};
 use ferrolabel_imaging::Affine;
 use tch::{Kind, Tensor};
 
@@ -87,7 +88,7 @@ fn zoom_affine(a: &Affine, out_d: [f64; 3]) -> Option<Affine> {
     }
     let z = rot.matmul(&Tensor::from_slice(&s).diag(0));
     let z: Vec<f64> = Vec::<f64>::try_from(z.contiguous().view([-1])).ok()?;
-    let mut out = identity();
+    let mut out = IDENTITY;
     for i in 0..3 {
         for j in 0..3 {
             out[i][j] = z[i * 3 + j];
@@ -98,7 +99,7 @@ fn zoom_affine(a: &Affine, out_d: [f64; 3]) -> Option<Affine> {
 
 /// Plans `Spacing(pixdim)` for a volume with `affine` and spatial `shape`.
 pub fn plan(affine: &Affine, shape: [i64; 3], pixdim: [f64; 3]) -> Option<SpacingOp> {
-    let cur = super::affine::spacing(affine);
+    let cur = column_norms(affine);
     let mut out_d = pixdim;
     for i in 0..3 {
         if (pixdim[i] - AFFINE_TOL) <= cur[i] && cur[i] <= (pixdim[i] + AFFINE_TOL) {
@@ -178,7 +179,7 @@ pub fn plan(affine: &Affine, shape: [i64; 3], pixdim: [f64; 3]) -> Option<Spacin
     let xform = solve(affine, &a2)?;
     // MONAI's fast path: same shape and (same affine or identity index map)
     let unchanged = dst_shape == shape
-        && (allclose(affine, &a2, AFFINE_TOL) || allclose(&xform, &identity(), AFFINE_TOL));
+        && (allclose(affine, &a2, AFFINE_TOL) || allclose(&xform, &IDENTITY, AFFINE_TOL));
     let dst_affine = if unchanged {
         *affine
     } else {
@@ -200,7 +201,7 @@ impl SpacingOp {
         let xform = solve(&self.dst_affine, &self.src_affine)?;
         let unchanged = self.dst_shape == self.src_shape
             && (allclose(&self.dst_affine, &self.src_affine, AFFINE_TOL)
-                || allclose(&xform, &identity(), AFFINE_TOL));
+                || allclose(&xform, &IDENTITY, AFFINE_TOL));
         Some(SpacingOp {
             src_affine: self.dst_affine,
             src_shape: self.dst_shape,
@@ -220,7 +221,7 @@ impl SpacingOp {
         }
         // MONAI normalize_transform(align_corners=False): diag(2/n), last column 1/n - 1
         let norm = |shape: [i64; 3]| {
-            let mut m = identity();
+            let mut m = IDENTITY;
             for i in 0..3 {
                 let n = shape[i] as f64;
                 m[i][i] = 2.0 / n;

@@ -41,11 +41,6 @@ pub struct InferArgs {
     pub json: bool,
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N`; CUDA must be visible to libtorch.
-pub fn parse_device(s: &str) -> Result<ferrolabel_models::Device> {
-    Ok(ferrolabel_models::parse_device(s)?)
-}
-
 /// Peak resident memory of this process in bytes (VmHWM), if the OS reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -57,7 +52,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Runs `ferrolabel infer`.
 pub fn run(args: InferArgs) -> Result<()> {
     let t0 = Instant::now();
-    let device = parse_device(&args.device)?;
+    let device = ferrolabel_models::parse_device(&args.device)?;
     let bundle =
         Bundle::open(&args.bundle).with_context(|| format!("bundle {}", args.bundle.display()))?;
     let res = Resolution::from_highres(args.highres.unwrap_or(bundle.default_highres));

@@ -47,7 +47,7 @@ pub fn run(args: ServerArgs) -> Result<()> {
     let settings = args.settings()?;
     crate::logging::init_with_file("info", &settings.log_file)
         .with_context(|| format!("cannot open the log file {}", settings.log_file.display()))?;
-    let device = crate::commands::infer::parse_device(&args.device)?;
+    let device = ferrolabel_models::parse_device(&args.device)?;
     let limits = Limits {
         max_voxels: args.max_voxels.unwrap_or(Limits::DEFAULT_MAX_VOXELS),
         ..Limits::default()
