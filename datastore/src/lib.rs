@@ -8,7 +8,8 @@
 //! * the SQLite database (by default `<studies>/.ferrolabel/datastore.db`; WAL,
 //!   `synchronous=FULL`, migrations embedded from `migrations/`), which is the source of truth;
 //! * immutable label revisions under `<studies>/.ferrolabel/revisions/<tag>/<id>/<rev><ext>`;
-//! * the session store ([`Sessions`]).
+//! * the session store ([`Sessions`]);
+//! * the append-only audit log of label and image writes ([`audit`]).
 //!
 //! It must not depend on torch or on HTTP: the server crate maps [`DatastoreError`] variants to
 //! status codes and the protocol's quirks; this crate implements the semantics.
@@ -33,6 +34,7 @@
 //! image exclusively; [`Datastore::refresh`] waits for all writes. Write transactions use
 //! `BEGIN IMMEDIATE`, and blocking file I/O runs on tokio's blocking pool.
 
+pub mod audit;
 pub mod error;
 pub mod files;
 pub mod ids;
@@ -44,6 +46,7 @@ pub mod reconcile;
 pub mod sessions;
 mod store;
 
+pub use audit::AuditEntry;
 pub use error::{DatastoreError, Result};
 pub use files::Source;
 pub use ids::{

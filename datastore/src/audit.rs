@@ -1,0 +1,162 @@
+//! The audit log: who asked for which label or image write or delete, when, and what the
+//! answer was.
+//!
+//! Rows live in the `audit_log` table of the datastore database (migration `0002_audit_log`),
+//! which SQLite triggers make append-only: an `UPDATE` or `DELETE` on it is refused. The server
+//! appends one [`AuditEntry`] per audited request after answering it; [`Datastore::audit_log`]
+//! reads them back (newest last).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::Row;
+
+use crate::error::Result;
+use crate::store::Datastore;
+
+/// One audited request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// Row id (insertion order); 0 for an entry not yet stored.
+    pub id: i64,
+    /// When, in epoch milliseconds.
+    pub ts_ms: i64,
+    /// Who: the authenticated user name (`admin` with authentication off, `""` when the request
+    /// had no valid token).
+    pub username: String,
+    /// What: `label.save`, `label.delete`, `label.info`, `image.upload`, `image.delete`,
+    /// `image.info`, `infer.label`...
+    pub action: String,
+    /// The image (and label) id, when the request named one.
+    pub image_id: Option<String>,
+    /// The label tag, for label actions.
+    pub tag: Option<String>,
+    /// The HTTP status the request was answered with.
+    pub status: u16,
+    /// Method, path and query as received.
+    pub request: String,
+}
+
+impl AuditEntry {
+    /// An entry stamped now.
+    pub fn now(
+        username: impl Into<String>,
+        action: impl Into<String>,
+        image_id: Option<String>,
+        tag: Option<String>,
+        status: u16,
+        request: impl Into<String>,
+    ) -> Self {
+        let ts_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Self {
+            id: 0,
+            ts_ms,
+            username: username.into(),
+            action: action.into(),
+            image_id,
+            tag,
+            status,
+            request: request.into(),
+        }
+    }
+}
+
+impl Datastore {
+    /// Appends `entry` to the audit log (its `id` is ignored); returns the new row id.
+    pub async fn append_audit(&self, entry: &AuditEntry) -> Result<i64> {
+        let res = sqlx::query(
+            "INSERT INTO audit_log (ts_ms, username, action, image_id, tag, status, request) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(entry.ts_ms)
+        .bind(&entry.username)
+        .bind(&entry.action)
+        .bind(&entry.image_id)
+        .bind(&entry.tag)
+        .bind(i64::from(entry.status))
+        .bind(&entry.request)
+        .execute(self.pool())
+        .await?;
+        Ok(res.last_insert_rowid())
+    }
+
+    /// The audit log, oldest first: every entry after row `after_id` (0 = from the start), at
+    /// most `limit` of them.
+    pub async fn audit_log(&self, after_id: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, ts_ms, username, action, image_id, tag, status, request \
+             FROM audit_log WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    ts_ms: r.try_get("ts_ms")?,
+                    username: r.try_get("username")?,
+                    action: r.try_get("action")?,
+                    image_id: r.try_get("image_id")?,
+                    tag: r.try_get("tag")?,
+                    status: r.try_get::<i64, _>("status")?.clamp(0, 999) as u16,
+                    request: r.try_get("request")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DatastoreOptions;
+
+    #[tokio::test]
+    async fn append_read_and_append_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path(), DatastoreOptions::default())
+            .await
+            .unwrap();
+        let a = AuditEntry::now(
+            "alice",
+            "label.save",
+            Some("ct1".into()),
+            Some("final".into()),
+            200,
+            "PUT /datastore/label?image=ct1",
+        );
+        let b = AuditEntry::now(
+            "",
+            "image.delete",
+            None,
+            None,
+            401,
+            "DELETE /datastore/image",
+        );
+        let ida = ds.append_audit(&a).await.unwrap();
+        let idb = ds.append_audit(&b).await.unwrap();
+        assert!(idb > ida);
+        let all = ds.audit_log(0, 100).await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0], AuditEntry { id: ida, ..a });
+        assert_eq!(all[1].username, "");
+        assert_eq!(all[1].status, 401);
+        assert_eq!(ds.audit_log(ida, 100).await.unwrap().len(), 1);
+
+        // the triggers keep the table append-only
+        let upd = sqlx::query("UPDATE audit_log SET username = 'mallory'")
+            .execute(ds.pool())
+            .await;
+        assert!(upd.unwrap_err().to_string().contains("append-only"));
+        let del = sqlx::query("DELETE FROM audit_log")
+            .execute(ds.pool())
+            .await;
+        assert!(del.unwrap_err().to_string().contains("append-only"));
+        assert_eq!(ds.audit_log(0, 100).await.unwrap().len(), 2);
+        ds.close().await;
+    }
+}
