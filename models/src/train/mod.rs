@@ -1,0 +1,14 @@
+//! Training with the bundle's recipe (`wholebody-bundle.md` §3): data preparation and a
+//! bounded cache ([`data`]), DiceCE ([`loss`]), the validation metric ([`metric`]), fp16 loss
+//! scaling ([`scaler`]) and the loop that writes the best checkpoint ([`trainer`]).
+
+pub mod data;
+pub mod loss;
+pub mod metric;
+pub mod scaler;
+pub mod trainer;
+
+pub use data::{Pair, PrepareOptions};
+pub use trainer::{
+    train, EpochRecord, TrainConfig, TrainEvent, TrainJob, TrainObserver, TrainOutcome,
+};
