@@ -17,6 +17,9 @@ pub enum AppError {
     /// The active-learning strategy named by the request does not exist (404).
     #[error("strategy {0:?} not found")]
     StrategyNotFound(String),
+    /// The scoring method named by the request does not exist (404).
+    #[error("scoring method {0:?} not found")]
+    MethodNotFound(String),
     /// The weights of the requested resolution are not installed (503).
     #[error(
         "no weights for {model} ({resolution}): put the bundle's {file} at {} \
@@ -65,6 +68,10 @@ pub enum AppError {
     /// File I/O failed (500).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// A datastore operation failed (404 unknown image/label, 422 bad id, 409 conflict, else
+    /// 500).
+    #[error("{0}")]
+    Datastore(#[from] ferrolabel_datastore::DatastoreError),
 }
 
 impl AppError {
@@ -72,7 +79,9 @@ impl AppError {
     pub fn status(&self) -> u16 {
         match self {
             AppError::InvalidParams(_) | AppError::BadImage(_) | AppError::BadWeights(_) => 422,
-            AppError::ModelNotFound(_) | AppError::StrategyNotFound(_) => 404,
+            AppError::ModelNotFound(_)
+            | AppError::StrategyNotFound(_)
+            | AppError::MethodNotFound(_) => 404,
             AppError::WeightsMissing { .. } => 503,
             AppError::Busy(_) => 429,
             // nobody is listening any more; 499 is nginx's "client closed request"
@@ -82,6 +91,15 @@ impl AppError {
             | AppError::Encode(_)
             | AppError::Task(_)
             | AppError::Io(_) => 500,
+            AppError::Datastore(e) => {
+                use ferrolabel_datastore::DatastoreError as D;
+                match e {
+                    D::NotFound(_) => 404,
+                    D::InvalidId(_) | D::Invalid(_) => 422,
+                    D::Conflict(_) => 409,
+                    _ => 500,
+                }
+            }
         }
     }
 }

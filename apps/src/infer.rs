@@ -13,6 +13,7 @@
 //! | `result_dtype` | `uint8` | `uint8` |
 //! | `save_label` | boolean | `false` |
 //! | `label_tag` | a valid tag | `original` |
+//! | `report` | boolean: add the quantitative report ([`crate::report`]) to the params | `true` |
 //! | `device` | one of the configured device names, `cpu`, `cuda`, `cuda:N` of the configured device | ignored |
 
 use std::path::Path;
@@ -91,6 +92,8 @@ pub struct InferPlan {
     pub save_label: bool,
     /// The tag to store it under.
     pub label_tag: String,
+    /// Add the quantitative report ([`crate::report`]) to the result params.
+    pub report: bool,
 }
 
 /// The outcome of an infer task.
@@ -231,6 +234,7 @@ pub(crate) fn plan(
         check_device(d, devices).map_err(|why| bad("device", &params["device"], &why))?;
     }
     let save_label = param_bool(params, "save_label")?.unwrap_or(false);
+    let report = param_bool(params, "report")?.unwrap_or(true);
     let label_tag = match param_str(params, "label_tag")? {
         None | Some("") => ferrolabel_datastore::ORIGINAL_TAG.to_string(),
         Some(t) => {
@@ -247,6 +251,7 @@ pub(crate) fn plan(
         result_ext,
         save_label,
         label_tag,
+        report,
     })
 }
 

@@ -11,9 +11,13 @@
 //! tokio's blocking pool, and the network runs on the engine thread, so callers on an async
 //! runtime are never blocked.
 
+pub mod batch;
 mod error;
 pub mod infer;
+pub mod report;
+pub mod scoring;
 pub mod strategy;
+pub mod tasks;
 pub mod wholebody;
 
 pub use error::{AppError, Result};

@@ -20,7 +20,10 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{blocking, AppError, Result};
 use crate::infer::{self, InferOutput, InferPlan};
+use crate::report;
+use crate::scoring::ScoringMethod;
 use crate::strategy::Strategy;
+use crate::tasks::TaskQueue;
 
 /// The name of the model (and of its future trainer).
 pub const MODEL_NAME: &str = "wholeBody_ct_segmentation";
@@ -62,6 +65,8 @@ pub struct WholeBodyApp {
     device_names: Vec<String>,
     limits: Limits,
     strategies: Vec<Strategy>,
+    scoring_tasks: TaskQueue,
+    batch_tasks: TaskQueue,
 }
 
 fn conf_flag(conf: &BTreeMap<String, String>, key: &str) -> bool {
@@ -120,6 +125,8 @@ impl WholeBodyApp {
             device_names,
             limits: opts.limits,
             strategies,
+            scoring_tasks: TaskQueue::new("Scoring"),
+            batch_tasks: TaskQueue::new("Batch_infer"),
         })
     }
 
@@ -141,6 +148,30 @@ impl WholeBodyApp {
     /// Whether `name` is one of this app's models.
     pub fn has_model(&self, name: &str) -> bool {
         name == MODEL_NAME
+    }
+
+    /// The scoring tasks (one at a time).
+    pub fn scoring_tasks(&self) -> &TaskQueue {
+        &self.scoring_tasks
+    }
+
+    /// The batch-inference tasks (one at a time).
+    pub fn batch_tasks(&self) -> &TaskQueue {
+        &self.batch_tasks
+    }
+
+    /// The engine (for Monte Carlo dropout jobs and weight timestamps).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The name of a label value: the bundle's structure name, else `label_<v>`.
+    pub fn label_name(&self, value: u8) -> String {
+        self.labels
+            .get((value as usize).wrapping_sub(1))
+            .filter(|(_, i)| *i == value as i64)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| format!("label_{value}"))
     }
 
     /// The engine's queue state.
@@ -250,7 +281,10 @@ impl WholeBodyApp {
             "models": { MODEL_NAME: self.model_info() },
             "trainers": {},
             "strategies": strategies,
-            "scoring": {},
+            "scoring": ScoringMethod::ALL
+                .iter()
+                .map(|m| (m.name().to_string(), json!({"description": m.description()})))
+                .collect::<Map<String, Value>>(),
             "train_stats": {},
             "datastore": datastore,
         })
@@ -306,6 +340,20 @@ impl WholeBodyApp {
         image: &Path,
         cancel: Arc<AtomicBool>,
     ) -> Result<InferOutput> {
+        self.run_infer_as(plan, image, cancel, Priority::Interactive)
+            .await
+    }
+
+    /// [`WholeBodyApp::run_infer`] at a queue priority: batch work runs as
+    /// [`Priority::Background`], so interactive requests go between two of its windows.
+    /// The params carry the quantitative report ([`report`]) unless `report: false`.
+    pub async fn run_infer_as(
+        &self,
+        plan: &InferPlan,
+        image: &Path,
+        cancel: Arc<AtomicBool>,
+        priority: Priority,
+    ) -> Result<InferOutput> {
         let t0 = Instant::now();
         let volume = self.load_image(image.to_path_buf()).await?;
         let t_load = t0.elapsed().as_secs_f64();
@@ -314,7 +362,7 @@ impl WholeBodyApp {
             resolution: plan.resolution,
             sw_overlap: plan.sw_overlap,
             sw_batch_size: plan.sw_batch_size,
-            priority: Priority::Interactive,
+            priority,
             cancel,
         };
         let seg = self.engine.infer(req).await.map_err(|e| match e {
@@ -327,8 +375,19 @@ impl WholeBodyApp {
         let ext = infer::result_ext(plan, image);
         let t_write = Instant::now();
         let labels = seg.labels;
-        let bytes = blocking(move || infer::encode(&labels, &volume, ext)).await?;
-        let write = t_write.elapsed().as_secs_f64();
+        let want_report = plan.report;
+        let (bytes, stats, report_secs) = blocking(move || {
+            let t = Instant::now();
+            let stats = if want_report {
+                Some(report::compute(&labels, &volume)?)
+            } else {
+                None
+            };
+            let report_secs = t.elapsed().as_secs_f64();
+            Ok((infer::encode(&labels, &volume, ext)?, stats, report_secs))
+        })
+        .await?;
+        let write = t_write.elapsed().as_secs_f64() - report_secs;
         let mut params = Map::new();
         params.insert("label_names".into(), Value::Object(self.label_map()));
         params.insert(
@@ -339,6 +398,7 @@ impl WholeBodyApp {
                 "invert": infer::secs(seg.times.invert),
                 "post": infer::secs(0.0),
                 "write": infer::secs(write),
+                "report": report_secs,
                 "total": infer::secs(t0.elapsed().as_secs_f64()),
                 "transform": null,
             }),
@@ -347,7 +407,37 @@ impl WholeBodyApp {
         params.insert("highres".into(), plan.resolution.is_high().into());
         params.insert("windows".into(), seg.windows.into());
         params.insert("network_shape".into(), json!(seg.network_shape));
+        if let Some(stats) = stats {
+            params.insert("report".into(), stats.to_json(|v| self.label_name(v)));
+        }
         Ok(InferOutput { bytes, ext, params })
+    }
+
+    /// The quantitative report of a stored label file over its image (both on the same grid),
+    /// read and computed on the blocking pool.
+    pub async fn label_report(&self, image: PathBuf, label: PathBuf) -> Result<Value> {
+        let limits = self.limits;
+        let image_vol = self.load_image(image).await?;
+        let (stats, secs) = blocking(move || {
+            let t = Instant::now();
+            let lab = read_volume(&label, &limits)
+                .map_err(|e| AppError::BadImage(format!("label: {e}")))?;
+            if lab.dims != image_vol.dims {
+                return Err(AppError::InvalidParams(format!(
+                    "the label grid {:?} differs from the image grid {:?}",
+                    lab.dims, image_vol.dims
+                )));
+            }
+            let bytes = report::label_bytes(&lab)?;
+            let stats = report::compute(&bytes, &image_vol)?;
+            Ok((stats, t.elapsed().as_secs_f64()))
+        })
+        .await?;
+        let mut out = stats.to_json(|v| self.label_name(v));
+        if let Some(m) = out.as_object_mut() {
+            m.insert("seconds".into(), json!(secs));
+        }
+        Ok(out)
     }
 
     /// Loads the default resolution's weights on the engine thread, so that the first request

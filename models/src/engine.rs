@@ -14,7 +14,7 @@ use crate::bundle::{Bundle, Resolution};
 use crate::error::{ModelsError, Result};
 use crate::inferer::{BlendMode, PadMode, SlidingWindow};
 use crate::network::{weights, SegResNet};
-use crate::pipeline::{segment, Segmentation};
+use crate::pipeline::{mc_dropout_entropy, segment, McDropout, Segmentation, Uncertainty};
 use ferrolabel_imaging::Volume;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -75,10 +75,29 @@ pub struct InferRequest {
     pub cancel: Arc<AtomicBool>,
 }
 
+/// One Monte Carlo dropout request (epistemic uncertainty of an image).
+#[derive(Debug, Clone)]
+pub struct UncertaintyRequest {
+    /// The image.
+    pub volume: Arc<Volume>,
+    /// Which weights.
+    pub resolution: Resolution,
+    /// Samples, spacing, overlap and seed.
+    pub mc: McDropout,
+    /// Queue priority.
+    pub priority: Priority,
+    /// Set to cancel the job between two forward passes.
+    pub cancel: Arc<AtomicBool>,
+}
+
 enum Job {
     Infer {
         req: InferRequest,
         reply: oneshot::Sender<Result<Segmentation>>,
+    },
+    Uncertainty {
+        req: UncertaintyRequest,
+        reply: oneshot::Sender<Result<Uncertainty>>,
     },
     Load {
         res: Resolution,
@@ -179,6 +198,10 @@ impl Worker {
                 let result = self.segment(&req);
                 let _ = reply.send(result);
             }
+            Job::Uncertainty { req, reply } => {
+                let result = self.uncertainty(&req);
+                let _ = reply.send(result);
+            }
             Job::Load { res, reply } => {
                 let _ = reply.send(self.network(res).map(|_| ()));
             }
@@ -220,6 +243,38 @@ impl Worker {
             &req.volume,
             req.resolution.pixdim(),
             &sw,
+            self.opts.device,
+            self.opts.amp,
+            &mut observer,
+        )
+    }
+
+    fn uncertainty(&self, req: &UncertaintyRequest) -> Result<Uncertainty> {
+        let span = tracing::info_span!(
+            "engine_mc_dropout",
+            res = ?req.resolution,
+            samples = req.mc.samples,
+            dims = ?req.volume.dims
+        );
+        let _g = span.enter();
+        if req.cancel.load(Ordering::SeqCst) {
+            return Err(ModelsError::Cancelled);
+        }
+        let loaded = self.network(req.resolution)?;
+        let background = req.priority == Priority::Background;
+        let cancel = req.cancel.clone();
+        let mut observer = |_done: usize, _total: usize| {
+            if background {
+                while let Some(job) = self.pop_interactive() {
+                    self.run(job);
+                }
+            }
+            !cancel.load(Ordering::SeqCst)
+        };
+        mc_dropout_entropy(
+            &loaded.net,
+            &req.volume,
+            &req.mc,
             self.opts.device,
             self.opts.amp,
             &mut observer,
@@ -299,6 +354,21 @@ impl Engine {
         let priority = req.priority;
         self.enqueue(Job::Infer { req, reply: tx }, priority)?;
         Ok(rx)
+    }
+
+    /// Queues a Monte Carlo dropout job and waits for its answer (async).
+    pub async fn uncertainty(&self, req: UncertaintyRequest) -> Result<Uncertainty> {
+        let (tx, rx) = oneshot::channel();
+        let priority = req.priority;
+        self.enqueue(Job::Uncertainty { req, reply: tx }, priority)?;
+        rx.await
+            .map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
+    }
+
+    /// The modification time of the weights file of `res` (`None` if missing): results
+    /// computed before it are stale.
+    pub fn weights_mtime(&self, res: Resolution) -> Option<SystemTime> {
+        mtime(&self.bundle.weights_path(res))
     }
 
     fn enqueue(&self, job: Job, priority: Priority) -> Result<()> {

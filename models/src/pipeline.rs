@@ -166,3 +166,150 @@ pub fn segment(
         },
     })
 }
+
+/// Settings of a Monte Carlo dropout run (epistemic uncertainty, spec §9).
+#[derive(Debug, Clone, PartialEq)]
+pub struct McDropout {
+    /// Forward passes per window with Dropout3d active.
+    pub samples: usize,
+    /// Spacing (mm) the image is resampled to; coarser than the model's spacing is faster.
+    pub pixdim: [f64; 3],
+    /// Sliding-window overlap.
+    pub overlap: f64,
+    /// Window edge (voxels, a multiple of 8; the bundle's is 96). Smaller windows on a small
+    /// image cost less padding.
+    pub roi: i64,
+    /// Seed of the dropout masks (`None`: the generator is not reseeded).
+    pub seed: Option<i64>,
+}
+
+/// The epistemic uncertainty of one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Uncertainty {
+    /// Mean over the network grid of the per-voxel entropy (nats) of the softmax averaged over
+    /// the Monte Carlo samples: `-sum_c p_c ln p_c` with `p = mean_t softmax(net_t(x))`.
+    pub entropy: f64,
+    /// Forward passes per window.
+    pub samples: usize,
+    /// Windows run (each `samples` times).
+    pub windows: usize,
+    /// Shape of the network grid.
+    pub network_shape: [i64; 3],
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+/// Monte Carlo dropout: every sliding window runs `mc.samples` times with Dropout3d active; the
+/// voxel entropy of the mean softmax is blended across windows with the bundle's gaussian
+/// weights and averaged over the grid. The observer is called after every forward pass
+/// (`done` counts passes), so a caller can run other work between two passes or cancel.
+pub fn mc_dropout_entropy(
+    net: &SegResNet,
+    vol: &Volume,
+    mc: &McDropout,
+    device: Device,
+    amp: bool,
+    observer: &mut dyn WindowObserver,
+) -> Result<Uncertainty> {
+    use crate::inferer::window::{gaussian_importance_map, windows};
+    let t0 = Instant::now();
+    if mc.samples == 0 {
+        return Err(ModelsError::Invalid(
+            "Monte Carlo dropout needs at least one sample".into(),
+        ));
+    }
+    if mc.roi < 8 || mc.roi % 8 != 0 {
+        return Err(ModelsError::Invalid(format!(
+            "the Monte Carlo window edge must be a positive multiple of 8, not {}",
+            mc.roi
+        )));
+    }
+    let roi = [mc.roi; 3];
+    let prepared = preprocess(vol, mc.pixdim)?;
+    let input = prepared.image.unsqueeze(0).to_device(device);
+    let s = input.size();
+    let size = [s[2], s[3], s[4]];
+    let pads: Vec<(i64, i64)> = (0..3)
+        .map(|i| {
+            let d = (roi[i] - size[i]).max(0);
+            (d / 2, d - d / 2)
+        })
+        .collect();
+    let padded = if pads.iter().any(|&(a, b)| a > 0 || b > 0) {
+        input.pad(
+            [
+                pads[2].0, pads[2].1, pads[1].0, pads[1].1, pads[0].0, pads[0].1,
+            ],
+            "replicate",
+            None,
+        )
+    } else {
+        input.shallow_clone()
+    };
+    drop(input);
+    let work = [
+        size[0].max(roi[0]),
+        size[1].max(roi[1]),
+        size[2].max(roi[2]),
+    ];
+    let wins = windows(work, roi, mc.overlap);
+    let weight = gaussian_importance_map(roi, 0.125).to_device(device);
+    let acc = Tensor::zeros(work, (Kind::Float, device));
+    let wsum = Tensor::zeros(work, (Kind::Float, device));
+    if let Some(seed) = mc.seed {
+        tch::manual_seed(seed);
+    }
+    let total = wins.len() * mc.samples;
+    let mut done = 0usize;
+    tch::no_grad(|| -> Result<()> {
+        for w in &wins {
+            let x = padded
+                .narrow(2, w[0], roi[0])
+                .narrow(3, w[1], roi[1])
+                .narrow(4, w[2], roi[2]);
+            let mut sum: Option<Tensor> = None;
+            for _ in 0..mc.samples {
+                let y = if amp && device.is_cuda() {
+                    tch::autocast(true, || net.forward_t(&x, true))
+                } else {
+                    net.forward_t(&x, true)
+                };
+                let p = y.to_kind(Kind::Float).softmax(1, Kind::Float);
+                sum = Some(match sum {
+                    None => p,
+                    Some(s) => s + p,
+                });
+                done += 1;
+                if !observer.window_done(done, total) {
+                    return Err(ModelsError::Cancelled);
+                }
+            }
+            let Some(sum) = sum else { continue };
+            let mean = sum / mc.samples as f64;
+            let h = (mean.clamp_min(1e-8).log() * &mean)
+                .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+                .neg()
+                .squeeze_dim(0);
+            let region = |t: &Tensor| {
+                t.narrow(0, w[0], roi[0])
+                    .narrow(1, w[1], roi[1])
+                    .narrow(2, w[2], roi[2])
+            };
+            let _ = region(&acc).g_add_(&(h * &weight));
+            let _ = region(&wsum).g_add_(&weight);
+        }
+        Ok(())
+    })?;
+    let map = (acc / wsum)
+        .narrow(0, pads[0].0, size[0])
+        .narrow(1, pads[1].0, size[1])
+        .narrow(2, pads[2].0, size[2]);
+    let entropy = f64::try_from(map.mean(Kind::Double))?;
+    Ok(Uncertainty {
+        entropy,
+        samples: mc.samples,
+        windows: wins.len(),
+        network_shape: size,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}

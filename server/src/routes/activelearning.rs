@@ -1,7 +1,13 @@
 //! `POST /activelearning/{strategy}`: the next image to annotate (spec §3.6).
+//!
+//! Strategies: `random` (option `seed` makes it deterministic), `first`, and `epistemic`
+//! (the unlabeled image with the highest Monte Carlo dropout uncertainty; images whose score
+//! is missing or older than the weights are scored first, as background engine jobs, with the
+//! options of [`ferrolabel_apps::scoring::EpistemicOptions`] from the body).
 
 use actix_web::{web, HttpResponse};
-use ferrolabel_apps::Candidate;
+use ferrolabel_apps::scoring::{ensure_epistemic, EpistemicOptions};
+use ferrolabel_apps::{Candidate, Strategy};
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, ApiResult};
@@ -30,7 +36,28 @@ pub async fn next_sample(
         _ => path.into_inner(),
     };
     let strategy = state.app.strategy(&name)?;
+    let seed = match params.get("seed") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .ok_or_else(|| {
+                    ApiError::unprocessable(format!(
+                        "invalid value {v} for param \"seed\": expected a non-negative integer"
+                    ))
+                })?,
+        ),
+    };
     let ds = &state.datastore;
+    if strategy == Strategy::Epistemic {
+        let opts = EpistemicOptions::from_params(&params)?;
+        state.app.check_weights(opts.resolution)?;
+        let ids = ds.unlabeled_images().await?;
+        let scored = ensure_epistemic(&state.app, ds, &ids, &opts).await?;
+        if scored > 0 {
+            tracing::info!(scored, "epistemic scores computed for next sample");
+        }
+    }
     let mut candidates = Vec::new();
     for id in ds.unlabeled_images().await? {
         if let Some(rec) = ds.image(&id).await? {
@@ -38,7 +65,7 @@ pub async fn next_sample(
         }
     }
     let now = chrono::Utc::now().timestamp();
-    let Some(mut result) = strategy.select(&candidates, now) else {
+    let Some(mut result) = strategy.select(&candidates, now, seed) else {
         return Ok(response::empty_object());
     };
     let id = result

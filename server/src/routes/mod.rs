@@ -7,12 +7,15 @@
 //! authentication is off).
 
 pub mod activelearning;
+pub mod batch;
 pub mod datastore;
 pub mod infer;
 pub mod info;
 pub mod logs;
 pub mod model;
+pub mod report;
 pub mod root;
+pub mod scoring;
 pub mod session;
 
 use std::collections::HashMap;
@@ -136,6 +139,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/activelearning/{strategy}", "POST")
                 .route(web::post().to(activelearning::next_sample)),
+        )
+        .service(
+            resource("/scoring/", "GET, POST, DELETE")
+                .route(web::get().to(scoring::status))
+                .route(web::post().to(scoring::run_all))
+                .route(web::delete().to(scoring::stop)),
+        )
+        .service(resource("/scoring/{method}", "POST").route(web::post().to(scoring::run_one)))
+        .service(
+            resource("/batch/infer", "GET, DELETE")
+                .route(web::get().to(batch::status))
+                .route(web::delete().to(batch::stop)),
+        )
+        .service(resource("/batch/infer/{model}", "POST").route(web::post().to(batch::run)))
+        .service(
+            resource("/datastore/label/report", "GET").route(web::get().to(report::label_report)),
         )
         .service(resource("/logs/", "GET").route(web::get().to(logs::logs)))
         .service(resource("/model/info/{model}", "GET").route(web::get().to(model::info)))

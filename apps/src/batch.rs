@@ -1,0 +1,195 @@
+//! Batch inference (spec §3.4): segment a set of datastore images and store each result as a
+//! label (tag `original` unless `label_tag` says otherwise), one image after another.
+//!
+//! Every image runs as a [`Priority::Background`] engine job, so an interactive `/infer`
+//! waits at most one sliding window; a stop ([`crate::tasks::TaskQueue::stop`]) cancels the
+//! current image between two windows and keeps the labels already saved.
+//!
+//! Request params (the JSON body, merged over the query's `images`):
+//!
+//! | param | meaning | default |
+//! |---|---|---|
+//! | `images` | `all`, `labeled`, `unlabeled` (has / lacks a `final` label), or a list of ids | the query's, else `all` |
+//! | `max_batch_size` | keep only the first N ids (sorted), when > 0 | 0 |
+//! | `save_label` | store the results | `true` |
+//! | `label_tag` | the tag to store them under | `original` |
+//! | infer params | `highres`, `sw_overlap`, `sw_batch_size`, `result_extension`, `report`, ... | as `/infer` |
+//!
+//! The sync result is `{image_id: {"label": id, "tag": tag, "params": {...}}}`, `{}` for an
+//! image that failed (its error goes to the task's `details`).
+
+use std::collections::BTreeSet;
+
+use ferrolabel_datastore::{Datastore, Source};
+use ferrolabel_models::Priority;
+use serde_json::{json, Map, Value};
+
+use crate::error::{AppError, Result};
+use crate::infer::{param_bool, InferPlan};
+use crate::tasks::TaskHandle;
+use crate::WholeBodyApp;
+
+/// Resolves an image selection: `all`, `labeled`, `unlabeled` (sorted ids) or a list of ids
+/// (in the given order, duplicates dropped; an unknown id is a 404). `None` → `default`.
+pub async fn select_images(
+    ds: &Datastore,
+    selection: Option<&Value>,
+    default: &str,
+) -> Result<Vec<String>> {
+    let which = match selection {
+        None | Some(Value::Null) => default.to_string(),
+        Some(Value::String(s)) if s.is_empty() => default.to_string(),
+        Some(Value::String(s)) => s.to_ascii_lowercase(),
+        Some(Value::Array(list)) => {
+            let mut seen = BTreeSet::new();
+            let mut ids = Vec::new();
+            for v in list {
+                let Some(id) = v.as_str() else {
+                    return Err(AppError::InvalidParams(format!(
+                        "\"images\" lists {v}, not an image id"
+                    )));
+                };
+                if ds.image(id).await?.is_none() {
+                    return Err(AppError::Datastore(
+                        ferrolabel_datastore::DatastoreError::NotFound(format!("image {id:?}")),
+                    ));
+                }
+                if seen.insert(id.to_string()) {
+                    ids.push(id.to_string());
+                }
+            }
+            return Ok(ids);
+        }
+        Some(v) => {
+            return Err(AppError::InvalidParams(format!(
+                "invalid value {v} for \"images\": all, labeled, unlabeled or a list of ids"
+            )))
+        }
+    };
+    let mut ids = match which.as_str() {
+        "all" => ds.list_images().await?,
+        "labeled" => ds.labeled_images().await?,
+        "unlabeled" => ds.unlabeled_images().await?,
+        other => {
+            return Err(AppError::InvalidParams(format!(
+                "invalid value {other:?} for \"images\": all, labeled, unlabeled or a list of ids"
+            )))
+        }
+    };
+    ids.sort();
+    Ok(ids)
+}
+
+/// A validated batch: which images, and how to run and store each.
+#[derive(Debug, Clone)]
+pub struct BatchPlan {
+    /// The model.
+    pub model: String,
+    /// The images, in run order.
+    pub images: Vec<String>,
+    /// How each image runs and is stored.
+    pub infer: InferPlan,
+}
+
+/// Validates a batch request (404 unknown model or image, 422 bad params, 503 no weights).
+/// `images` is the query's selection.
+pub async fn plan(
+    app: &WholeBodyApp,
+    ds: &Datastore,
+    model: &str,
+    images: &str,
+    params: &Map<String, Value>,
+) -> Result<BatchPlan> {
+    let mut infer = app.plan_infer(model, params)?;
+    infer.save_label = param_bool(params, "save_label")?.unwrap_or(true);
+    let query = (!images.is_empty()).then(|| Value::String(images.to_string()));
+    let selection = params.get("images").or(query.as_ref());
+    let mut ids = select_images(ds, selection, "all").await?;
+    match params.get("max_batch_size") {
+        None | Some(Value::Null) => {}
+        Some(v) => {
+            let n = v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .ok_or_else(|| {
+                    AppError::InvalidParams(format!(
+                        "invalid value {v} for \"max_batch_size\": expected a non-negative integer"
+                    ))
+                })?;
+            if n > 0 {
+                ids.truncate(n as usize);
+            }
+        }
+    }
+    Ok(BatchPlan {
+        model: model.to_string(),
+        images: ids,
+        infer,
+    })
+}
+
+/// Runs a batch, reporting progress to `task`; returns the sync result.
+pub async fn run(
+    app: &WholeBodyApp,
+    ds: &Datastore,
+    batch: &BatchPlan,
+    task: &TaskHandle,
+) -> Result<Value> {
+    let total = batch.images.len();
+    let mut result = Map::new();
+    let mut failed = 0;
+    for (n, id) in batch.images.iter().enumerate() {
+        if task.is_cancelled() {
+            return Err(AppError::Cancelled);
+        }
+        task.progress(n, total, Some(id));
+        match run_one(app, ds, batch, id, task).await {
+            Ok(v) => {
+                task.log(format!("{id}: done ({}/{total})", n + 1));
+                result.insert(id.clone(), v);
+            }
+            Err(AppError::Cancelled) => return Err(AppError::Cancelled),
+            Err(e) => {
+                failed += 1;
+                task.log(format!("{id}: failed: {e}"));
+                result.insert(id.clone(), json!({}));
+            }
+        }
+    }
+    task.progress(total, total, None);
+    task.log(format!("{} of {total} images segmented", total - failed));
+    Ok(Value::Object(result))
+}
+
+async fn run_one(
+    app: &WholeBodyApp,
+    ds: &Datastore,
+    batch: &BatchPlan,
+    id: &str,
+    task: &TaskHandle,
+) -> Result<Value> {
+    let path = ds.image_path(id).await?;
+    let out = app
+        .run_infer_as(
+            &batch.infer,
+            &path,
+            task.cancel_flag(),
+            Priority::Background,
+        )
+        .await?;
+    let params = Value::Object(out.params);
+    let tag = &batch.infer.label_tag;
+    if batch.infer.save_label {
+        let info = json!({"model": batch.model, "params": params});
+        ds.save_label(
+            id,
+            tag,
+            out.ext.as_str(),
+            Source::Bytes(out.bytes),
+            info.as_object().cloned().unwrap_or_default(),
+            None,
+        )
+        .await?;
+    }
+    Ok(json!({"label": id, "tag": tag, "params": params}))
+}
