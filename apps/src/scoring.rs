@@ -328,6 +328,48 @@ fn tag_param(params: &Map<String, Value>, key: &str, default: &str) -> Result<St
     }
 }
 
+fn tags_param(params: &Map<String, Value>) -> Result<Vec<String>> {
+    match params.get("tags") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|t| match t {
+                Value::String(s) => {
+                    ferrolabel_datastore::validate_tag(s)?;
+                    Ok(s.clone())
+                }
+                _ => Err(AppError::InvalidParams("\"tags\" must be strings".into())),
+            })
+            .collect(),
+        None | Some(Value::Null) => Ok(vec![FINAL_TAG.into(), ORIGINAL_TAG.into()]),
+        Some(v) => Err(AppError::InvalidParams(format!(
+            "invalid value {v} for param \"tags\": expected a list of tags"
+        ))),
+    }
+}
+
+/// Checks a method's params before a task starts (422 for bad values, 503 when the epistemic
+/// weights are missing).
+pub fn validate(
+    app: &WholeBodyApp,
+    method: ScoringMethod,
+    params: &Map<String, Value>,
+) -> Result<()> {
+    match method {
+        ScoringMethod::Dice => {
+            tag_param(params, "y", FINAL_TAG)?;
+            tag_param(params, "y_pred", ORIGINAL_TAG)?;
+        }
+        ScoringMethod::Sum => {
+            tags_param(params)?;
+        }
+        ScoringMethod::Epistemic => {
+            let opts = EpistemicOptions::from_params(params)?;
+            app.check_weights(opts.resolution)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs a scoring method over the datastore, reporting progress to `task`; returns the sync
 /// result (see the module table). A stop ends the run after the current image.
 pub async fn run(
@@ -379,24 +421,7 @@ pub async fn run(
             task.progress(ids.len(), ids.len(), None);
         }
         ScoringMethod::Sum => {
-            let tags: Vec<String> = match params.get("tags") {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|t| match t {
-                        Value::String(s) => {
-                            ferrolabel_datastore::validate_tag(s)?;
-                            Ok(s.clone())
-                        }
-                        _ => Err(AppError::InvalidParams("\"tags\" must be strings".into())),
-                    })
-                    .collect::<Result<_>>()?,
-                None | Some(Value::Null) => vec![FINAL_TAG.into(), ORIGINAL_TAG.into()],
-                Some(v) => {
-                    return Err(AppError::InvalidParams(format!(
-                        "invalid value {v} for param \"tags\": expected a list of tags"
-                    )))
-                }
-            };
+            let tags = tags_param(params)?;
             let ids = ds.list_images().await?;
             for (n, id) in ids.iter().enumerate() {
                 if task.is_cancelled() {

@@ -108,10 +108,11 @@ async fn run(
     wrap: bool,
 ) -> ApiResult<HttpResponse> {
     let run_sync = q_bool(query, "run_sync", false)?;
-    if methods.contains(&ScoringMethod::Epistemic) && !wrap {
+    if !wrap {
         // refuse bad options before a task exists
-        let opts = scoring::EpistemicOptions::from_params(&params)?;
-        state.app.check_weights(opts.resolution)?;
+        for m in &methods {
+            scoring::validate(&state.app, *m, &params)?;
+        }
     }
     let mut request = params.clone();
     let names: Vec<&str> = methods.iter().map(|m| m.name()).collect();
