@@ -12,6 +12,7 @@
 //! runtime are never blocked.
 
 pub mod batch;
+pub mod epistemic;
 mod error;
 pub mod infer;
 pub mod report;

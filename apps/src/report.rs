@@ -75,14 +75,22 @@ pub fn compute(labels: &[u8], image: &Volume) -> Result<Report> {
             let start = nx * (j + ny * k);
             let lrow = &labels[start..start + nx];
             let drow = &image.data[start..start + nx];
-            for (&l, &v) in lrow.iter().zip(drow) {
-                if l != 0 {
-                    let l = l as usize;
-                    let v = v as f64;
-                    count[l] += 1;
-                    sum[l] += v;
-                    sumsq[l] += v * v;
+            // runs of one label: sums kept in registers, flushed once per run
+            let mut i = 0;
+            while i < nx {
+                let l = lrow[i];
+                let mut end = i + 1;
+                while end < nx && lrow[end] == l {
+                    end += 1;
                 }
+                if l != 0 {
+                    let (s, q) = run_sums(&drow[i..end]);
+                    let l = l as usize;
+                    count[l] += (end - i) as u64;
+                    sum[l] += s;
+                    sumsq[l] += q;
+                }
+                i = end;
             }
             if j == 0 || k == 0 || j == ny - 1 || k == nz - 1 {
                 for &l in lrow {
@@ -115,6 +123,27 @@ pub fn compute(labels: &[u8], image: &Volume) -> Result<Report> {
         voxel_volume_ml: voxel_ml,
         structures,
     })
+}
+
+/// Sum and sum of squares of a run, in `f64`, with four independent accumulators.
+fn run_sums(values: &[f32]) -> (f64, f64) {
+    let mut s = [0f64; 4];
+    let mut q = [0f64; 4];
+    let chunks = values.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..4 {
+            let v = c[k] as f64;
+            s[k] += v;
+            q[k] += v * v;
+        }
+    }
+    for &v in rest {
+        let v = v as f64;
+        s[0] += v;
+        q[0] += v * v;
+    }
+    ((s[0] + s[1]) + (s[2] + s[3]), (q[0] + q[1]) + (q[2] + q[3]))
 }
 
 /// A finite number as JSON (non-finite values, impossible for finite input, become `null`).
@@ -204,6 +233,39 @@ mod tests {
         let j = r.to_json(|l| format!("label_{l}"));
         assert_eq!(j["structures"]["label_2"]["voxels"], 2);
         assert_eq!(j["structures"]["label_1"]["touches_border"], false);
+    }
+
+    #[test]
+    fn matches_a_naive_count() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(3);
+        let dims = [37, 11, 9];
+        let n = dims.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| rng.gen_range(-1000.0..1500.0)).collect();
+        // runs of random length and label, so that run sums and remainders are exercised
+        let mut labels = Vec::with_capacity(n);
+        while labels.len() < n {
+            let (l, len) = (rng.gen_range(0..5u8), rng.gen_range(1..15));
+            labels.extend(std::iter::repeat(l).take(len.min(n - labels.len())));
+        }
+        let r = compute(&labels, &vol(dims, data.clone(), 1.5)).unwrap();
+        for s in &r.structures {
+            let vals: Vec<f64> = (0..n)
+                .filter(|&i| labels[i] == s.label)
+                .map(|i| data[i] as f64)
+                .collect();
+            let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+            assert_eq!(s.voxels, vals.len() as u64);
+            assert!((s.mean - mean).abs() < 1e-9, "{} vs {mean}", s.mean);
+            assert!(
+                (s.std - var.sqrt()).abs() < 1e-6,
+                "{} vs {}",
+                s.std,
+                var.sqrt()
+            );
+        }
+        assert_eq!(r.structures.len(), 4);
     }
 
     #[test]

@@ -419,7 +419,6 @@ impl WholeBodyApp {
         let limits = self.limits;
         let image_vol = self.load_image(image).await?;
         let (stats, secs) = blocking(move || {
-            let t = Instant::now();
             let lab = read_volume(&label, &limits)
                 .map_err(|e| AppError::BadImage(format!("label: {e}")))?;
             if lab.dims != image_vol.dims {
@@ -429,6 +428,8 @@ impl WholeBodyApp {
                 )));
             }
             let bytes = report::label_bytes(&lab)?;
+            drop(lab);
+            let t = Instant::now();
             let stats = report::compute(&bytes, &image_vol)?;
             Ok((stats, t.elapsed().as_secs_f64()))
         })

@@ -1,6 +1,7 @@
 //! `GET /datastore/label/report?label=<image id>&tag=<tag>`: the quantitative report
 //! ([`ferrolabel_apps::report`]) of a stored label over its image — the same numbers every
-//! `/infer` answer carries in `params.report`. An empty tag means `final`.
+//! `/infer` answer carries in `params.report`, plus `seconds` (the statistics alone, without
+//! reading the files). An empty tag means `final`.
 
 use actix_web::{web, HttpResponse};
 
