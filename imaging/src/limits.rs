@@ -17,6 +17,12 @@ pub struct Limits {
     pub max_decompressed_bytes: u64,
     /// Largest accepted size of NIfTI header extensions, and of an NRRD text header.
     pub max_extension_bytes: u64,
+    /// Largest accepted ratio of decompressed to compressed size for a gzip-compressed file
+    /// whose compressed size is known: a header that declares more than the stream can hold is
+    /// refused before anything is decompressed or allocated. The default is deflate's own
+    /// ceiling (about 1032 : 1), which no genuine file exceeds; lower it to refuse highly
+    /// compressible uploads (an all-zero 512³ label map is close to the ceiling).
+    pub max_gzip_ratio: u64,
 }
 
 impl Limits {
@@ -26,6 +32,8 @@ impl Limits {
     pub const DEFAULT_MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
     /// Default extension/header-size limit: 64 MiB.
     pub const DEFAULT_MAX_EXTENSION_BYTES: u64 = 64 << 20;
+    /// Default gzip ratio limit: deflate's maximum expansion, 1032 : 1.
+    pub const DEFAULT_MAX_GZIP_RATIO: u64 = 1032;
 
     /// Checks a voxel grid against [`Limits::max_voxels`] and returns its voxel count.
     pub fn check_voxels(&self, dims: [usize; 3]) -> Result<u64> {
@@ -57,6 +65,20 @@ impl Limits {
         }
         Ok(())
     }
+
+    /// Checks that `compressed` bytes of gzip can hold `decompressed` bytes under
+    /// [`Limits::max_gzip_ratio`].
+    pub fn check_gzip_ratio(&self, compressed: u64, decompressed: u64) -> Result<()> {
+        let most = compressed.saturating_mul(self.max_gzip_ratio);
+        if decompressed > most {
+            return Err(ImagingError::LimitExceeded(format!(
+                "the header declares {decompressed} bytes, more than a {compressed}-byte gzip \
+                 stream may hold at the limit of {} : 1",
+                self.max_gzip_ratio
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
@@ -65,6 +87,7 @@ impl Default for Limits {
             max_voxels: Self::DEFAULT_MAX_VOXELS,
             max_decompressed_bytes: Self::DEFAULT_MAX_DECOMPRESSED_BYTES,
             max_extension_bytes: Self::DEFAULT_MAX_EXTENSION_BYTES,
+            max_gzip_ratio: Self::DEFAULT_MAX_GZIP_RATIO,
         }
     }
 }

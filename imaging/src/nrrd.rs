@@ -377,8 +377,9 @@ pub fn read_nrrd_bytes(bytes: &[u8], limits: &Limits) -> Result<Volume> {
                     "NRRD byte skip -1 with gzip is not supported".into(),
                 ));
             }
-            let mut dec = MultiGzDecoder::new(body);
             let skip = skip as u64;
+            limits.check_gzip_ratio(body.len() as u64, skip.saturating_add(data_bytes))?;
+            let mut dec = MultiGzDecoder::new(body);
             let skipped = std::io::copy(
                 &mut std::io::Read::take(&mut dec, skip),
                 &mut std::io::sink(),
@@ -390,7 +391,8 @@ pub fn read_nrrd_bytes(bytes: &[u8], limits: &Limits) -> Result<Volume> {
                     got: 0,
                 });
             }
-            let hint = (body.len() as u64).saturating_mul(1032) / dtype.size() as u64;
+            let ratio = limits.max_gzip_ratio.min(Limits::DEFAULT_MAX_GZIP_RATIO);
+            let hint = (body.len() as u64).saturating_mul(ratio) / dtype.size() as u64;
             read_samples(&mut dec, dtype, big_endian, None, count, hint)?
         }
         Some(e) => {

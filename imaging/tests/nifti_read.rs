@@ -445,6 +445,7 @@ fn oversized_dims_are_rejected_before_allocating() {
         max_voxels: u64::MAX,
         max_decompressed_bytes: u64::MAX,
         max_extension_bytes: u64::MAX,
+        max_gzip_ratio: u64::MAX,
     };
     assert!(matches!(
         read_nifti_bytes(&bytes, &open),
@@ -501,6 +502,7 @@ fn header_byte_mutations_never_panic() {
         max_voxels: u64::MAX,
         max_decompressed_bytes: u64::MAX,
         max_extension_bytes: 1 << 20,
+        ..Limits::default()
     };
     for offset in 0..352 {
         for value in [0u8, 1, 0x7f, 0x80, 0xff] {
@@ -513,4 +515,28 @@ fn header_byte_mutations_never_panic() {
     for cut in 0..good.len() {
         assert!(read_nifti_bytes(&good[..cut], &Limits::default()).is_err());
     }
+}
+
+#[test]
+fn gzip_ratio_is_checked_before_decompressing() {
+    // a 64 x 64 x 64 zero volume: 262 KB that gzip squeezes to a few hundred bytes
+    let h = header([64, 64, 64], DataType::U8);
+    let zeros = gzip(&file_bytes(&h, &vec![0u8; 64 * 64 * 64]));
+    let ratio = (262_144 + 352) / zeros.len() as u64;
+    assert!(ratio > 100, "ratio {ratio}");
+    // genuine files are never refused by the default (deflate's own ceiling)
+    assert!(read_nifti_bytes(&zeros, &Limits::default()).is_ok());
+    let strict = Limits {
+        max_gzip_ratio: 50,
+        ..Limits::default()
+    };
+    let msg = err_msg(read_nifti_bytes(&zeros, &strict));
+    assert!(msg.contains("50 : 1"), "{msg}");
+    // a header that lies about its size is refused up front, without decompressing, even
+    // under the default: 100 bytes of gzip cannot hold 8 MB
+    let big = header([256, 256, 128], DataType::U8);
+    let liar = gzip(&file_bytes(&big, &[]));
+    assert!(liar.len() < 1000);
+    let msg = err_msg(read_nifti_bytes(&liar, &Limits::default()));
+    assert!(msg.contains("gzip stream"), "{msg}");
 }

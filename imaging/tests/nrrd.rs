@@ -182,6 +182,7 @@ fn bad_nrrd_input_is_rejected() {
         max_voxels: u64::MAX,
         max_decompressed_bytes: u64::MAX,
         max_extension_bytes: u64::MAX,
+        max_gzip_ratio: u64::MAX,
     };
     let huge_gz = slicer_like("RAS", "double", "little", &gzip(&[0; 64]), "gzip");
     let huge_gz =
@@ -224,6 +225,7 @@ fn truncations_and_mutations_never_panic() {
         max_voxels: u64::MAX,
         max_decompressed_bytes: u64::MAX,
         max_extension_bytes: 1 << 20,
+        ..Limits::default()
     };
     for cut in 0..good.len() {
         assert!(read_volume_bytes(&good[..cut], "x.nrrd", &Limits::default()).is_err());

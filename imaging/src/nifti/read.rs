@@ -15,9 +15,6 @@ use crate::volume::Volume;
 /// The two magic bytes that open a gzip stream.
 pub(crate) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
-/// The most a deflate stream can expand (about 1032 : 1); used only to size allocations.
-const MAX_DEFLATE_RATIO: u64 = 1032;
-
 /// Where the stream comes from: what is known about its size before reading it.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -124,7 +121,11 @@ fn read_stream<R: Read>(mut r: R, source: Source, limits: &Limits) -> Result<Vol
             }
             count
         }
-        Source::Gzip(Some(len)) => len.saturating_mul(MAX_DEFLATE_RATIO) / dtype.size() as u64,
+        Source::Gzip(Some(len)) => {
+            limits.check_gzip_ratio(len, offset.saturating_add(data_bytes))?;
+            len.saturating_mul(limits.max_gzip_ratio.min(Limits::DEFAULT_MAX_GZIP_RATIO))
+                / dtype.size() as u64
+        }
         Source::Raw(None) | Source::Gzip(None) => 1 << 24,
     };
     let to_skip = offset - HEADER_SIZE as u64;
