@@ -4,10 +4,13 @@
 //! Rows live in the `audit_log` table of the datastore database (migration `0002_audit_log`),
 //! which SQLite triggers make append-only: an `UPDATE` or `DELETE` on it is refused. The server
 //! appends one [`AuditEntry`] per audited request after answering it; [`Datastore::audit_log`]
-//! reads them back (newest last).
+//! reads them back (newest last), and [`read_audit_log`] does so from the database file alone,
+//! read-only, while a server may be running on it.
 
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::Row;
 
 use crate::error::Result;
@@ -85,29 +88,52 @@ impl Datastore {
     /// The audit log, oldest first: every entry after row `after_id` (0 = from the start), at
     /// most `limit` of them.
     pub async fn audit_log(&self, after_id: i64, limit: u32) -> Result<Vec<AuditEntry>> {
-        let rows = sqlx::query(
-            "SELECT id, ts_ms, username, action, image_id, tag, status, request \
-             FROM audit_log WHERE id > ? ORDER BY id LIMIT ?",
-        )
+        let rows = sqlx::query(SELECT)
         .bind(after_id)
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    id: r.try_get("id")?,
-                    ts_ms: r.try_get("ts_ms")?,
-                    username: r.try_get("username")?,
-                    action: r.try_get("action")?,
-                    image_id: r.try_get("image_id")?,
-                    tag: r.try_get("tag")?,
-                    status: r.try_get::<i64, _>("status")?.clamp(0, 999) as u16,
-                    request: r.try_get("request")?,
-                })
-            })
-            .collect()
+        rows.iter().map(entry_of_row).collect()
     }
+}
+
+const SELECT: &str = "SELECT id, ts_ms, username, action, image_id, tag, status, request \
+                      FROM audit_log WHERE id > ? ORDER BY id LIMIT ?";
+
+fn entry_of_row(r: &SqliteRow) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.try_get("id")?,
+        ts_ms: r.try_get("ts_ms")?,
+        username: r.try_get("username")?,
+        action: r.try_get("action")?,
+        image_id: r.try_get("image_id")?,
+        tag: r.try_get("tag")?,
+        status: r.try_get::<i64, _>("status")?.clamp(0, 999) as u16,
+        request: r.try_get("request")?,
+    })
+}
+
+/// Reads the audit log of the database file `db` **read-only**, without opening the datastore
+/// (safe while a server runs on it): entries after row `after_id`, at most `limit`.
+pub async fn read_audit_log(db: &Path, after_id: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+    if !db.is_file() {
+        return Err(crate::DatastoreError::NotFound(db.display().to_string()));
+    }
+    let opts = SqliteConnectOptions::new()
+        .filename(db)
+        .read_only(true)
+        .busy_timeout(std::time::Duration::from_secs(30));
+    let pool: SqlitePool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await?;
+    let rows = sqlx::query(SELECT)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&pool)
+        .await;
+    pool.close().await;
+    rows?.iter().map(entry_of_row).collect()
 }
 
 #[cfg(test)]
@@ -157,6 +183,10 @@ mod tests {
             .await;
         assert!(del.unwrap_err().to_string().contains("append-only"));
         assert_eq!(ds.audit_log(0, 100).await.unwrap().len(), 2);
+        // the read-only reader sees the same rows while the datastore is open
+        let ro = read_audit_log(ds.db_path(), 0, 100).await.unwrap();
+        assert_eq!(ro, ds.audit_log(0, 100).await.unwrap());
+        assert!(read_audit_log(&dir.path().join("none.db"), 0, 1).await.is_err());
         ds.close().await;
     }
 }

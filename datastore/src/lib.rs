@@ -46,7 +46,7 @@ pub mod reconcile;
 pub mod sessions;
 mod store;
 
-pub use audit::AuditEntry;
+pub use audit::{read_audit_log, AuditEntry};
 pub use error::{DatastoreError, Result};
 pub use files::Source;
 pub use ids::{

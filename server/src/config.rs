@@ -71,6 +71,30 @@ pub struct ServerArgs {
     /// Offer active-learning strategies.
     #[arg(long, env = "MONAI_LABEL_TASKS_STRATEGY", default_value = "true", value_parser = parse_bool, action = ArgAction::Set)]
     pub tasks_strategy: bool,
+    /// Require a login (MONAI Label's auth mode): bearer tokens from `POST /auth/token`, roles
+    /// from --auth-users. Off: everyone is `admin` and `/auth/` answers 404.
+    #[arg(long, env = "MONAI_LABEL_AUTH_ENABLE", default_value = "false", value_parser = parse_bool, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub auth_enable: bool,
+    /// The users file (JSON: user names, argon2 password hashes, roles); written by
+    /// `ferrolabel auth add-user`. Required with --auth-enable.
+    #[arg(long, env = "FERROLABEL_AUTH_USERS")]
+    pub auth_users: Option<PathBuf>,
+    /// Lifetime of a bearer token, in seconds.
+    #[arg(long, env = "FERROLABEL_AUTH_TOKEN_EXPIRY", default_value_t = 3600)]
+    pub auth_token_expiry: u64,
+    /// `client_id` reported by `GET /auth/`.
+    #[arg(
+        long,
+        env = "MONAI_LABEL_AUTH_CLIENT_ID",
+        default_value = "monailabel-app"
+    )]
+    pub auth_client_id: String,
+    /// Serve HTTPS with this PEM certificate (chain); needs --ssl-keyfile.
+    #[arg(long, alias = "ssl_certfile", env = "FERROLABEL_SSL_CERTFILE")]
+    pub ssl_certfile: Option<PathBuf>,
+    /// The PEM private key (unencrypted PKCS#8, PKCS#1 or SEC1) of --ssl-certfile.
+    #[arg(long, alias = "ssl_keyfile", env = "FERROLABEL_SSL_KEYFILE")]
+    pub ssl_keyfile: Option<PathBuf>,
 }
 
 /// Settings derived from [`ServerArgs`], shared by the handlers.

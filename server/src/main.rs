@@ -5,8 +5,10 @@
 //! Subcommands:
 //! * `start_server` — the MONAI Label REST server ([`commands::start_server`]);
 //! * `infer` — one-shot segmentation of a file ([`commands::infer`]);
+//! * `auth add-user` / `auth hash-password` — the users file of the auth mode ([`commands::auth`]);
 //! * `dev make-weights` (hidden) — random, seeded weights for demos and tests (not a model).
 
+mod auth;
 mod commands;
 mod config;
 mod error;
@@ -34,6 +36,11 @@ enum Command {
     StartServer(Box<config::ServerArgs>),
     /// Segment one image with a MONAI bundle and write the label map.
     Infer(commands::infer::InferArgs),
+    /// Users of the auth mode: add a user to a users file, hash a password.
+    Auth {
+        #[command(subcommand)]
+        command: commands::auth::AuthCommand,
+    },
     /// Developer tools.
     #[command(hide = true)]
     Dev {
@@ -49,6 +56,10 @@ fn main() {
         Command::Infer(args) => {
             logging::init_stderr("warn");
             commands::infer::run(args)
+        }
+        Command::Auth { command } => {
+            logging::init_stderr("warn");
+            commands::auth::run(command)
         }
         Command::Dev { command } => {
             logging::init_stderr("warn");

@@ -1,5 +1,6 @@
 //! The CLI's subcommands.
 
+pub mod auth;
 pub mod dev;
 pub mod infer;
 pub mod start_server;

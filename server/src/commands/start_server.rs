@@ -11,6 +11,7 @@ use ferrolabel_datastore::{Datastore, DatastoreOptions, Sessions};
 use ferrolabel_imaging::Limits;
 use ferrolabel_models::EngineOptions;
 
+use crate::auth::{Auth, AuthLayer, AuthOptions};
 use crate::config::ServerArgs;
 use crate::error::ApiError;
 use crate::routes;
@@ -42,9 +43,39 @@ fn device_names(device: ferrolabel_models::Device) -> Vec<String> {
     }
 }
 
+/// The authentication of `args` (`None` when off), and the TLS configuration (`None`: plain
+/// HTTP). Checked before anything else is opened, so a bad users file or key stops the start.
+fn auth_and_tls(args: &ServerArgs) -> Result<(Option<Arc<Auth>>, Option<rustls::ServerConfig>)> {
+    let auth = if args.auth_enable {
+        let Some(users_file) = args.auth_users.clone() else {
+            anyhow::bail!(
+                "--auth-enable needs --auth-users FILE (make one with `ferrolabel auth add-user`)"
+            );
+        };
+        if args.auth_token_expiry == 0 {
+            anyhow::bail!("--auth-token-expiry must be at least 1 second");
+        }
+        let auth = Auth::load(&AuthOptions {
+            users_file,
+            token_ttl: Duration::from_secs(args.auth_token_expiry),
+            client_id: args.auth_client_id.clone(),
+        })?;
+        Some(Arc::new(auth))
+    } else {
+        None
+    };
+    let tls = match (&args.ssl_certfile, &args.ssl_keyfile) {
+        (Some(cert), Some(key)) => Some(crate::auth::tls::server_config(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--ssl-certfile and --ssl-keyfile go together"),
+    };
+    Ok((auth, tls))
+}
+
 /// Runs the server until it is stopped (Ctrl-C / SIGTERM).
 pub fn run(args: ServerArgs) -> Result<()> {
     let settings = args.settings()?;
+    let (auth, tls) = auth_and_tls(&args)?;
     crate::logging::init_with_file("info", &settings.log_file)
         .with_context(|| format!("cannot open the log file {}", settings.log_file.display()))?;
     let device = ferrolabel_models::parse_device(&args.device)?;
@@ -82,7 +113,7 @@ pub fn run(args: ServerArgs) -> Result<()> {
                 .unwrap_or(2)
         })
         .max(2);
-    actix_web::rt::System::new().block_on(serve(args, settings, app, workers))
+    actix_web::rt::System::new().block_on(serve(args, settings, app, workers, auth, tls))
 }
 
 async fn serve(
@@ -90,6 +121,8 @@ async fn serve(
     settings: crate::config::Settings,
     app: WholeBodyApp,
     workers: usize,
+    auth: Option<Arc<Auth>>,
+    tls: Option<rustls::ServerConfig>,
 ) -> Result<()> {
     let datastore = Datastore::open(
         &settings.studies,
@@ -128,9 +161,26 @@ async fn serve(
         sessions,
         settings: Arc::new(settings.clone()),
     });
+    if let Some(a) = auth.clone() {
+        tracing::info!(
+            users = a.user_count(),
+            token_ttl_s = a.token_ttl().as_secs(),
+            "authentication on"
+        );
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(SESSION_SWEEP);
+            loop {
+                tick.tick().await;
+                a.sweep();
+            }
+        });
+    }
     let cors_origins = settings.cors_origins.clone();
+    let audit_store = datastore.clone();
     let server = HttpServer::new(move || {
         let cors = routes::Cors::new(cors_origins.clone());
+        let guard = AuthLayer::new(auth.clone(), audit_store.clone());
+        let auth_routes = auth.clone();
         App::new()
             .app_data(state.clone())
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
@@ -141,18 +191,28 @@ async fn serve(
                     .error_handler(|_, _| ApiError::not_found("Not Found").into()),
             )
             .configure(routes::configure)
+            .configure(move |cfg| {
+                if let Some(a) = auth_routes {
+                    routes::auth::configure(cfg, a);
+                }
+            })
             .default_service(web::to(routes::not_found))
+            .wrap_fn(move |req, srv| guard.handle(req, srv))
             .wrap_fn(move |req, srv| cors.handle(req, srv))
             .wrap_fn(|req, srv| routes::log_request(req, srv))
     })
-    .workers(workers)
-    .bind((args.host.as_str(), args.port))
+    .workers(workers);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = match tls {
+        Some(tls) => server.bind_rustls_0_23((args.host.as_str(), args.port), tls),
+        None => server.bind((args.host.as_str(), args.port)),
+    }
     .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
     for addr in server.addrs() {
         tracing::info!(
             studies = %settings.studies.display(),
             bundle = %app.bundle_dir().display(),
-            "ferrolabel {} listening on http://{addr}",
+            "ferrolabel {} listening on {scheme}://{addr}",
             env!("CARGO_PKG_VERSION")
         );
     }

@@ -11,6 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use ferrolabel_datastore::{id_from_filename, DatastoreError, Source, FINAL_TAG};
 use serde_json::{json, Map, Value};
 
+use crate::auth::Identity;
 use crate::error::{joined, ApiError, ApiResult};
 use crate::multipart::{read_form, UploadLimits, UploadedFile};
 use crate::routes::{q, q_int, q_required, QueryMap};
@@ -120,7 +121,7 @@ pub async fn upload_image(
             &ext,
             Source::File(file.path()),
             params,
-            Some(state.user()),
+            Some(&Identity::of(&req).username),
         )
         .await?;
     tracing::info!(image = %rec.id, bytes = file.size, "image stored");
@@ -225,7 +226,7 @@ pub async fn update_image_info(
     let patch = info_patch(&state, &req, payload, "info").await?;
     state
         .datastore
-        .update_image_info(&id, patch, Some(state.user()))
+        .update_image_info(&id, patch, Some(&Identity::of(&req).username))
         .await
         .map_err(image_not_found)?;
     Ok(response::null())
@@ -249,10 +250,16 @@ pub async fn save_label(
         return Err(ApiError::not_found(format!("Image NOT Found: {id}")));
     }
     let ext = checked_ext(&state, &label, "label").await?;
-    let author = params
-        .get("client_id")
-        .and_then(Value::as_str)
-        .map(String::from);
+    // with auth on, the revision author is the logged-in user; otherwise the client's id
+    let who = Identity::of(&req);
+    let author = if who.authenticated {
+        Some(who.username)
+    } else {
+        params
+            .get("client_id")
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
     let rec = state
         .datastore
         .save_label(
@@ -329,7 +336,7 @@ async fn update_label(
     let patch = info_patch(&state, &req, payload, field).await?;
     state
         .datastore
-        .update_label_info(&id, &tag, patch, Some(state.user()))
+        .update_label_info(&id, &tag, patch, Some(&Identity::of(&req).username))
         .await
         .map_err(label_not_found)?;
     Ok(response::null())

@@ -132,6 +132,14 @@ async fn run(
                     None,
                 )
                 .await?;
+            crate::auth::audit::record(
+                &state.datastore,
+                &req,
+                "infer.label",
+                id,
+                Some(&plan.label_tag),
+            )
+            .await;
             if let Some(m) = result_params.as_object_mut() {
                 m.insert("label".into(), id.clone().into());
                 m.insert("tag".into(), plan.label_tag.clone().into());

@@ -3,10 +3,12 @@
 //! Every path is served both with and without its trailing slash, directly (no redirects; the
 //! MONAI Label clients do not follow them). A known path with the wrong method answers
 //! `405 {"detail":"Method Not Allowed"}` with an `Allow` header; an unknown path
-//! `404 {"detail":"Not Found"}` (this includes `/auth/`, which is how clients detect that
-//! authentication is off).
+//! `404 {"detail":"Not Found"}` (this includes `/auth/` when authentication is off, which is how
+//! clients detect that; with it on, [`auth::configure`] mounts `/auth/*` and
+//! [`crate::auth::AuthLayer`] checks every request against the role table).
 
 pub mod activelearning;
+pub mod auth;
 pub mod batch;
 pub mod datastore;
 pub mod infer;

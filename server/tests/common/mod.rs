@@ -184,13 +184,22 @@ impl Server {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(600))
-            .build()
-            .unwrap();
+        // with `--ssl-certfile CERT` the server speaks HTTPS, and the client trusts CERT
+        let cert = opts
+            .args
+            .iter()
+            .position(|a| a == "--ssl-certfile")
+            .and_then(|i| opts.args.get(i + 1));
+        let mut http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(600));
+        if let Some(cert) = cert {
+            let pem = std::fs::read(cert).unwrap();
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+        }
+        let http = http.build().unwrap();
+        let scheme = if cert.is_some() { "https" } else { "http" };
         let mut server = Server {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("{scheme}://127.0.0.1:{port}"),
             studies,
             log,
             http,
@@ -211,7 +220,8 @@ impl Server {
                 .timeout(Duration::from_secs(2))
                 .send()
             {
-                if r.status().is_success() {
+                // 401: authentication is on, the server is up
+                if r.status().is_success() || r.status() == 401 {
                     return;
                 }
             }
