@@ -49,6 +49,16 @@ pub struct ServerArgs {
     /// Largest accepted image, in voxels (default 512 x 512 x 2048).
     #[arg(long, env = "FERROLABEL_MAX_VOXELS")]
     pub max_voxels: Option<u64>,
+    /// Largest accepted image after decompression (header, extensions and voxels), in MiB.
+    #[arg(long, default_value_t = 4096, env = "FERROLABEL_MAX_DECOMPRESSED_MB")]
+    pub max_decompressed_mb: u64,
+    /// Largest accepted NIfTI header extensions (and NRRD text header), in KiB.
+    #[arg(long, default_value_t = 65536, env = "FERROLABEL_MAX_EXTENSION_KB")]
+    pub max_extension_kb: u64,
+    /// Largest accepted decompressed : compressed size ratio of a gzip image (default: deflate's
+    /// own ceiling, 1032, which refuses only headers that lie about their size).
+    #[arg(long, default_value_t = 1032, env = "FERROLABEL_MAX_GZIP_RATIO")]
+    pub max_gzip_ratio: u64,
     /// HTTP worker threads (default: the number of CPUs, at least 2).
     #[arg(long, env = "FERROLABEL_WORKERS")]
     pub workers: Option<usize>,

@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
 use crate::error::{ApiError, ApiResult};
+pub use crate::pyjson::python_json;
 
 /// The content type MONAI Label's `get_mime_type` gives a file name.
 pub fn mime_for(name: &str) -> &'static str {
@@ -98,66 +99,6 @@ pub async fn stream_file<K: 'static>(path: &Path, name: &str, keep: K) -> ApiRes
         ));
     }
     Ok(res.body(SizedStream::new(len, body)))
-}
-
-/// Python's `json.dumps` layout: `", "` and `": "` separators, non-ASCII escaped as `\uXXXX`.
-struct PythonFormatter;
-
-impl serde_json::ser::Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
-    }
-
-    fn begin_object_key<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
-    }
-
-    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        w.write_all(b": ")
-    }
-
-    fn write_string_fragment<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        fragment: &str,
-    ) -> std::io::Result<()> {
-        for c in fragment.chars() {
-            if c.is_ascii() {
-                w.write_all(&[c as u8])?;
-            } else {
-                let mut units = [0u16; 2];
-                for u in c.encode_utf16(&mut units) {
-                    write!(w, "\\u{u:04x}")?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Serialises like Python's `json.dumps(value)`.
-pub fn python_json<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
-    // serialising a Value into a Vec cannot fail
-    let _ = value.serialize(&mut ser);
-    out
 }
 
 /// The `/infer` multipart answer: a `params` part (JSON, no filename) then an `image` part

@@ -81,7 +81,9 @@ pub fn run(args: ServerArgs) -> Result<()> {
     let device = ferrolabel_models::parse_device(&args.device)?;
     let limits = Limits {
         max_voxels: args.max_voxels.unwrap_or(Limits::DEFAULT_MAX_VOXELS),
-        ..Limits::default()
+        max_decompressed_bytes: args.max_decompressed_mb.saturating_mul(1 << 20),
+        max_extension_bytes: args.max_extension_kb.saturating_mul(1 << 10),
+        max_gzip_ratio: args.max_gzip_ratio.max(1),
     };
     let app = WholeBodyApp::open(AppOptions {
         app_dir: args.app.clone(),
@@ -97,6 +99,8 @@ pub fn run(args: ServerArgs) -> Result<()> {
         strategies_enabled: args.tasks_strategy,
         server_version: env!("CARGO_PKG_VERSION").to_string(),
     })?;
+    // a checkpoint write killed before its rename leaves a temp file next to the weights
+    crate::leftovers::remove_stale_checkpoint_temps(&app.bundle_dir().join("models"));
     for res in [
         ferrolabel_models::Resolution::High,
         ferrolabel_models::Resolution::Low,
