@@ -19,6 +19,7 @@ pub mod report;
 pub mod scoring;
 pub mod strategy;
 pub mod tasks;
+pub mod train;
 pub mod wholebody;
 
 pub use error::{AppError, Result};

@@ -25,7 +25,7 @@ use crate::scoring::ScoringMethod;
 use crate::strategy::Strategy;
 use crate::tasks::TaskQueue;
 
-/// The name of the model (and of its future trainer).
+/// The name of the model and of its trainer.
 pub const MODEL_NAME: &str = "wholeBody_ct_segmentation";
 
 /// Where the bundle lives inside the app folder unless `--conf bundle_dir` says otherwise.
@@ -67,6 +67,7 @@ pub struct WholeBodyApp {
     strategies: Vec<Strategy>,
     scoring_tasks: TaskQueue,
     batch_tasks: TaskQueue,
+    trainer: crate::train::Trainer,
 }
 
 fn conf_flag(conf: &BTreeMap<String, String>, key: &str) -> bool {
@@ -102,6 +103,16 @@ impl WholeBodyApp {
             .map(|(i, n)| (n.clone(), i as i64))
             .collect();
         let engine = Engine::start(bundle.clone(), opts.engine.clone())?;
+        let trainer = crate::train::Trainer::new(
+            bundle.clone(),
+            if opts.device_names.is_empty() {
+                vec!["cpu".to_string()]
+            } else {
+                opts.device_names.clone()
+            },
+            ferrolabel_models::device::device_string(opts.engine.device),
+            opts.engine.threads,
+        );
         let strategies = if opts.strategies_enabled && !conf_flag(&opts.conf, "skip_strategies") {
             Strategy::ALL.to_vec()
         } else {
@@ -127,6 +138,7 @@ impl WholeBodyApp {
             strategies,
             scoring_tasks: TaskQueue::new("Scoring"),
             batch_tasks: TaskQueue::new("Batch_infer"),
+            trainer,
         })
     }
 
@@ -158,6 +170,11 @@ impl WholeBodyApp {
     /// The batch-inference tasks (one at a time).
     pub fn batch_tasks(&self) -> &TaskQueue {
         &self.batch_tasks
+    }
+
+    /// The trainer (`/train/`).
+    pub fn trainer(&self) -> &crate::train::Trainer {
+        &self.trainer
     }
 
     /// The engine (for Monte Carlo dropout jobs and weight timestamps).
@@ -279,13 +296,13 @@ impl WholeBodyApp {
             "version": self.version,
             "labels": self.labels.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
             "models": { MODEL_NAME: self.model_info() },
-            "trainers": {},
+            "trainers": {MODEL_NAME: self.trainer.info()},
             "strategies": strategies,
             "scoring": ScoringMethod::ALL
                 .iter()
                 .map(|m| (m.name().to_string(), json!({"description": m.description()})))
                 .collect::<Map<String, Value>>(),
-            "train_stats": {},
+            "train_stats": {MODEL_NAME: self.trainer.stats()},
             "datastore": datastore,
         })
     }

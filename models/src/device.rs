@@ -36,3 +36,17 @@ pub fn cuda_index(device: Device) -> Option<usize> {
         _ => None,
     }
 }
+
+/// Sets libtorch's intra-op thread count for this process (training workers honour the
+/// server's `--threads`).
+pub fn set_threads(n: i32) {
+    tch::set_num_threads(n);
+}
+
+/// The spelling [`parse_device`] reads back: `cpu` or `cuda:N`.
+pub fn device_string(device: Device) -> String {
+    match cuda_index(device) {
+        Some(i) => format!("cuda:{i}"),
+        None => "cpu".to_string(),
+    }
+}

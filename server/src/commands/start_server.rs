@@ -158,6 +158,12 @@ async fn serve(
             }
         });
     }
+    match std::env::current_exe() {
+        Ok(exe) => app.trainer().set_worker_exe(exe),
+        Err(e) => {
+            tracing::warn!(error = %e, "training is unavailable: cannot locate this executable")
+        }
+    }
     let app = Arc::new(app);
     let state = web::Data::new(AppState {
         app: app.clone(),

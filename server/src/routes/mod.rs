@@ -19,6 +19,7 @@ pub mod report;
 pub mod root;
 pub mod scoring;
 pub mod session;
+pub mod train;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -158,6 +159,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/datastore/label/report", "GET").route(web::get().to(report::label_report)),
         )
+        .service(
+            resource("/train/", "GET, POST, DELETE")
+                .route(web::get().to(train::status))
+                .route(web::post().to(train::start_all))
+                .route(web::delete().to(train::stop)),
+        )
+        .service(resource("/train/curve", "GET").route(web::get().to(train::curve)))
+        .service(resource("/train/{model}", "POST").route(web::post().to(train::start_one)))
         .service(resource("/logs/", "GET").route(web::get().to(logs::logs)))
         .service(resource("/model/info/{model}", "GET").route(web::get().to(model::info)))
         .service(

@@ -1,0 +1,284 @@
+//! Training over HTTP with the real binary: start, 429 while running, progress and
+//! `train_stats`, the curve image, hot reload of the new checkpoint by `/infer`, and a stop that
+//! kills the worker within seconds without leaving a torn or temporary file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{detail, form_with_file, repo, Opts, Server, BIN};
+use serde_json::{json, Value};
+
+const MODEL: &str = "wholeBody_ct_segmentation";
+
+/// The example's TotalSegmentator v2 reference mapped onto the bundle's labels by name.
+fn mapped_label(dir: &Path) -> Vec<u8> {
+    let out_path = dir.join("seg_v1.nii.gz");
+    let python = std::env::var_os("FERROLABEL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    let out = Command::new(python)
+        .arg(repo().join("tests/reference/train_reference.py"))
+        .arg("map-v2")
+        .arg(repo().join("data/totalseg/example_seg.nii.gz"))
+        .arg(repo().join("data/totalseg/totalseg_v2_classes.json"))
+        .arg(repo().join("apps/wholebody/model/wholeBody_ct_segmentation/configs/metadata.json"))
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(out_path).unwrap()
+}
+
+fn save_final(s: &Server, label: Vec<u8>) {
+    let form = form_with_file("label", "label.nii.gz", label, "{}");
+    let r = s
+        .http
+        .put(s.url("/datastore/label?image=example_ct&tag=final"))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+}
+
+fn start_training(s: &Server, body: Value) -> reqwest::blocking::Response {
+    s.http
+        .post(s.url(&format!("/train/{MODEL}")))
+        .json(&body)
+        .send()
+        .unwrap()
+}
+
+fn infer_lowres(s: &Server) -> Vec<u8> {
+    let form = reqwest::blocking::multipart::Form::new().text("params", r#"{"highres": false}"#);
+    let r = s
+        .http
+        .post(s.url(&format!("/infer/{MODEL}?image=example_ct&output=image")))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().unwrap().to_vec()
+}
+
+fn decoded(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn models_dir_files(bundle: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(bundle.join("models"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t0.elapsed()
+}
+
+#[test]
+fn train_reports_progress_and_the_next_infer_uses_the_new_weights() {
+    let bundle = common::bundle_copy();
+    let s = Server::start(Opts {
+        bundle: bundle.path().to_path_buf(),
+        ..Opts::new()
+    });
+    let (code, body) = s.get_json("/train/");
+    assert_eq!((code, detail(&body)), (404, "No Train Tasks Found"));
+    let (code, body) = s.get_json("/train/?check_if_running=true");
+    assert_eq!(
+        (code, detail(&body)),
+        (404, "No Train Tasks are currently Running")
+    );
+    let (_, info) = s.get_json("/info/");
+    assert_eq!(info["trainers"][MODEL]["config"]["max_epochs"], 50);
+    assert_eq!(info["train_stats"][MODEL], json!({}));
+
+    // nothing labelled yet
+    let r = start_training(&s, json!({}));
+    assert_eq!(r.status(), 422);
+    assert!(r.text().unwrap().contains("final"));
+    // bad options and unknown models are refused before anything starts
+    let r = start_training(&s, json!({"max_epochs": "many"}));
+    assert_eq!(r.status(), 422);
+    let r = s
+        .http
+        .post(s.url("/train/nope"))
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let tmp = tempfile::tempdir().unwrap();
+    save_final(&s, mapped_label(tmp.path()));
+    let before = infer_lowres(&s);
+    let weights_before = std::fs::read(bundle.path().join("models/model_lowres.pt")).unwrap();
+
+    let r = start_training(
+        &s,
+        json!({"highres": false, "max_epochs": 3, "val_interval": 1, "train_batch_size": 1,
+               "roi_size": 32, "val_roi_size": 64, "init_LR": 0.01, "client_id": "user-xyz"}),
+    );
+    assert_eq!(r.status(), 200);
+    let task: Value = r.json().unwrap();
+    assert_eq!(task["status"], "RUNNING");
+    assert!(task["start_ts"].is_string() && task["id"].is_string());
+    // a second start while the first runs
+    let r = start_training(&s, json!({"highres": false}));
+    assert_eq!(r.status(), 429, "{}", r.text().unwrap());
+    let (code, running) = s.get_json("/train/?check_if_running=true");
+    assert_eq!(code, 200);
+    assert_eq!(running["id"], task["id"]);
+
+    wait_until("training to finish", Duration::from_secs(600), || {
+        s.get_json("/train/").1["status"] != "RUNNING"
+    });
+    let (_, last) = s.get_json("/train/");
+    assert_eq!(last["status"], "DONE", "{last}");
+    assert!(last["end_ts"].is_string());
+    assert_eq!(last["result"]["epochs"], 3);
+    let details = last["details"].as_array().unwrap();
+    assert!(
+        details
+            .iter()
+            .any(|d| d.as_str().unwrap().contains("epoch 3/3")),
+        "{details:?}"
+    );
+    let (_, all) = s.get_json("/train/?all=true");
+    assert_eq!(all.as_array().unwrap().len(), 1);
+
+    // train_stats as Slicer reads them
+    let (_, info) = s.get_json("/info/");
+    let stats = &info["train_stats"][MODEL];
+    assert_eq!(stats["epoch"], 3);
+    assert_eq!(stats["total_epochs"], 3);
+    assert!(stats["total_time"].is_string());
+    let best = stats["best_metric"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&best));
+    assert_eq!(stats["history"].as_array().unwrap().len(), 3);
+    assert_eq!(stats["eval"]["key_metric_name"], "train_mean_dice");
+
+    // the curve
+    let r = s.http.get(s.url("/train/curve")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/svg+xml");
+    assert!(r.text().unwrap().starts_with("<svg"));
+
+    // a new checkpoint, no temporary files, and /infer uses it without a restart
+    let weights_after = std::fs::read(bundle.path().join("models/model_lowres.pt")).unwrap();
+    assert_ne!(weights_before, weights_after);
+    assert_eq!(
+        models_dir_files(bundle.path()),
+        ["model.pt", "model_lowres.pt", "train_stats.json"]
+    );
+    let after = infer_lowres(&s);
+    assert_ne!(
+        decoded(&before),
+        decoded(&after),
+        "infer still uses the old weights"
+    );
+    let cli_out = tmp.path().join("cli.nii.gz");
+    let out = Command::new(BIN)
+        .args(["infer", "--bundle"])
+        .arg(bundle.path())
+        .arg("--image")
+        .arg(common::example_ct())
+        .arg("--output")
+        .arg(&cli_out)
+        .args(["--highres", "false", "--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(decoded(&after), decoded(&std::fs::read(&cli_out).unwrap()));
+
+    let logs = s
+        .http
+        .get(s.url("/logs/?lines=2000"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(logs.contains("epoch 3/3"), "progress is not in /logs/");
+}
+
+#[test]
+fn stop_kills_the_worker_within_seconds() {
+    let bundle = common::bundle_copy();
+    let s = Server::start(Opts {
+        bundle: bundle.path().to_path_buf(),
+        ..Opts::new()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    save_final(&s, mapped_label(tmp.path()));
+    let weights_before = std::fs::read(bundle.path().join("models/model_lowres.pt")).unwrap();
+    let r = start_training(
+        &s,
+        json!({"highres": false, "max_epochs": 100000, "val_interval": 1, "train_batch_size": 1,
+               "roi_size": 32, "val_roi_size": 64}),
+    );
+    assert_eq!(r.status(), 200);
+    // wait for the first optimiser steps
+    wait_until("progress", Duration::from_secs(300), || {
+        s.get_json("/train/").1["progress"]["done"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
+    });
+    let r = s.http.delete(s.url("/train/")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let stopped: Value = r.json().unwrap();
+    assert_eq!(stopped["status"], "STOPPED");
+    assert!(stopped["end_ts"].is_string());
+    assert!(!stopped["details"].as_array().unwrap().is_empty());
+    let took = wait_until("the worker to end", Duration::from_secs(10), || {
+        s.get_json("/train/?check_if_running=true").0 == 404
+            && s.http
+                .post(s.url(&format!("/train/{MODEL}")))
+                .json(
+                    &json!({"highres": false, "max_epochs": 1, "roi_size": 32, "val_roi_size": 64}),
+                )
+                .send()
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
+    });
+    eprintln!("stop took {took:?}");
+    // the second (tiny) run: let it finish, then nothing is left behind
+    wait_until("the second run", Duration::from_secs(300), || {
+        s.get_json("/train/").1["status"] != "RUNNING"
+    });
+    let r = s.http.delete(s.url("/train/")).send().unwrap();
+    assert_eq!(r.text().unwrap(), "null");
+    let (_, all) = s.get_json("/train/?all=true");
+    assert_eq!(all[0]["status"], "STOPPED");
+    let files = models_dir_files(bundle.path());
+    assert_eq!(
+        files,
+        ["model.pt", "model_lowres.pt", "train_stats.json"],
+        "{files:?}"
+    );
+    // whatever checkpoint is there loads (the infer answers 200)
+    let _ = weights_before;
+    let _ = infer_lowres(&s);
+}
