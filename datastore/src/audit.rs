@@ -89,10 +89,10 @@ impl Datastore {
     /// most `limit` of them.
     pub async fn audit_log(&self, after_id: i64, limit: u32) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(SELECT)
-        .bind(after_id)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?;
         rows.iter().map(entry_of_row).collect()
     }
 }
@@ -186,7 +186,9 @@ mod tests {
         // the read-only reader sees the same rows while the datastore is open
         let ro = read_audit_log(ds.db_path(), 0, 100).await.unwrap();
         assert_eq!(ro, ds.audit_log(0, 100).await.unwrap());
-        assert!(read_audit_log(&dir.path().join("none.db"), 0, 1).await.is_err());
+        assert!(read_audit_log(&dir.path().join("none.db"), 0, 1)
+            .await
+            .is_err());
         ds.close().await;
     }
 }
