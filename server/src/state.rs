@@ -31,9 +31,4 @@ impl AppState {
             )
         })
     }
-
-    /// The user name recorded in datastore info (authentication is off: always `admin`).
-    pub fn user(&self) -> &'static str {
-        "admin"
-    }
 }

@@ -353,6 +353,27 @@ fn roles_tokens_and_audit_with_auth_on() {
         assert_eq!(st, 401, "{m} {p} without a token");
     }
 
+    // next sample without a client_id records the logged-in user (spec §3.6)
+    let r = s
+        .http
+        .post(s.url("/activelearning/first"))
+        .header("Authorization", &tok["u"])
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, info) = call(
+        &s,
+        "GET",
+        &format!("/datastore/image/info?image={id}"),
+        Some(&tok["u"]),
+    );
+    assert_eq!(info["strategy"]["first"]["client_id"], "u", "{info}");
+
     // writes: a user may not upload, an annotator may; image info records who did it
     assert_eq!(put_image(&s, "img_u", Some(&tok["u"])), 403);
     assert_eq!(put_image(&s, "img_a", Some(&tok["ann"])), 200);

@@ -5,11 +5,12 @@
 //! is missing or older than the weights are scored first, as background engine jobs, with the
 //! options of [`ferrolabel_apps::scoring::EpistemicOptions`] from the body).
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use ferrolabel_apps::scoring::{ensure_epistemic, EpistemicOptions};
 use ferrolabel_apps::{Candidate, Strategy};
 use serde_json::{json, Map, Value};
 
+use crate::auth::Identity;
 use crate::error::{ApiError, ApiResult};
 use crate::multipart::{parse_json_object, read_body};
 use crate::response;
@@ -24,6 +25,7 @@ const MAX_BODY: u64 = 1 << 20;
 /// `strategy.<name> = {ts, client_id}` in the image info.
 pub async fn next_sample(
     state: web::Data<AppState>,
+    req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
@@ -85,10 +87,11 @@ pub async fn next_sample(
     for (k, v) in info {
         result.insert(k, v);
     }
+    let who = Identity::of(&req);
     let client_id = params
         .get("client_id")
         .and_then(Value::as_str)
-        .unwrap_or(state.user());
+        .unwrap_or(&who.username);
     strategies.insert(
         strategy.name().into(),
         json!({"ts": now, "client_id": client_id}),
