@@ -246,7 +246,7 @@ mod tests {
         let mut labels = Vec::with_capacity(n);
         while labels.len() < n {
             let (l, len) = (rng.gen_range(0..5u8), rng.gen_range(1..15));
-            labels.extend(std::iter::repeat(l).take(len.min(n - labels.len())));
+            labels.extend(std::iter::repeat_n(l, len.min(n - labels.len())));
         }
         let r = compute(&labels, &vol(dims, data.clone(), 1.5)).unwrap();
         for s in &r.structures {

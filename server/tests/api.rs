@@ -46,8 +46,18 @@ fn info_schema() {
             "empty list in config.{k}"
         );
     }
-    assert_eq!(info["trainers"], json!({}));
-    assert_eq!(info["train_stats"], json!({}));
+    let trainer = &info["trainers"]["wholeBody_ct_segmentation"];
+    assert!(trainer["description"].is_string());
+    for (k, v) in trainer["config"].as_object().unwrap() {
+        assert!(
+            v.as_array().is_none_or(|a| !a.is_empty()),
+            "empty list in trainer config.{k}"
+        );
+    }
+    assert_eq!(
+        info["train_stats"],
+        json!({"wholeBody_ct_segmentation": {}})
+    );
     for m in ["dice", "sum", "epistemic"] {
         assert!(info["scoring"][m]["description"].is_string(), "scoring.{m}");
     }

@@ -46,13 +46,13 @@ def free_port():
 
 
 class Server:
-    def __init__(self, tmp):
+    def __init__(self, tmp, bundle=None):
         self.tmp = tmp
         self.studies = os.path.join(tmp, "studies")
         os.makedirs(self.studies)
         shutil.copy(SMALL_CT, os.path.join(self.studies, "ct_small.nii.gz"))
         shutil.copy(SMALL_CT, os.path.join(self.studies, "ct_other.nii.gz"))
-        self.bundle = os.path.join(GOLDEN, "bundle_small")
+        self.bundle = bundle or os.path.join(GOLDEN, "bundle_small")
         assert os.path.exists(os.path.join(self.bundle, "models", "model.pt")), \
             f"golden bundle missing at {self.bundle}: run scripts/test.sh"
         self.port = free_port()

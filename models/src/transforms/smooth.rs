@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 pub fn gaussian_kernel(sigma: f64) -> Tensor {
     let tail = ((sigma * 4.0).max(0.5) + 0.5) as i64;
     let x = Tensor::arange_start(-tail, tail + 1, (Kind::Float, Device::Cpu));
-    let t = 0.70710678 / sigma.abs();
+    let t = std::f64::consts::FRAC_1_SQRT_2 / sigma.abs();
     let hi = ((&x + 0.5) * t).erf();
     let lo = ((&x - 0.5) * t).erf();
     ((hi - lo) * 0.5).clamp_min(0.0)
@@ -23,7 +23,7 @@ pub fn gaussian_smooth(img: &Tensor, sigma: f64) -> Tensor {
     let c = img.size()[0];
     let mut x = img.unsqueeze(0);
     for d in 0..3usize {
-        let mut shape = vec![1i64, 1, 1, 1, 1];
+        let mut shape = [1i64, 1, 1, 1, 1];
         shape[d + 2] = n;
         let w = k.view(&shape[..]).repeat([c, 1, 1, 1, 1]);
         let mut pad = [0i64; 3];
