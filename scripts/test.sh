@@ -21,3 +21,7 @@ fi
 cargo test --workspace --release -- --test-threads=1
 # the conformance suite: the release binary driven by the official monailabel client
 FERROLABEL_BIN="$PWD/target/release/ferrolabel" "$FERROLABEL_PYTHON" -m pytest tests/conformance -q -p no:cacheprovider
+# every fuzz target briefly, from the committed seeds (scripts/fuzz.sh with no argument runs the
+# README's 1,000,000 executions per target); about 5 minutes cold (cargo-fuzz install and the
+# sanitizer build of fuzz/), under a minute warm
+bash scripts/fuzz.sh "${FERROLABEL_FUZZ_RUNS:-20000}"

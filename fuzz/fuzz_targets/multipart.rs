@@ -88,13 +88,21 @@ fuzz_target!(|data: &[u8]| {
                 total += text.len() as u64;
             }
             for f in &form.files {
-                let on_disk = std::fs::metadata(f.path()).expect("the part's temp file").len();
-                assert_eq!(on_disk, f.size, "temp file size differs from bytes received");
+                let on_disk = std::fs::metadata(f.path())
+                    .expect("the part's temp file")
+                    .len();
+                assert_eq!(
+                    on_disk, f.size,
+                    "temp file size differs from bytes received"
+                );
                 assert!(ids::validate_ext(&f.ext).is_ok(), "bad ext {:?}", f.ext);
                 assert!(!f.filename.contains('/') && !f.filename.contains('\\'));
                 total += f.size;
             }
-            assert!(total <= max_bytes, "{total} bytes accepted over a {max_bytes} limit");
+            assert!(
+                total <= max_bytes,
+                "{total} bytes accepted over a {max_bytes} limit"
+            );
             assert_eq!(left_over(dir), form.files.len());
             drop(form);
         }
