@@ -43,10 +43,16 @@ struct Finished {
     finished: TrainOutcome,
 }
 
-/// Runs a worker: reads `request_path`, trains, and prints events as JSON lines on stdout.
+/// Runs a worker: reads the [`WorkerRequest`] from `request_path` (`-`: standard input),
+/// trains, and prints events as JSON lines on stdout.
 pub fn run_worker(request_path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(request_path)
-        .map_err(|e| AppError::InvalidParams(format!("cannot read the training request: {e}")))?;
+    let text = if request_path == Path::new("-") {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map(|_| t)
+    } else {
+        std::fs::read_to_string(request_path)
+    }
+    .map_err(|e| AppError::InvalidParams(format!("cannot read the training request: {e}")))?;
     let req: WorkerRequest = serde_json::from_str(&text)
         .map_err(|e| AppError::InvalidParams(format!("bad training request: {e}")))?;
     if let Some(t) = req.threads {
@@ -186,29 +192,22 @@ impl Trainer {
         let mut request = params.clone();
         request.insert("model".into(), crate::MODEL_NAME.into());
         let handle = self.tasks.start(Value::Object(request))?;
-        let dir = self.bundle.root.join("models");
-        std::fs::create_dir_all(&dir)?;
-        let request_path = dir.join(format!(".train-request-{}.json", handle.id()));
+        std::fs::create_dir_all(self.bundle.root.join("models"))?;
         let worker = WorkerRequest {
             job: job.clone(),
             threads: self.threads,
         };
-        std::fs::write(
-            &request_path,
-            serde_json::to_vec(&worker).unwrap_or_default(),
-        )?;
         let spawned = Command::new(&exe)
             .arg("dev")
             .arg("train-worker")
-            .arg(&request_path)
-            .stdin(Stdio::null())
+            .arg("-")
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn();
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                let _ = std::fs::remove_file(&request_path);
                 let err = AppError::InvalidParams(format!("cannot start the training worker: {e}"));
                 handle.finish(&Err(AppError::InvalidParams(err.to_string())));
                 return Err(err);
@@ -228,6 +227,10 @@ impl Trainer {
             job.config.lr,
             job.device
         ));
+        // the job goes in on stdin (no file to clean up); closing it starts the run
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(&serde_json::to_vec(&worker).unwrap_or_default());
+        }
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let pid = child.id();
@@ -236,7 +239,7 @@ impl Trainer {
         let this = self.clone();
         std::thread::Builder::new()
             .name("train-monitor".into())
-            .spawn(move || this.monitor(handle, job, res, stdout, stderr, pid, request_path))
+            .spawn(move || this.monitor(handle, job, res, stdout, stderr, pid))
             .map_err(AppError::Io)?;
         Ok(task)
     }
@@ -341,7 +344,6 @@ impl Trainer {
         ))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn monitor(
         &self,
         handle: TaskHandle,
@@ -350,7 +352,6 @@ impl Trainer {
         stdout: Option<std::process::ChildStdout>,
         stderr: Option<std::process::ChildStderr>,
         pid: u32,
-        request_path: PathBuf,
     ) {
         let _span = tracing::info_span!("train", task = %handle.id()).entered();
         let stderr_tail = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -411,7 +412,6 @@ impl Trainer {
         if let Some(t) = err_thread {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&request_path);
         remove_worker_temp_files(job.output.parent().unwrap_or(Path::new(".")), pid);
         stats.finish(outcome.as_ref());
         self.write_stats(&stats);

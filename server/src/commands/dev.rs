@@ -25,7 +25,7 @@ pub enum DevCommand {
     /// Run one training job (started by the server's `POST /train/`; prints JSON events).
     #[command(hide = true)]
     TrainWorker {
-        /// The job file the server wrote.
+        /// The job file (`-`: read it from standard input, as the server does).
         request: PathBuf,
     },
 }
