@@ -62,9 +62,16 @@ pub fn run_worker(request_path: &Path) -> Result<()> {
     impl ferrolabel_models::train::TrainObserver for Printer {
         fn event(&mut self, event: &TrainEvent) {
             let mut out = std::io::stdout().lock();
-            let _ = serde_json::to_writer(&mut out, event);
-            let _ = out.write_all(b"\n");
-            let _ = out.flush();
+            let written = serde_json::to_writer(&mut out, event)
+                .map_err(std::io::Error::from)
+                .and_then(|_| out.write_all(b"\n"))
+                .and_then(|_| out.flush());
+            if written.is_err() {
+                // the server that reads us is gone (killed): stop rather than keep
+                // overwriting its checkpoints unwatched (events come after every step, and
+                // never during a checkpoint write)
+                std::process::exit(3);
+            }
         }
         fn stop_requested(&self) -> bool {
             false
@@ -214,7 +221,8 @@ impl Trainer {
             }
         };
         handle.log(format!(
-            "training {} on {} pair(s), validating on {}; {} epochs, batch {}, lr {}, device {}",
+            "worker pid {}: training {} on {} pair(s), validating on {}; {} epochs, batch {}, lr {}, device {}",
+            child.id(),
             res.model_file(),
             job.train.len(),
             if job.val.is_empty() {

@@ -282,3 +282,56 @@ fn stop_kills_the_worker_within_seconds() {
     let _ = weights_before;
     let _ = infer_lowres(&s);
 }
+
+#[test]
+fn a_worker_does_not_outlive_a_killed_server() {
+    let bundle = common::bundle_copy();
+    let mut s = Server::start(Opts {
+        bundle: bundle.path().to_path_buf(),
+        ..Opts::new()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    save_final(&s, mapped_label(tmp.path()));
+    let r = start_training(
+        &s,
+        json!({"highres": false, "max_epochs": 100000, "val_interval": 1000, "train_batch_size": 1,
+               "roi_size": 32}),
+    );
+    assert_eq!(r.status(), 200);
+    let task: Value = r.json().unwrap();
+    let line = task["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|l| l.starts_with("worker pid "))
+        .expect("the task names its worker")
+        .to_string();
+    let pid: u32 = line["worker pid ".len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    wait_until("the first steps", Duration::from_secs(300), || {
+        s.get_json("/train/").1["progress"]["done"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+    assert!(proc_dir.exists());
+    s.kill();
+    // the worker notices at its next step that nobody reads its progress, and exits
+    let took = wait_until(
+        "the orphaned worker to exit",
+        Duration::from_secs(60),
+        || {
+            !proc_dir.exists()
+                || std::fs::read_to_string(proc_dir.join("stat"))
+                    .map(|st| st.contains(") Z "))
+                    .unwrap_or(true)
+        },
+    );
+    eprintln!("orphaned worker exited {took:?} after the server was killed");
+}

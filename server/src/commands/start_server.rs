@@ -241,6 +241,10 @@ async fn serve(
         });
     }
     server.run().await.context("server failed")?;
+    // a training worker must not outlive the server that watches it
+    if app.trainer().stop().is_some() {
+        tracing::info!("training stopped: the server is shutting down");
+    }
     datastore.close().await;
     tracing::info!("server stopped");
     Ok(())

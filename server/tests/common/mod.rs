@@ -234,6 +234,12 @@ impl Server {
         }
     }
 
+    /// Kills the server process with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The server's stderr so far.
     pub fn stderr(&self) -> String {
         let mut s = String::new();
