@@ -228,16 +228,7 @@ impl Worker {
             blend: BlendMode::Gaussian { sigma_scale: 0.125 },
             pad: PadMode::Replicate,
         };
-        let background = req.priority == Priority::Background;
-        let cancel = req.cancel.clone();
-        let mut observer = |_done: usize, _total: usize| {
-            if background {
-                while let Some(job) = self.pop_interactive() {
-                    self.run(job);
-                }
-            }
-            !cancel.load(Ordering::SeqCst)
-        };
+        let mut observer = self.window_observer(req.priority, req.cancel.clone());
         segment(
             &loaded.net,
             &req.volume,
@@ -261,16 +252,7 @@ impl Worker {
             return Err(ModelsError::Cancelled);
         }
         let loaded = self.network(req.resolution)?;
-        let background = req.priority == Priority::Background;
-        let cancel = req.cancel.clone();
-        let mut observer = |_done: usize, _total: usize| {
-            if background {
-                while let Some(job) = self.pop_interactive() {
-                    self.run(job);
-                }
-            }
-            !cancel.load(Ordering::SeqCst)
-        };
+        let mut observer = self.window_observer(req.priority, req.cancel.clone());
         mc_dropout_entropy(
             &loaded.net,
             &req.volume,
@@ -279,6 +261,24 @@ impl Worker {
             self.opts.amp,
             &mut observer,
         )
+    }
+
+    /// The observer of a sliding-window run: a background job lets queued interactive jobs
+    /// run between two of its windows; any job ends when its cancel flag is set.
+    fn window_observer(
+        &self,
+        priority: Priority,
+        cancel: Arc<AtomicBool>,
+    ) -> impl FnMut(usize, usize) -> bool + '_ {
+        let background = priority == Priority::Background;
+        move |_done: usize, _total: usize| {
+            if background {
+                while let Some(job) = self.pop_interactive() {
+                    self.run(job);
+                }
+            }
+            !cancel.load(Ordering::SeqCst)
+        }
     }
 
     fn pop_interactive(&self) -> Option<Job> {
