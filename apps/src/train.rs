@@ -56,7 +56,7 @@ pub fn run_worker(request_path: &Path) -> Result<()> {
     let req: WorkerRequest = serde_json::from_str(&text)
         .map_err(|e| AppError::InvalidParams(format!("bad training request: {e}")))?;
     if let Some(t) = req.threads {
-        tch_threads(t);
+        ferrolabel_models::device::set_threads(t);
     }
     struct Printer;
     impl ferrolabel_models::train::TrainObserver for Printer {
@@ -83,10 +83,6 @@ pub fn run_worker(request_path: &Path) -> Result<()> {
     let _ = out.write_all(b"\n");
     let _ = out.flush();
     Ok(())
-}
-
-fn tch_threads(n: i32) {
-    ferrolabel_models::device::set_threads(n);
 }
 
 /// The trainer of the app: its task queue, where it writes, how it starts workers.

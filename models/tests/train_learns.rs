@@ -12,20 +12,13 @@
 use ferrolabel_imaging::Limits;
 use ferrolabel_models::inferer::{predict_labels, BlendMode, PadMode, SlidingWindow};
 use ferrolabel_models::network::{weights, SegResNet, SegResNetConfig};
-use ferrolabel_models::train::data::{prepare, Pair};
+use ferrolabel_models::train::data::prepare;
 use ferrolabel_models::train::metric::class_dice;
 use ferrolabel_models::train::{train, TrainConfig, TrainEvent, TrainJob, TrainObserver};
-use std::path::PathBuf;
-use std::process::Command;
 use tch::{nn, Kind};
 
-fn root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-fn bundle() -> PathBuf {
-    root().join("apps/wholebody/model/wholeBody_ct_segmentation")
-}
+mod common;
+use common::{bundle, pair};
 
 struct Log(Vec<TrainEvent>);
 
@@ -55,29 +48,7 @@ fn env_usize(key: &str, default: usize) -> usize {
 fn loss_falls_and_the_largest_structures_are_learned() {
     tch::set_num_threads(env_usize("FERROLABEL_TRAIN_THREADS", 2) as i32);
     let dir = tempfile::tempdir().unwrap();
-    let label = dir.path().join("seg_v1.nii.gz");
-    let python = std::env::var_os("FERROLABEL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/bin/python"));
-    let out = Command::new(python)
-        .arg(root().join("tests/reference/train_reference.py"))
-        .arg("map-v2")
-        .arg(root().join("data/totalseg/example_seg.nii.gz"))
-        .arg(root().join("data/totalseg/totalseg_v2_classes.json"))
-        .arg(bundle().join("configs/metadata.json"))
-        .arg(&label)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pair = Pair {
-        id: "example_ct_sm".into(),
-        image: root().join("data/totalseg/example_ct_sm.nii.gz"),
-        label,
-    };
+    let pair = pair(dir.path());
     let def: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(bundle().join("configs/train.json")).unwrap(),
     )
