@@ -1,0 +1,283 @@
+//! Untrusted input: the files of an upload, from paths, memory or one zip archive, read under
+//! [`InputLimits`] before anything is parsed.
+
+use std::io::{Cursor, Read};
+use std::path::Path;
+
+use crate::error::{DicomError, Result};
+
+/// Bounds on an upload, checked before bytes are read or decompressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Most files in one upload (zip entries that are files, or paths).
+    pub max_files: usize,
+    /// Largest single file, in bytes (after decompression for zip entries).
+    pub max_file_bytes: u64,
+    /// Largest sum of all files, in bytes (after decompression).
+    pub max_total_bytes: u64,
+    /// Largest ratio of a zip entry's declared size to its compressed size (deflate cannot
+    /// exceed about 1032 : 1; a header that declares more is lying).
+    pub max_zip_ratio: u64,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits {
+            max_files: 4096,
+            max_file_bytes: 1 << 30,
+            max_total_bytes: 4 << 30,
+            max_zip_ratio: 1032,
+        }
+    }
+}
+
+/// One file of an upload: its name (for messages) and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedBytes {
+    /// The name the file had in the upload (zip entry name, file name).
+    pub name: String,
+    /// Its contents.
+    pub bytes: Vec<u8>,
+}
+
+fn limit(msg: String) -> DicomError {
+    DicomError::LimitExceeded(msg)
+}
+
+/// Checks a set of in-memory files against the count and size limits.
+pub fn check_files(files: &[NamedBytes], limits: &InputLimits) -> Result<()> {
+    if files.len() > limits.max_files {
+        return Err(limit(format!(
+            "{} files, more than the limit of {}",
+            files.len(),
+            limits.max_files
+        )));
+    }
+    let mut total = 0u64;
+    for f in files {
+        let n = f.bytes.len() as u64;
+        if n > limits.max_file_bytes {
+            return Err(limit(format!(
+                "{} has {n} bytes, more than the limit of {}",
+                f.name, limits.max_file_bytes
+            )));
+        }
+        total = total.saturating_add(n);
+    }
+    if total > limits.max_total_bytes {
+        return Err(limit(format!(
+            "the files hold {total} bytes, more than the limit of {}",
+            limits.max_total_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Reads files from disk (each checked against the limits before it is read).
+pub fn read_paths<P: AsRef<Path>>(paths: &[P], limits: &InputLimits) -> Result<Vec<NamedBytes>> {
+    if paths.len() > limits.max_files {
+        return Err(limit(format!(
+            "{} files, more than the limit of {}",
+            paths.len(),
+            limits.max_files
+        )));
+    }
+    let mut out = Vec::with_capacity(paths.len());
+    let mut total = 0u64;
+    for p in paths {
+        let p = p.as_ref();
+        let io = |e| DicomError::Io {
+            context: format!("reading {}", p.display()),
+            source: e,
+        };
+        let len = std::fs::metadata(p).map_err(io)?.len();
+        if len > limits.max_file_bytes {
+            return Err(limit(format!(
+                "{} has {len} bytes, more than the limit of {}",
+                p.display(),
+                limits.max_file_bytes
+            )));
+        }
+        total = total.saturating_add(len);
+        if total > limits.max_total_bytes {
+            return Err(limit(format!(
+                "the files hold more than the limit of {} bytes",
+                limits.max_total_bytes
+            )));
+        }
+        let bytes = std::fs::read(p).map_err(io)?;
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| p.display().to_string());
+        out.push(NamedBytes { name, bytes });
+    }
+    Ok(out)
+}
+
+/// Whether `bytes` start like a zip archive (a local file header or an empty archive).
+pub fn looks_like_zip(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06")
+}
+
+/// Whether a zip entry name stays inside the folder it would be extracted to: relative, no
+/// `..` component (with `/` or `\\` separators), no drive letter, no NUL.
+fn safe_name(name: &str) -> bool {
+    !name.starts_with('/')
+        && !name.starts_with('\\')
+        && !name.contains('\0')
+        && !name.contains(':')
+        && name.split(['/', '\\']).all(|part| part != "..")
+}
+
+/// Reads every file entry of a zip archive held in memory.
+///
+/// Refused, before anything is decompressed: an entry name that is absolute or climbs out
+/// with `..` (the whole archive is refused, not just the entry), more file entries than
+/// [`InputLimits::max_files`], declared sizes over the per-file or total limits, and a declared
+/// size more than [`InputLimits::max_zip_ratio`] times the compressed size. While reading, an
+/// entry whose actual size differs from its declared size is refused (never read past it).
+/// Directory entries are skipped; symbolic links are refused.
+pub fn read_zip(bytes: &[u8], limits: &InputLimits) -> Result<Vec<NamedBytes>> {
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| DicomError::BadZip(e.to_string()))?;
+    if archive.len() > limits.max_files.saturating_mul(2).max(16) {
+        return Err(limit(format!(
+            "the zip has {} entries, more than the limit of {} files",
+            archive.len(),
+            limits.max_files
+        )));
+    }
+    // first pass: names and declared sizes only
+    let mut wanted = Vec::new();
+    let mut total = 0u64;
+    for i in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| DicomError::BadZip(e.to_string()))?;
+        let name = entry.name().to_string();
+        if entry.enclosed_name().is_none() || !safe_name(&name) {
+            return Err(DicomError::UnsafeZipEntry(name));
+        }
+        if entry.is_dir() {
+            continue;
+        }
+        if entry.is_symlink() {
+            return Err(DicomError::UnsafeZipEntry(name));
+        }
+        let declared = entry.size();
+        let compressed = entry.compressed_size();
+        if declared > limits.max_file_bytes {
+            return Err(limit(format!(
+                "zip entry {name} declares {declared} bytes, more than the limit of {}",
+                limits.max_file_bytes
+            )));
+        }
+        if declared > compressed.max(1).saturating_mul(limits.max_zip_ratio) {
+            return Err(limit(format!(
+                "zip entry {name} declares {declared} bytes from {compressed} compressed, a \
+                 ratio over the limit of {} : 1",
+                limits.max_zip_ratio
+            )));
+        }
+        total = total.saturating_add(declared);
+        if total > limits.max_total_bytes {
+            return Err(limit(format!(
+                "the zip declares more than the limit of {} bytes",
+                limits.max_total_bytes
+            )));
+        }
+        wanted.push((i, name, declared));
+        if wanted.len() > limits.max_files {
+            return Err(limit(format!(
+                "the zip holds more than the limit of {} files",
+                limits.max_files
+            )));
+        }
+    }
+    let mut out = Vec::with_capacity(wanted.len());
+    for (i, name, declared) in wanted {
+        let entry = archive
+            .by_index(i)
+            .map_err(|e| DicomError::BadZip(format!("{name}: {e}")))?;
+        let mut buf = Vec::with_capacity(declared as usize);
+        entry
+            .take(declared + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| DicomError::BadZip(format!("{name}: {e}")))?;
+        if buf.len() as u64 != declared {
+            return Err(DicomError::BadZip(format!(
+                "{name}: declares {declared} bytes but holds {} or more",
+                buf.len()
+            )));
+        }
+        out.push(NamedBytes { name, bytes: buf });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, data) in entries {
+            w.start_file(*name, opts).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn reads_entries_and_refuses_traversal() {
+        let z = zip_of(&[("a/one.dcm", b"hello"), ("two", b"world")]);
+        let files = read_zip(&z, &InputLimits::default()).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].name, "a/one.dcm");
+        assert_eq!(files[1].bytes, b"world");
+        for bad in ["../evil", "/abs/path", "a/../../b"] {
+            let z = zip_of(&[(bad, b"x")]);
+            let err = read_zip(&z, &InputLimits::default()).unwrap_err();
+            assert!(matches!(err, DicomError::UnsafeZipEntry(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_too_many_files_and_big_totals() {
+        let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+        let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+        let z = zip_of(&entries);
+        let small = InputLimits {
+            max_files: 10,
+            ..InputLimits::default()
+        };
+        assert!(matches!(
+            read_zip(&z, &small),
+            Err(DicomError::LimitExceeded(_))
+        ));
+        let zeros = vec![0u8; 1 << 20];
+        let z = zip_of(&[("zeros", &zeros)]);
+        let tight = InputLimits {
+            max_zip_ratio: 100,
+            ..InputLimits::default()
+        };
+        let err = read_zip(&z, &tight).unwrap_err();
+        assert!(err.to_string().contains("ratio"), "{err}");
+        let tight = InputLimits {
+            max_total_bytes: 1000,
+            ..InputLimits::default()
+        };
+        assert!(matches!(
+            read_zip(&z, &tight),
+            Err(DicomError::LimitExceeded(_))
+        ));
+        assert!(matches!(
+            read_zip(b"PK\x03\x04garbage", &InputLimits::default()),
+            Err(DicomError::BadZip(_))
+        ));
+    }
+}
