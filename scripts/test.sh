@@ -1,27 +1,78 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the Python side (torch 2.13.0, MONAI 1.4.0, the monailabel
 # client) if needed, makes the golden fixtures with real MONAI if they are missing or stale,
-# then runs every Rust test (unit, golden fidelity, HTTP integration) and the conformance
-# suite that drives the real binary with the official monailabel client.
+# then runs every Rust test (unit, golden fidelity, HTTP integration), the conformance suite
+# that drives the real binary with the official monailabel client, and the fuzz targets.
+# Prints each phase's time (scripts/phases.sh); .ci/run prints the summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup-torch.sh
+# shellcheck source=scripts/phases.sh
+. scripts/phases.sh
+own_summary=0
+[ -z "${FERROLABEL_PHASES_OWNER:-}" ] && own_summary=1 && export FERROLABEL_PHASES_OWNER=test.sh
+
+phase "setup: torch/MONAI virtualenv" bash scripts/setup-torch.sh
 export FERROLABEL_PYTHON="$PWD/.venv/bin/python"
-golden="${FERROLABEL_GOLDEN:-$PWD/target/golden}"
-export FERROLABEL_GOLDEN="$golden"
+cache="${FERROLABEL_CACHE:-$HOME/.cache/ferrolabel}"
+
+# Golden fixtures are made by real MONAI (about 6 minutes on 2 cores) and cached outside the
+# clone, keyed by a stamp of everything they depend on; target/golden links to the current ones,
+# so a fresh clone reuses them when nothing changed.
 stamp="$(cat tests/golden/make_golden.py scripts/requirements-torch.txt apps/wholebody/model/wholeBody_ct_segmentation/configs/*.json | sha256sum | cut -c1-16)"
-if [ "$(cat "$golden/.stamp" 2>/dev/null)" != "$stamp" ]; then
-  echo "test.sh: making golden fixtures with MONAI in $golden (a few minutes)" >&2
+if [ -n "${FERROLABEL_GOLDEN:-}" ]; then
+  golden="$FERROLABEL_GOLDEN"
+else
+  golden="$cache/golden/$stamp"
+  mkdir -p target "$cache/golden"
+  if [ -d target/golden ] && [ ! -L target/golden ]; then
+    # fixtures made in place by hand (make_golden.py target/golden): move them into the cache
+    old="$(cat target/golden/.stamp 2>/dev/null || echo unstamped)"
+    rm -rf "${cache:?}/golden/$old"
+    mv target/golden "$cache/golden/$old"
+  fi
+  ln -sfn "$golden" target/golden
+fi
+export FERROLABEL_GOLDEN="$golden"
+make_golden() {
   rm -rf "$golden"
   "$FERROLABEL_PYTHON" tests/golden/make_golden.py "$golden" >&2
-  echo "$stamp" > "$golden/.stamp"
+  echo "$stamp" >"$golden/.stamp"
+  # keep the three newest fixture sets
+  if [ -d "$cache/golden" ]; then
+    ls -1t "$cache/golden" | tail -n +4 | while read -r old; do rm -rf "${cache:?}/golden/$old"; done
+  fi
+}
+if [ "$(cat "$golden/.stamp" 2>/dev/null)" != "$stamp" ]; then
+  echo "test.sh: making golden fixtures with MONAI in $golden (a few minutes)" >&2
+  phase "golden fixtures (MONAI 1.4.0)" make_golden
+else
+  echo "test.sh: golden fixtures up to date in $golden" >&2
 fi
+
+# one build of every test binary and the server binary, reused by everything below
+phase "build: cargo test --no-run (release)" cargo test --workspace --release --no-run
 # golden tests compare against fixtures made with 2 threads; run test binaries one at a time
 # so that thread counts and memory stay what the fixtures and the 2-core machine expect
-cargo test --workspace --release -- --test-threads=1
+mkdir -p target
+run_cargo_tests() {
+  set -o pipefail
+  cargo test --workspace --release -- --test-threads=1 2>&1 | tee target/cargo-test.log
+}
+rc=0
+phase "cargo test (all crates)" run_cargo_tests || rc=$?
+echo "---- cargo test binaries ----" >&2
+awk -v phases="$FERROLABEL_PHASES" -f scripts/test-times.awk target/cargo-test.log >&2
+[ $rc -eq 0 ] || exit $rc
+
 # the conformance suite: the release binary driven by the official monailabel client
-FERROLABEL_BIN="$PWD/target/release/ferrolabel" "$FERROLABEL_PYTHON" -m pytest tests/conformance -q -p no:cacheprovider
+export FERROLABEL_BIN="$PWD/target/release/ferrolabel"
+for f in tests/conformance/test_*.py; do
+  phase "conformance $(basename "$f")" "$FERROLABEL_PYTHON" -m pytest "$f" -q -p no:cacheprovider --durations=5
+done
+
 # every fuzz target briefly, from the committed seeds (scripts/fuzz.sh with no argument runs the
 # README's 1,000,000 executions per target); about 5 minutes cold (cargo-fuzz install and the
 # sanitizer build of fuzz/), under a minute warm
-bash scripts/fuzz.sh "${FERROLABEL_FUZZ_RUNS:-20000}"
+phase "fuzz (${FERROLABEL_FUZZ_RUNS:-20000} runs per target)" bash scripts/fuzz.sh "${FERROLABEL_FUZZ_RUNS:-20000}"
+[ $own_summary -eq 1 ] && phase_summary
+exit 0

@@ -114,11 +114,42 @@ def test_infer_lowres_matches_cli_and_save_label_round_trip(server, client, cli_
     assert info["datastore"]["completed"] >= 1
 
 
+def read_nrrd(path):
+    """A minimal reader for what Slicer asks (attached header, raw or gzip, scalar 3-D): the
+    voxels in NRRD's fastest-first order (the same as NIfTI's), the space and directions."""
+    import gzip
+    data = open(path, "rb").read()
+    assert data.startswith(b"NRRD")
+    head, _, payload = data.partition(b"\n\n")
+    fields = {}
+    for line in head.decode("ascii").splitlines()[1:]:
+        if line.startswith("#") or ":" not in line:
+            continue
+        k, _, v = line.partition(":")
+        fields[k.strip()] = v.strip().lstrip("=").strip()
+    sizes = [int(x) for x in fields["sizes"].split()]
+    assert fields["dimension"] == "3" and len(sizes) == 3
+    dtype = {"uint8": np.uint8, "unsigned char": np.uint8, "uchar": np.uint8}[fields["type"]]
+    if fields["encoding"] == "gzip":
+        payload = gzip.decompress(payload)
+    else:
+        assert fields["encoding"] == "raw", fields["encoding"]
+    vox = np.frombuffer(payload, dtype=dtype)
+    assert vox.size == int(np.prod(sizes)), (vox.size, sizes)
+    return vox.reshape(sizes[::-1]).transpose(2, 1, 0), fields
+
+
 def test_infer_highres_nrrd_as_slicer_asks(client):
     result, params = client.infer(MODEL, "ct_other", {"result_extension": ".nrrd", "result_dtype": "uint8"})
     assert result.endswith(".nrrd")
-    data = open(result, "rb").read()
-    assert data.startswith(b"NRRD")
+    labels, fields = read_nrrd(result)
+    # the same request as NIfTI: the NRRD must hold the same voxels on the image's grid
+    nii, _ = client.infer(MODEL, "ct_other", {"result_extension": ".nii.gz", "result_dtype": "uint8"})
+    expected = load_labels(nii)
+    assert labels.shape == nib.load(SMALL_CT).shape == expected.shape
+    assert fields["space"] == "left-posterior-superior"
+    np.testing.assert_array_equal(labels, expected)
+    assert len(np.unique(labels)) > 1, "a constant label map would make this comparison trivial"
 
 
 def test_session_upload_then_infer(client):
@@ -199,8 +230,8 @@ def test_model_and_logs(server):
 
 
 def test_invalid_session(server):
-    status, _, _ = raw(server, "GET", "/session/xyz")
-    assert status != 200
+    status, _, body = raw(server, "GET", "/session/xyz")
+    assert status == 404, (status, body)
 
 
 @pytest.mark.ferrolabel_only

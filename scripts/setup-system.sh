@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Debian packages the tests drive as real components (installed when missing; CI runs as root).
+#   dicom3tools: dciodvfy, the DICOM validator the SEG tests run
+# Add a package here when a test starts one (and say which test in a comment).
+set -euo pipefail
+want=(dicom3tools)
+missing=()
+for p in "${want[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "setup-system: missing ${missing[*]}; install them (apt-get install ${missing[*]})" >&2
+  exit 1
+fi
+echo "setup-system: installing ${missing[*]}" >&2
+apt-get update -qq >&2
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
