@@ -80,7 +80,12 @@ fn rescale_of(obj: &InMemDicomObject) -> (f64, f64) {
 /// The geometry of a classic single-frame image.
 pub(crate) fn classic_geometry(obj: &InMemDicomObject, file: &str) -> Result<FrameGeometry> {
     Ok(FrameGeometry {
-        position: required_numbers(obj, tags::IMAGE_POSITION_PATIENT, file, "ImagePositionPatient")?,
+        position: required_numbers(
+            obj,
+            tags::IMAGE_POSITION_PATIENT,
+            file,
+            "ImagePositionPatient",
+        )?,
         orientation: required_numbers(
             obj,
             tags::IMAGE_ORIENTATION_PATIENT,
@@ -129,7 +134,12 @@ pub(crate) fn enhanced_geometry(
         .unwrap_or((1.0, 0.0));
     let name = format!("{file} frame {}", frame + 1);
     Ok(FrameGeometry {
-        position: required_numbers(pos, tags::IMAGE_POSITION_PATIENT, &name, "ImagePositionPatient")?,
+        position: required_numbers(
+            pos,
+            tags::IMAGE_POSITION_PATIENT,
+            &name,
+            "ImagePositionPatient",
+        )?,
         orientation: required_numbers(
             ori,
             tags::IMAGE_ORIENTATION_PATIENT,

@@ -132,7 +132,10 @@ pub(crate) fn stack(
     for &i in &order[1..] {
         let d = sub(positions[i], origin);
         let along = dot(d, normal);
-        let side = norm(sub(d, [along * normal[0], along * normal[1], along * normal[2]]));
+        let side = norm(sub(
+            d,
+            [along * normal[0], along * normal[1], along * normal[2]],
+        ));
         if side > 0.01 + tol.shear * along.abs() {
             let angle = side.atan2(along.abs()).to_degrees();
             return Err(DicomError::Sheared(format!(
@@ -182,7 +185,13 @@ mod tests {
     #[test]
     fn sorts_and_measures() {
         let pos = vec![[0.0, 0.0, 5.0], [0.0, 0.0, 1.0], [0.0, 0.0, 3.0]];
-        let s = stack(&pos, [0.0, 0.0, 1.0], &names(3), &GeometryTolerance::default()).unwrap();
+        let s = stack(
+            &pos,
+            [0.0, 0.0, 1.0],
+            &names(3),
+            &GeometryTolerance::default(),
+        )
+        .unwrap();
         assert_eq!(s.order, vec![1, 2, 0]);
         assert_eq!(s.spacing, Some(2.0));
     }
@@ -196,7 +205,12 @@ mod tests {
             stack(&dup, n, &names(3), &tol),
             Err(DicomError::DuplicateSlice(_))
         ));
-        let gap = vec![[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 3.0], [0.0, 0.0, 4.0]];
+        let gap = vec![
+            [0.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0],
+            [0.0, 0.0, 3.0],
+            [0.0, 0.0, 4.0],
+        ];
         assert!(matches!(
             stack(&gap, n, &names(4), &tol),
             Err(DicomError::UnevenSpacing(_))

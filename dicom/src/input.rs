@@ -139,8 +139,8 @@ fn safe_name(name: &str) -> bool {
 /// entry whose actual size differs from its declared size is refused (never read past it).
 /// Directory entries are skipped; symbolic links are refused.
 pub fn read_zip(bytes: &[u8], limits: &InputLimits) -> Result<Vec<NamedBytes>> {
-    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| DicomError::BadZip(e.to_string()))?;
+    let mut archive =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| DicomError::BadZip(e.to_string()))?;
     if archive.len() > limits.max_files.saturating_mul(2).max(16) {
         return Err(limit(format!(
             "the zip has {} entries, more than the limit of {} files",

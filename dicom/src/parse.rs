@@ -2,10 +2,10 @@
 //! decoded: Part 10 header, transfer syntax, modality, pixel layout.
 
 use dicom_dictionary_std::{tags, uids};
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 
 use crate::attrs::{integer, text};
 use crate::error::{DicomError, Result};
@@ -15,12 +15,18 @@ use crate::input::NamedBytes;
 pub const SUPPORTED_TRANSFER_SYNTAXES: &[(&str, &str)] = &[
     (uids::IMPLICIT_VR_LITTLE_ENDIAN, "Implicit VR Little Endian"),
     (uids::EXPLICIT_VR_LITTLE_ENDIAN, "Explicit VR Little Endian"),
-    (uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, "Deflated Explicit VR Little Endian"),
+    (
+        uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        "Deflated Explicit VR Little Endian",
+    ),
     (uids::RLE_LOSSLESS, "RLE Lossless"),
     (uids::JPEG_BASELINE8_BIT, "JPEG Baseline (Process 1)"),
     (uids::JPEG_EXTENDED12_BIT, "JPEG Extended (Process 2 & 4)"),
     (uids::JPEG_LOSSLESS, "JPEG Lossless (Process 14)"),
-    (uids::JPEG_LOSSLESS_SV1, "JPEG Lossless SV1 (Process 14, selection value 1)"),
+    (
+        uids::JPEG_LOSSLESS_SV1,
+        "JPEG Lossless SV1 (Process 14, selection value 1)",
+    ),
     (uids::JPEG2000_LOSSLESS, "JPEG 2000 Lossless"),
     (uids::JPEG2000, "JPEG 2000"),
 ];
@@ -60,7 +66,10 @@ pub(crate) fn parse(file: &NamedBytes) -> Result<Option<Parsed>> {
             name: file.name.clone(),
             reason: e.to_string(),
         })?;
-    if obj.meta().media_storage_sop_class_uid().trim_end_matches('\0')
+    if obj
+        .meta()
+        .media_storage_sop_class_uid()
+        .trim_end_matches('\0')
         == uids::MEDIA_STORAGE_DIRECTORY_STORAGE
     {
         return Ok(None);
@@ -91,8 +100,16 @@ pub(crate) fn check_image(p: &Parsed) -> Result<()> {
             p.name
         )));
     }
-    let ts = p.obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
-    if !SUPPORTED_TRANSFER_SYNTAXES.iter().any(|(uid, _)| *uid == ts) {
+    let ts = p
+        .obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
+    if !SUPPORTED_TRANSFER_SYNTAXES
+        .iter()
+        .any(|(uid, _)| *uid == ts)
+    {
         let name = TransferSyntaxRegistry
             .get(&ts)
             .map(|t| t.name().to_string())

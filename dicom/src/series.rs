@@ -109,7 +109,10 @@ struct Frame {
 
 fn frames_of(p: &Parsed, index: usize) -> Result<Vec<Frame>> {
     let count = integer(&p.obj, tags::NUMBER_OF_FRAMES).unwrap_or(1);
-    let enhanced = p.obj.get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE).is_some()
+    let enhanced = p
+        .obj
+        .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .is_some()
         || p.obj.get(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE).is_some();
     if !enhanced {
         if count != 1 {
@@ -163,7 +166,13 @@ fn choose_series(files: &[NamedBytes], series_uid: Option<&str>) -> Result<Vec<P
         None => Err(DicomError::MultipleSeries {
             uids: by_series
                 .into_keys()
-                .map(|u| if u.is_empty() { "(no SeriesInstanceUID)".into() } else { u })
+                .map(|u| {
+                    if u.is_empty() {
+                        "(no SeriesInstanceUID)".into()
+                    } else {
+                        u
+                    }
+                })
                 .collect(),
         }),
     }
@@ -246,7 +255,9 @@ pub fn assemble(files: &[NamedBytes], options: &AssembleOptions) -> Result<Serie
             });
         }
         let multi = integer(&p.obj, tags::NUMBER_OF_FRAMES).unwrap_or(1) > 1
-            || p.obj.get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE).is_some();
+            || p.obj
+                .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+                .is_some();
         slices.push(SliceRef {
             file: p.name.clone(),
             sop_class_uid: sop_class_uid(p),

@@ -61,7 +61,12 @@ fn check_against_sitk(py: &Path, dir: &Path, work: &Path) -> ferrolabel_dicom::S
         .zip(&reference.data)
         .filter(|(a, b)| a != b)
         .count();
-    assert_eq!(mismatches, 0, "{}: voxels differ from SimpleITK's", dir.display());
+    assert_eq!(
+        mismatches,
+        0,
+        "{}: voxels differ from SimpleITK's",
+        dir.display()
+    );
     assert_eq!(v.data.len(), reference.data.len());
     series
 }
@@ -87,19 +92,43 @@ fn written_series_match_simpleitk() {
     let work = tempfile::tempdir().unwrap();
     let cases: &[(&str, &[&str])] = &[
         ("lps_explicit", &["--syntax", "explicit"]),
-        ("lps_implicit_reversed", &["--syntax", "implicit", "--reverse"]),
+        (
+            "lps_implicit_reversed",
+            &["--syntax", "implicit", "--reverse"],
+        ),
         (
             "oblique_rle_reversed",
             &["--angle", "25", "--syntax", "rle", "--reverse"],
         ),
         (
             "oblique_deflate_scaled",
-            &["--angle", "-40", "--axis", "1", "0.2", "-0.5", "--syntax", "deflate",
-              "--slope", "0.5", "--intercept", "-1000.25"],
+            &[
+                "--angle",
+                "-40",
+                "--axis",
+                "1",
+                "0.2",
+                "-0.5",
+                "--syntax",
+                "deflate",
+                "--slope",
+                "0.5",
+                "--intercept",
+                "-1000.25",
+            ],
         ),
         (
             "coronal",
-            &["--angle", "90", "--axis", "1", "0", "0", "--spacing", "1.25"],
+            &[
+                "--angle",
+                "90",
+                "--axis",
+                "1",
+                "0",
+                "0",
+                "--spacing",
+                "1.25",
+            ],
         ),
     ];
     for (name, args) in cases {
@@ -162,7 +191,10 @@ fn refuses_bad_series_with_the_cause() {
         bytes: b"this is not DICOM".to_vec(),
     });
     let e = assemble(&with_text, &AssembleOptions::default()).unwrap_err();
-    assert!(matches!(e, DicomError::NotDicom { ref name, .. } if name == "notes.txt"), "{e}");
+    assert!(
+        matches!(e, DicomError::NotDicom { ref name, .. } if name == "notes.txt"),
+        "{e}"
+    );
 
     let mut truncated = files.clone();
     let cut = truncated[1].bytes.len() - 1000;
@@ -173,7 +205,13 @@ fn refuses_bad_series_with_the_cause() {
     let mut header_only = files.clone();
     header_only[2].bytes.truncate(300);
     let e = assemble(&header_only, &AssembleOptions::default()).unwrap_err();
-    assert!(matches!(e, DicomError::Corrupt { .. } | DicomError::NoPixelData { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            DicomError::Corrupt { .. } | DicomError::NoPixelData { .. }
+        ),
+        "{e}"
+    );
 
     let e = assemble(&[], &AssembleOptions::default()).unwrap_err();
     assert!(matches!(e, DicomError::Empty), "{e}");
@@ -207,4 +245,39 @@ fn refuses_bad_series_with_the_cause() {
     };
     let e = assemble(&files, &small).unwrap_err();
     assert!(matches!(e, DicomError::LimitExceeded(_)), "{e}");
+}
+
+#[test]
+fn enhanced_multiframe_ct_equals_the_same_series_as_single_frames() {
+    let Some(py) = python() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let geometry = [
+        "--angle",
+        "30",
+        "--slices",
+        "9",
+        "--slope",
+        "2",
+        "--intercept",
+        "-2048",
+    ];
+    let classic = work.path().join("classic");
+    write_series(&py, &classic, &geometry);
+    let enhanced = work.path().join("enhanced");
+    let mut args = geometry.to_vec();
+    args.extend(["--multiframe", "--reverse"]);
+    write_series(&py, &enhanced, &args);
+    // the single-frame series against SimpleITK, the multi-frame one against it
+    let reference = check_against_sitk(&py, &classic, work.path());
+    let multi = assemble_dir(&enhanced, &AssembleOptions::default()).unwrap();
+    assert_eq!(multi.volume.dims, reference.volume.dims);
+    assert!(affine_diff(&multi.volume.affine, &reference.volume.affine) <= 1e-9);
+    assert!(
+        multi.volume.data == reference.volume.data,
+        "multi-frame voxels differ"
+    );
+    // frames were stored in reverse order: slice k is frame (n - k)
+    let n = multi.info.slices.len() as u32;
+    assert_eq!(multi.info.slices[0].frame_number, Some(n));
+    assert_eq!(multi.info.slices[n as usize - 1].frame_number, Some(1));
 }

@@ -195,9 +195,6 @@ def write_enhanced(args, stored, positions, iop, spacing, study, series, frame_o
     ds.is_little_endian = True
     ds.is_implicit_VR = False
     ds.save_as(os.path.join(args.out, "enhanced.dcm"), write_like_original=False)
-    # the expected volume, for the test: rescaled voxels in sorted order, x fastest
-    expected = stored.astype(np.float64) * args.slope + args.intercept
-    expected.astype(np.float32).tofile(os.path.join(args.out, "..", "enhanced_expected.f32"))
 
 
 def lps_to_ras_affine(image):

@@ -97,7 +97,15 @@ fn seg_of_written_oblique_series_validates_and_reads_back() {
     let source = work.path().join("series");
     run_py(
         &py,
-        &["write-series", s(&source), "--angle", "20", "--slices", "10", "--reverse"],
+        &[
+            "write-series",
+            s(&source),
+            "--angle",
+            "20",
+            "--slices",
+            "10",
+            "--reverse",
+        ],
     );
     let series = assemble_dir(&source, &AssembleOptions::default()).unwrap();
     let dims = series.volume.dims;
@@ -113,7 +121,10 @@ fn seg_of_written_oblique_series_validates_and_reads_back() {
         structure(12, "adrenal_gland_left"),
     ];
     let (back, info) = round_trip(&py, &series, &source, &labels, &structures, work.path());
-    let expected: Vec<u8> = labels.iter().map(|&v| if v == 200 { 0 } else { v }).collect();
+    let expected: Vec<u8> = labels
+        .iter()
+        .map(|&v| if v == 200 { 0 } else { v })
+        .collect();
     assert_eq!(back.len(), expected.len());
     let wrong = back.iter().zip(&expected).filter(|(a, b)| a != b).count();
     assert_eq!(wrong, 0, "{wrong} voxels differ after the round trip");
@@ -153,7 +164,10 @@ fn seg_of_the_shared_jpeg2000_series_validates_and_reads_back() {
         &structures,
         work.path(),
     );
-    assert!(back == labels, "the shared series' SEG does not read back equal");
+    assert!(
+        back == labels,
+        "the shared series' SEG does not read back equal"
+    );
 }
 
 #[test]
@@ -176,7 +190,8 @@ fn seg_refuses_maps_that_do_not_fit() {
 fn every_bundle_structure_has_snomed_codes() {
     let metadata = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../apps/wholebody/model/wholeBody_ct_segmentation/configs/metadata.json");
-    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(metadata).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(metadata).unwrap()).unwrap();
     let channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
         .as_object()
         .unwrap();
@@ -193,4 +208,57 @@ fn every_bundle_structure_has_snomed_codes() {
     assert_eq!(left.type_modifier.as_ref().unwrap().meaning, "Left");
     let rib = codes_for("rib_right_12").unwrap();
     assert_eq!(rib.category.scheme, "SCT");
+}
+
+#[test]
+fn seg_of_an_enhanced_multiframe_source_references_frames() {
+    let Some(py) = python() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("enhanced");
+    run_py(
+        &py,
+        &["write-series", s(&source), "--multiframe", "--slices", "5"],
+    );
+    let series = assemble_dir(&source, &AssembleOptions::default()).unwrap();
+    let mut labels = vec![0u8; series.volume.len()];
+    paint(&mut labels, series.volume.dims, [3, 3, 1], [9, 9, 4], 5);
+    let bytes = write_binary_seg(
+        &series.info,
+        &labels,
+        &[structure(5, "liver")],
+        &SegOptions::default(),
+    )
+    .unwrap();
+    let seg = work.path().join("seg.dcm");
+    std::fs::write(&seg, &bytes).unwrap();
+    if let Some(errors) = dciodvfy_errors(&seg) {
+        assert!(errors.is_empty(), "dciodvfy errors: {errors:#?}");
+    }
+    let obj = dicom_object::open_file(&seg).unwrap();
+    let frames = obj
+        .element(dicom_dictionary_std::tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    assert_eq!(frames.len(), 3);
+    let numbers: Vec<i32> = frames
+        .iter()
+        .map(|f| {
+            let d = &f
+                .get(dicom_dictionary_std::tags::DERIVATION_IMAGE_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()[0];
+            let src = &d
+                .get(dicom_dictionary_std::tags::SOURCE_IMAGE_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()[0];
+            src.get(dicom_dictionary_std::tags::REFERENCED_FRAME_NUMBER)
+                .unwrap()
+                .to_int()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(numbers, vec![2, 3, 4]);
 }

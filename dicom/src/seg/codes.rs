@@ -156,9 +156,8 @@ pub fn rgb_to_dicom_lab(rgb: [u8; 3]) -> [u16; 3] {
     let l = 116.0 * fy - 16.0;
     let a = 500.0 * (fx - fy);
     let bb = 200.0 * (fy - fz);
-    let scale = |v: f64, lo: f64, hi: f64| {
-        ((v.clamp(lo, hi) - lo) / (hi - lo) * 65535.0).round() as u16
-    };
+    let scale =
+        |v: f64, lo: f64, hi: f64| ((v.clamp(lo, hi) - lo) / (hi - lo) * 65535.0).round() as u16;
     [
         scale(l, 0.0, 100.0),
         scale(a, -128.0, 127.0),

@@ -15,22 +15,38 @@ pub(crate) fn s(tag: Tag, vr: VR, value: &str) -> InMemElement {
 
 /// A multi-valued text element.
 pub(crate) fn strs(tag: Tag, vr: VR, values: &[String]) -> InMemElement {
-    DataElement::new(tag, vr, PrimitiveValue::Strs(values.iter().cloned().collect()))
+    DataElement::new(
+        tag,
+        vr,
+        PrimitiveValue::Strs(values.iter().cloned().collect()),
+    )
 }
 
 /// A US element.
 pub(crate) fn us(tag: Tag, values: &[u16]) -> InMemElement {
-    DataElement::new(tag, VR::US, PrimitiveValue::U16(values.iter().copied().collect()))
+    DataElement::new(
+        tag,
+        VR::US,
+        PrimitiveValue::U16(values.iter().copied().collect()),
+    )
 }
 
 /// A UL element.
 pub(crate) fn ul(tag: Tag, values: &[u32]) -> InMemElement {
-    DataElement::new(tag, VR::UL, PrimitiveValue::U32(values.iter().copied().collect()))
+    DataElement::new(
+        tag,
+        VR::UL,
+        PrimitiveValue::U32(values.iter().copied().collect()),
+    )
 }
 
 /// An AT element.
 pub(crate) fn at(tag: Tag, value: Tag) -> InMemElement {
-    DataElement::new(tag, VR::AT, PrimitiveValue::Tags(std::iter::once(value).collect()))
+    DataElement::new(
+        tag,
+        VR::AT,
+        PrimitiveValue::Tags(std::iter::once(value).collect()),
+    )
 }
 
 /// A sequence element.
@@ -96,7 +112,7 @@ mod tests {
     fn decimal_strings_fit() {
         assert_eq!(ds(1.5), "1.5");
         assert_eq!(ds(-0.0), "0");
-        assert_eq!(ds(-123.456789012345678), "-123.4567890123");
+        assert_eq!(ds(-123.456_789_012_345_6), "-123.4567890123");
         assert!(ds(1.0e20).len() <= 16);
         assert!(new_uid().len() <= 64);
     }

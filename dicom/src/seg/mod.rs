@@ -13,8 +13,8 @@ use dicom_object::InMemDicomObject;
 use crate::error::{DicomError, Result};
 use crate::series::SeriesInfo;
 use codes::{codes_for, fallback_codes, rgb_to_dicom_lab, Code, SegmentCodes};
-use elements::{at, code_item, code_seq, ds, ds_multi, item, s, seq, strs, ul, us};
 pub(crate) use elements::new_uid;
+use elements::{at, code_item, code_seq, ds, ds_multi, item, s, seq, strs, ul, us};
 
 /// One structure of the label map: the voxel value and its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,8 +128,11 @@ pub fn write_binary_seg(
         ));
     }
     let frames: usize = present.iter().map(|p| p.slices.len()).sum();
-    let frames_u32 = u32::try_from(frames)
-        .map_err(|_| DicomError::InvalidLabels(format!("{frames} frames")))?;
+    if frames > i32::MAX as usize || rows > usize::from(u16::MAX) || cols > usize::from(u16::MAX) {
+        return Err(DicomError::InvalidLabels(format!(
+            "{frames} frames of {cols} x {rows} do not fit a DICOM image"
+        )));
+    }
 
     // BINARY pixel data: frames back to back, one bit per pixel, least significant bit first
     let mut pixels = vec![0u8; (frames * plane).div_ceil(8).next_multiple_of(2)];
@@ -161,7 +164,11 @@ pub fn write_binary_seg(
     let dim_uid = new_uid();
     obj.put(seq(
         tags::DIMENSION_ORGANIZATION_SEQUENCE,
-        vec![item(vec![s(tags::DIMENSION_ORGANIZATION_UID, VR::UI, &dim_uid)])],
+        vec![item(vec![s(
+            tags::DIMENSION_ORGANIZATION_UID,
+            VR::UI,
+            &dim_uid,
+        )])],
     ));
     obj.put(s(tags::DIMENSION_ORGANIZATION_TYPE, VR::CS, "3D"));
     let dim = |pointer, group, label: &str| {
@@ -204,7 +211,6 @@ pub fn write_binary_seg(
         VR::OB,
         dicom_core::PrimitiveValue::U8(pixels.into()),
     ));
-    debug_assert_eq!(frames_u32 as usize, frames);
 
     let file = obj
         .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
@@ -239,7 +245,11 @@ fn header(
             obj.put(s(tag, vr, ""));
         }
     }
-    obj.put(s(tags::STUDY_INSTANCE_UID, VR::UI, &series.study_instance_uid));
+    obj.put(s(
+        tags::STUDY_INSTANCE_UID,
+        VR::UI,
+        &series.study_instance_uid,
+    ));
     let now = chrono::Utc::now();
     let date = now.format("%Y%m%d").to_string();
     let time = now.format("%H%M%S").to_string();
@@ -248,22 +258,46 @@ fn header(
         s(tags::SOP_INSTANCE_UID, VR::UI, sop_uid),
         s(tags::SERIES_INSTANCE_UID, VR::UI, series_uid),
         s(tags::MODALITY, VR::CS, "SEG"),
-        s(tags::SERIES_NUMBER, VR::IS, &options.series_number.to_string()),
-        s(tags::SERIES_DESCRIPTION, VR::LO, &options.series_description),
+        s(
+            tags::SERIES_NUMBER,
+            VR::IS,
+            &options.series_number.to_string(),
+        ),
+        s(
+            tags::SERIES_DESCRIPTION,
+            VR::LO,
+            &options.series_description,
+        ),
         s(tags::SERIES_DATE, VR::DA, &date),
         s(tags::SERIES_TIME, VR::TM, &time),
         s(tags::INSTANCE_NUMBER, VR::IS, "1"),
         s(tags::CONTENT_DATE, VR::DA, &date),
         s(tags::CONTENT_TIME, VR::TM, &time),
-        s(tags::FRAME_OF_REFERENCE_UID, VR::UI, &series.frame_of_reference_uid),
+        s(
+            tags::FRAME_OF_REFERENCE_UID,
+            VR::UI,
+            &series.frame_of_reference_uid,
+        ),
         s(tags::POSITION_REFERENCE_INDICATOR, VR::LO, ""),
         s(tags::MANUFACTURER, VR::LO, "ferrolabel"),
-        s(tags::MANUFACTURER_MODEL_NAME, VR::LO, &options.algorithm_name),
+        s(
+            tags::MANUFACTURER_MODEL_NAME,
+            VR::LO,
+            &options.algorithm_name,
+        ),
         s(tags::DEVICE_SERIAL_NUMBER, VR::LO, "1"),
         s(tags::SOFTWARE_VERSIONS, VR::LO, &options.software_version),
-        strs(tags::IMAGE_TYPE, VR::CS, &["DERIVED".into(), "PRIMARY".into()]),
+        strs(
+            tags::IMAGE_TYPE,
+            VR::CS,
+            &["DERIVED".into(), "PRIMARY".into()],
+        ),
         s(tags::CONTENT_LABEL, VR::CS, "SEGMENTATION"),
-        s(tags::CONTENT_DESCRIPTION, VR::LO, &options.series_description),
+        s(
+            tags::CONTENT_DESCRIPTION,
+            VR::LO,
+            &options.series_description,
+        ),
         s(tags::CONTENT_CREATOR_NAME, VR::PN, ""),
         us(tags::SAMPLES_PER_PIXEL, &[1]),
         s(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
@@ -284,19 +318,29 @@ fn segment_item(p: &Present, options: &SegOptions) -> InMemDicomObject {
     let c = &p.codes;
     let mut type_extra = Vec::new();
     if let Some(m) = &c.type_modifier {
-        type_extra.push(code_seq(tags::SEGMENTED_PROPERTY_TYPE_MODIFIER_CODE_SEQUENCE, m));
+        type_extra.push(code_seq(
+            tags::SEGMENTED_PROPERTY_TYPE_MODIFIER_CODE_SEQUENCE,
+            m,
+        ));
     }
     let mut elements = vec![
         us(tags::SEGMENT_NUMBER, &[p.number]),
         s(tags::SEGMENT_LABEL, VR::LO, &p.structure.name),
         s(tags::SEGMENT_ALGORITHM_TYPE, VR::CS, "AUTOMATIC"),
-        s(tags::SEGMENT_ALGORITHM_NAME, VR::LO, &options.algorithm_name),
+        s(
+            tags::SEGMENT_ALGORITHM_NAME,
+            VR::LO,
+            &options.algorithm_name,
+        ),
         code_seq(tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE, &c.category),
         seq(
             tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE,
             vec![code_item(&c.property_type, type_extra)],
         ),
-        us(tags::RECOMMENDED_DISPLAY_CIE_LAB_VALUE, &rgb_to_dicom_lab(c.rgb)),
+        us(
+            tags::RECOMMENDED_DISPLAY_CIE_LAB_VALUE,
+            &rgb_to_dicom_lab(c.rgb),
+        ),
     ];
     if let Some(region) = &c.region {
         let mut extra = Vec::new();
@@ -343,7 +387,11 @@ fn frame_groups(series: &SeriesInfo, segment: u16, k: usize) -> InMemDicomObject
     let src = &series.slices[k];
     let mut source = vec![
         s(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &src.sop_class_uid),
-        s(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &src.sop_instance_uid),
+        s(
+            tags::REFERENCED_SOP_INSTANCE_UID,
+            VR::UI,
+            &src.sop_instance_uid,
+        ),
     ];
     if let Some(f) = src.frame_number {
         source.push(s(tags::REFERENCED_FRAME_NUMBER, VR::IS, &f.to_string()));
@@ -401,14 +449,22 @@ fn referenced_series(series: &SeriesInfo) -> dicom_object::mem::InMemElement {
         .map(|src| {
             item(vec![
                 s(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &src.sop_class_uid),
-                s(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &src.sop_instance_uid),
+                s(
+                    tags::REFERENCED_SOP_INSTANCE_UID,
+                    VR::UI,
+                    &src.sop_instance_uid,
+                ),
             ])
         })
         .collect();
     seq(
         tags::REFERENCED_SERIES_SEQUENCE,
         vec![item(vec![
-            s(tags::SERIES_INSTANCE_UID, VR::UI, &series.series_instance_uid),
+            s(
+                tags::SERIES_INSTANCE_UID,
+                VR::UI,
+                &series.series_instance_uid,
+            ),
             seq(tags::REFERENCED_INSTANCE_SEQUENCE, instances),
         ])],
     )
