@@ -4,10 +4,14 @@
 //! "same libtorch, same threads" column of wholebody-bundle.md §6: transforms bit-exact (or
 //! within 1e-6), logits within 1e-4, labels identical on >= 99.99% of voxels, and every
 //! mismatching voxel must have a top-2 probability gap below 1e-4 in MONAI's own output.
+//! Where the fixture keeps MONAI's blended sliding-window logits (every case small enough),
+//! those are compared too (<= 1e-4), and every fixture's label map must hold many distinct
+//! labels with no label covering most of the volume, so that agreement cannot be trivial.
 
 use ferrolabel_imaging::{read_nifti, Limits};
 use ferrolabel_models::bundle::{Bundle, Resolution};
-use ferrolabel_models::inferer::{predict_labels, SlidingWindow};
+use ferrolabel_models::inferer::window::{gaussian_importance_map, windows};
+use ferrolabel_models::inferer::{predict_labels, BlendMode, SlidingWindow};
 use ferrolabel_models::network::{weights, SegResNet};
 use ferrolabel_models::pipeline::{invert_labels, labels_to_vec, preprocess, volume_tensor};
 use ferrolabel_models::transforms::{intensity, orientation, spacing};
@@ -159,6 +163,89 @@ fn compare_labels(ours: &Tensor, theirs: &Tensor, gap: Option<&Tensor>) -> (f64,
     (1.0 - bad / n, worst)
 }
 
+/// Fewest distinct labels a fixture's label map may hold. make_golden.py's weights give 32 to
+/// 72 per case (its manifest records each count); without its final-weight scaling they gave
+/// 7 to 29, mostly below this bound.
+const MIN_DISTINCT_LABELS: usize = 25;
+/// Largest share of the voxels one label may cover.
+const MAX_LARGEST_SHARE: f64 = 0.6;
+
+/// Asserts that a label map is not near-constant: at least [`MIN_DISTINCT_LABELS`] labels and
+/// none covering more than [`MAX_LARGEST_SHARE`] of the voxels.
+fn assert_many_labels(what: &str, labels: &Tensor) {
+    let counts = labels
+        .to_kind(Kind::Int64)
+        .view([-1])
+        .bincount::<Tensor>(None, 256);
+    let counts: Vec<i64> = Vec::try_from(counts).unwrap();
+    let distinct = counts.iter().filter(|&&c| c > 0).count();
+    let largest = *counts.iter().max().unwrap() as f64 / labels.numel() as f64;
+    eprintln!(
+        "{what}: {distinct} distinct labels, the largest covers {:.1}%",
+        largest * 100.0
+    );
+    assert!(
+        distinct >= MIN_DISTINCT_LABELS,
+        "{what}: only {distinct} distinct labels (at least {MIN_DISTINCT_LABELS} required)"
+    );
+    assert!(
+        largest <= MAX_LARGEST_SHARE,
+        "{what}: one label covers {largest} of the voxels"
+    );
+}
+
+/// Runs `net` through [`predict_labels`] on `input` (`[1, 1, X, Y, Z]`) with the bundle's
+/// window settings and blends the logits of the windows it is given the way MONAI's
+/// `SlidingWindowInferer` does (weighted sum / weight sum, padding cropped): the blended
+/// `[C, X, Y, Z]` logits, to compare with MONAI's.
+fn blended_logits(net: &SegResNet, input: &Tensor) -> Tensor {
+    let sw = SlidingWindow::bundle_default();
+    let sigma = match sw.blend {
+        BlendMode::Gaussian { sigma_scale } => sigma_scale,
+        BlendMode::Constant => unreachable!("the bundle blends with a gaussian"),
+    };
+    let sz = input.size();
+    let size = [sz[2], sz[3], sz[4]];
+    let work: Vec<i64> = (0..3).map(|i| size[i].max(sw.roi[i])).collect();
+    let before: Vec<i64> = (0..3).map(|i| (work[i] - size[i]) / 2).collect();
+    let wins = windows([work[0], work[1], work[2]], sw.roi, sw.overlap);
+    let mut outputs = Vec::new();
+    let mut count_windows = |_: usize, _: usize| true;
+    let _labels = tch::no_grad(|| {
+        predict_labels(
+            input,
+            &sw,
+            105,
+            |b| {
+                let y = net.forward_t(b, false);
+                // predict_labels weights its copy in place: keep our own
+                outputs.push(y.copy());
+                Ok(y)
+            },
+            &mut count_windows,
+        )
+    })
+    .unwrap();
+    assert_eq!(outputs.len(), wins.len(), "one network call per window");
+    let weight = gaussian_importance_map(sw.roi, sigma);
+    let opts = (Kind::Float, tch::Device::Cpu);
+    let acc = Tensor::zeros([105, work[0], work[1], work[2]], opts);
+    let count = Tensor::zeros([1, work[0], work[1], work[2]], opts);
+    for (w, y) in wins.iter().zip(&outputs) {
+        let region = |t: &Tensor| {
+            t.narrow(1, w[0], sw.roi[0])
+                .narrow(2, w[1], sw.roi[1])
+                .narrow(3, w[2], sw.roi[2])
+        };
+        let _ = region(&acc).g_add_(&(y.squeeze_dim(0) * &weight));
+        let _ = region(&count).g_add_(&weight.unsqueeze(0));
+    }
+    (acc / count)
+        .narrow(1, before[0], size[0])
+        .narrow(2, before[1], size[1])
+        .narrow(3, before[2], size[2])
+}
+
 fn run_case(name: &str) {
     set_threads();
     let g = golden_dir();
@@ -228,6 +315,16 @@ fn run_case(name: &str) {
         )
     })
     .unwrap();
+    assert_many_labels(&format!("{name} (MONAI)"), &f["labels_net"]);
+    assert_many_labels(&format!("{name} (inverted, MONAI)"), &f["labels_inv"]);
+    assert_many_labels(&format!("{name} (ferrolabel)"), &labels);
+    if let Some(theirs) = f.get("logits") {
+        let ours = blended_logits(&net, &input);
+        let d = max_abs_diff(&ours, theirs);
+        let range = f64::try_from(theirs.abs().max()).unwrap();
+        eprintln!("{name}: blended logits (|max| {range:.1}) differ by at most {d:e}");
+        assert!(d <= 1e-4, "{name}: blended logits differ by {d}");
+    }
     let (agree, worst) = compare_labels(&labels, &f["labels_net"], Some(&f["gap"]));
     eprintln!(
         "{name}: network-grid labels agree on {:.6}%, worst gap at a mismatch {worst:e}",
@@ -248,6 +345,25 @@ fn run_case(name: &str) {
         "{name}: inverted labels agree on only {agree_inv}"
     );
     assert_eq!(labels_to_vec(&back).unwrap().len(), vol.data.len());
+}
+
+#[test]
+fn the_fixture_keeps_logits_for_the_five_small_cases() {
+    let g = golden_dir();
+    for name in [
+        "lps_u16",
+        "permuted",
+        "small_lowres",
+        "oblique",
+        "half_ties",
+    ] {
+        let f = load(g.join("cases").join(format!("{name}.safetensors")));
+        assert!(f.contains_key("logits"), "{name}: no logits in the fixture");
+        assert!(
+            f.contains_key("gap_inv"),
+            "{name}: no inverted gap in the fixture"
+        );
+    }
 }
 
 #[test]

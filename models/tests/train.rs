@@ -1,17 +1,21 @@
-//! Training fidelity against real MONAI 1.4.0 (tests/reference/train_reference.py): the
-//! deterministic training and validation preprocessing, DiceCE, and a checkpoint written by a
-//! ferrolabel training run loading strictly in MONAI's `CheckpointLoader` with the same logits.
+//! Training fidelity against real MONAI 1.4.0 and torch (tests/reference/train_reference.py and
+//! train_step_reference.py): the deterministic training and validation preprocessing, DiceCE,
+//! the train-mode forward with its loss and gradients, AdamW steps against
+//! `torch.optim.AdamW`, and a checkpoint written by a ferrolabel training run loading strictly
+//! in MONAI's `CheckpointLoader` with the same logits.
 
 use ferrolabel_imaging::Limits;
 use ferrolabel_models::network::{weights, SegResNet, SegResNetConfig};
 use ferrolabel_models::train::data::prepare;
 use ferrolabel_models::train::loss::dice_ce_loss;
+use ferrolabel_models::train::optim::adamw;
 use ferrolabel_models::train::{train, TrainConfig, TrainEvent, TrainJob, TrainObserver};
+use std::collections::HashMap;
 use std::path::Path;
 use tch::{nn, Kind, Tensor};
 
 mod common;
-use common::{bundle, pair, reference};
+use common::{bundle, pair, reference, step_reference};
 
 fn read_raw(path: &Path, shape: &[i64]) -> Tensor {
     let bytes = std::fs::read(path).unwrap();
@@ -199,4 +203,162 @@ fn a_trained_checkpoint_loads_in_monai_with_the_same_logits() {
     let theirs = read_raw(&dir.path().join("y.raw"), &[1, 105, 32, 32, 32]);
     let d = max_abs_diff(&ours, &theirs);
     assert!(d < 1e-4, "logits differ by {d}");
+}
+
+fn read_st(path: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// The small network of these tests built from `seed`, with the given channel dropout, and
+/// every GroupNorm weight ~ U(0.5, 1.5), every bias ~ N(0, 0.1) (as make_golden.py does, so
+/// that affine parameters and their gradients matter). Returns the sorted variable names.
+fn seeded_network(seed: i64, dropout: f64) -> (nn::VarStore, SegResNet, Vec<String>) {
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let mut cfg = small_network();
+    cfg.dropout_prob = Some(dropout);
+    let net = SegResNet::new(&vs.root(), &cfg);
+    tch::no_grad(|| {
+        for (name, mut v) in vs.variables() {
+            if v.dim() == 1 && name.ends_with("weight") {
+                v.copy_(&(v.rand_like() + 0.5));
+            } else if v.dim() == 1 {
+                v.copy_(&(v.randn_like() * 0.1));
+            }
+        }
+    });
+    let mut order: Vec<String> = vs.variables().keys().cloned().collect();
+    order.sort();
+    (vs, net, order)
+}
+
+#[test]
+fn train_mode_forward_loss_and_gradients_match_monai() {
+    tch::set_num_threads(2);
+    let dir = tempfile::tempdir().unwrap();
+    let (vs, net, order) = seeded_network(21, 0.0);
+    let weights_path = dir.path().join("weights.pt");
+    weights::save_state_dict(&vs, &order, &weights_path).unwrap();
+    tch::manual_seed(22);
+    let x = Tensor::randn([1, 1, 32, 32, 32], (Kind::Float, tch::Device::Cpu));
+    // six classes present (0, 7, ..., 35), the other 99 absent
+    let y = Tensor::randint(6, [1, 32, 32, 32], (Kind::Int64, tch::Device::Cpu)) * 7;
+    let (x_path, y_path) = (dir.path().join("x.st"), dir.path().join("y.st"));
+    Tensor::write_safetensors(&[("x", &x)], &x_path).unwrap();
+    Tensor::write_safetensors(&[("y", y.unsqueeze(1).to_kind(Kind::Float))], &y_path).unwrap();
+    let logits = net.forward_t(&x, true);
+    let loss = dice_ce_loss(&logits, &y);
+    loss.backward();
+    let out = dir.path().join("monai.st");
+    step_reference(&[
+        "train-forward",
+        weights_path.to_str().unwrap(),
+        "8",
+        x_path.to_str().unwrap(),
+        y_path.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    let theirs = read_st(&out);
+    let d_logits = max_abs_diff(&logits, &theirs["logits"]);
+    let d_loss = (loss.double_value(&[]) - theirs["loss"].double_value(&[0])).abs();
+    // gradients: worst difference relative to the largest gradient of the same tensor
+    let vars = vs.variables();
+    let mut worst = (0.0f64, String::new());
+    for name in &order {
+        let ours = vars[name].grad();
+        let want = &theirs[&format!("grad/{name}")];
+        let rel = max_abs_diff(&ours, want) / want.abs().max().double_value(&[]).max(1e-12);
+        if rel > worst.0 {
+            worst = (rel, name.clone());
+        }
+    }
+    eprintln!(
+        "train mode vs MONAI: logits {d_logits:e}, loss {d_loss:e}, gradients {:e} ({}) of {} tensors",
+        worst.0,
+        worst.1,
+        order.len()
+    );
+    assert!(d_logits <= 1e-4, "train-mode logits differ by {d_logits}");
+    assert!(d_loss <= 1e-5, "losses differ by {d_loss}");
+    assert!(
+        worst.0 <= 1e-4,
+        "gradient of {} differs by {} (relative)",
+        worst.1,
+        worst.0
+    );
+
+    // with the bundle's dropout (0.2) train mode really drops channels: not the eval output
+    let (_vs, net, _) = seeded_network(21, 0.2);
+    let (train, eval) = tch::no_grad(|| (net.forward_t(&x, true), net.forward_t(&x, false)));
+    assert!(
+        max_abs_diff(&train, &eval) > 1e-2,
+        "dropout is inactive in train mode"
+    );
+}
+
+/// Runs `steps` AdamW steps of ferrolabel's optimiser and of `torch.optim.AdamW` from the same
+/// parameters with the same gradients (magnitudes 1e-9 to 10, so that eps, the bias corrections
+/// and the decoupled decay all matter); returns the largest parameter difference.
+fn adamw_against_torch(lr: f64, wd: f64, steps: usize) -> f64 {
+    tch::set_num_threads(2);
+    let dir = tempfile::tempdir().unwrap();
+    let (vs, _net, order) = seeded_network(31, 0.2);
+    let vars = vs.variables();
+    let initial: Vec<(String, Tensor)> =
+        order.iter().map(|n| (n.clone(), vars[n].copy())).collect();
+    let mut opt = adamw(&vs, lr, wd).unwrap();
+    let mut grads: Vec<(String, Tensor)> = Vec::new();
+    for k in 0..steps {
+        opt.zero_grad();
+        let mut loss = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
+        for (i, n) in order.iter().enumerate() {
+            let p = &vars[n];
+            let g = p.randn_like() * 10f64.powi((i + k) as i32 % 11 - 9);
+            loss += (p * &g).sum(Kind::Float);
+            grads.push((format!("{n}/{k}"), g));
+        }
+        loss.backward();
+        opt.step();
+    }
+    let (p_path, g_path, out) = (
+        dir.path().join("params.st"),
+        dir.path().join("grads.st"),
+        dir.path().join("torch.st"),
+    );
+    Tensor::write_safetensors(&initial, &p_path).unwrap();
+    Tensor::write_safetensors(&grads, &g_path).unwrap();
+    step_reference(&[
+        "adamw",
+        p_path.to_str().unwrap(),
+        g_path.to_str().unwrap(),
+        &lr.to_string(),
+        &wd.to_string(),
+        &steps.to_string(),
+        out.to_str().unwrap(),
+    ]);
+    let theirs = read_st(&out);
+    let mut worst = 0.0f64;
+    let mut moved = 0.0f64;
+    for (n, p0) in &initial {
+        worst = worst.max(max_abs_diff(&vars[n], &theirs[n]));
+        moved = moved.max(max_abs_diff(&theirs[n], p0));
+    }
+    eprintln!("AdamW lr {lr} wd {wd}, {steps} steps: parameters moved up to {moved:e}, ours vs torch {worst:e}");
+    assert!(moved > lr, "the reference did not move the parameters");
+    worst
+}
+
+#[test]
+fn adamw_steps_match_torch_adamw() {
+    // the bundle's settings, then a large decay that makes decoupled vs L2 decay visible
+    for (lr, wd) in [(1e-4, 1e-5), (1e-2, 0.5)] {
+        let d = adamw_against_torch(lr, wd, 3);
+        assert!(
+            d <= lr * 1e-3,
+            "lr {lr}, wd {wd}: parameters differ from torch's by {d}"
+        );
+    }
 }

@@ -15,7 +15,17 @@ Writes, under OUT_DIR:
 
 Weights: torch.manual_seed, default init, then every GroupNorm weight ~ U(0.5, 1.5), bias ~ N(0, 0.1)
 and the final conv bias ~ N(0, 0.5) from a seeded generator, so an engine that ignored the affine
-parameters would fail.
+parameters would fail; the final conv weight is multiplied by FINAL_WEIGHT_SCALE so the logits vary
+over space more than the bias does: the label maps then hold dozens of distinct labels (not the
+handful a default init argmaxes to) and few voxels are near-ties (top-2 probability gap < 1e-4),
+so label agreement is not trivial. The manifest records each case's label count.
+
+Every case also stores MONAI's top-2 probability gap on the network grid ("gap") and carried back
+to the input grid by the same nearest inversion as the labels ("gap_inv"), so tests can require
+that every mismatching voxel is a near-tie.
+
+`monai.bundle run` is run in a subprocess pinned to the same THREADS as this script (and as the
+Rust tests), so its output is comparable voxel for voxel.
 """
 import json
 import os
@@ -26,6 +36,7 @@ import numpy as np
 import torch
 import nibabel as nib
 import monai
+from monai.data import MetaTensor
 from monai.networks.nets import SegResNet
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import (Compose, LoadImaged, EnsureTyped, EnsureChannelFirstd, Orientationd, Spacingd,
@@ -34,6 +45,7 @@ from safetensors.numpy import save_file
 
 THREADS = 2
 torch.set_num_threads(THREADS)
+FINAL_WEIGHT_SCALE = 5.0
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 CONFIGS = os.path.join(REPO, "apps", "wholebody", "model", "wholeBody_ct_segmentation", "configs")
@@ -53,6 +65,7 @@ def make_net(init_filters, seed):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
             elif p.dim() == 1:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        net.conv_final[2].conv.weight.mul_(FINAL_WEIGHT_SCALE)
     return net.eval()
 
 
@@ -95,18 +108,24 @@ def run_case(name, path, net, highres, out_dir, keep_logits):
         logits = inferer(d["image"].unsqueeze(0), net)
     probs = torch.softmax(logits[0].as_tensor(), 0)
     top2 = torch.topk(probs, 2, dim=0).values
-    arrays["gap"] = (top2[0] - top2[1]).numpy().astype(np.float32)
+    gap = top2[0] - top2[1]
+    arrays["gap"] = gap.numpy().astype(np.float32)
     arrays["labels_net"] = torch.argmax(probs, 0).numpy().astype(np.uint8)
     if keep_logits:
         arrays["logits"] = logits[0].numpy().astype(np.float32)
     post = Compose([Activationsd(keys="pred", softmax=True), AsDiscreted(keys="pred", argmax=True),
-                    Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True, to_tensor=True)])
-    item = post({"image": d["image"], "pred": logits[0]})
+                    Invertd(keys=["pred", "gap"], transform=pre, orig_keys="image", nearest_interp=True,
+                            to_tensor=True)])
+    item = post({"image": d["image"], "pred": logits[0], "gap": MetaTensor(gap.unsqueeze(0))})
     arrays["labels_inv"] = item["pred"][0].numpy().astype(np.uint8)
+    arrays["gap_inv"] = item["gap"][0].numpy().astype(np.float32)
     save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, os.path.join(out_dir, f"{name}.safetensors"))
     return {"name": name, "input": os.path.relpath(path, os.path.dirname(out_dir)), "highres": highres,
             "affines": affines, "shapes": {k: list(v.shape) for k, v in arrays.items()},
-            "labels_affine": np.asarray(item["pred"].affine, dtype=np.float64).tolist()}
+            "labels_affine": np.asarray(item["pred"].affine, dtype=np.float64).tolist(),
+            "distinct_labels": int(np.unique(arrays["labels_net"]).size),
+            "largest_label_share": float(np.bincount(arrays["labels_net"].ravel()).max() / arrays["labels_net"].size),
+            "near_ties": int((arrays["gap"] < 1e-4).sum())}
 
 
 def synthetic(name, out_dir, shape, affine, dtype, slope=None, inter=None, seed=0):
@@ -186,7 +205,7 @@ def main():
     p = synthetic("oblique", cases_dir, (70, 60, 30), obl, np.int16, seed=4)
     cases.append(run_case("oblique", p, small["high"], True, cases_dir, keep_logits=True))
     half = np.diag([0.75, 0.75, 0.75, 1.0])
-    p = synthetic("half_ties", cases_dir, (9, 11, 40), half, np.int16, seed=5)
+    p = synthetic("half_ties", cases_dir, (40, 44, 40), half, np.int16, seed=5)
     cases.append(run_case("half_ties", p, small["high"], True, cases_dir, keep_logits=True))
 
     # the bundle's own entry point on the shared CT, lowres, full network
@@ -194,16 +213,31 @@ def main():
     imgs = os.path.join(bundle_full, "sampledata", "imagesTs")
     os.makedirs(imgs, exist_ok=True)
     shutil.copy(ct, os.path.join(imgs, "example_ct.nii.gz"))
+    # `python -m monai.bundle run ...`, with torch pinned to THREADS (environment for the OpenMP and MKL
+    # pools, torch.set_num_threads for the intra-op pool, checked after the run)
     import subprocess
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+    pinned = ("import sys, runpy, torch; n = int(sys.argv[1]); torch.set_num_threads(n); "
+              "sys.argv = ['monai.bundle'] + sys.argv[2:]; "
+              "runpy.run_module('monai.bundle', run_name='__main__', alter_sys=True); "
+              "assert torch.get_num_threads() == n, torch.get_num_threads()")
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+    subprocess.run([sys.executable, "-c", pinned, str(THREADS), "run", "--config_file",
                     os.path.join(bundle_full, "configs", "inference.json"), "--bundle_root", bundle_full,
                     "--dataset_dir", os.path.join(bundle_full, "sampledata"), "--displayable_configs#highres", "False"],
-                   check=True, cwd=bundle_full)
+                   check=True, cwd=bundle_full, env=env)
     bundle_run = os.path.join(bundle_full, "eval", "example_ct", "example_ct_trans.nii.gz")
     assert os.path.exists(bundle_run), bundle_run
+    # the bundle's entry point and this script's own pipeline on the same case (informational)
+    from safetensors.numpy import load_file
+    ours = load_file(os.path.join(cases_dir, "ct_lowres_full.safetensors"))["labels_inv"]
+    theirs = np.asarray(nib.load(bundle_run).dataobj).reshape(ours.shape)
+    same = float((ours == theirs).mean())
+    print(f"monai.bundle run vs this script's ct_lowres_full: {same * 100:.4f}% of voxels agree")
 
-    manifest = {"bundle_run_lowres": os.path.relpath(bundle_run, out), "torch": torch.__version__, "monai": monai.__version__, "nibabel": nib.__version__,
-                "numpy": np.__version__, "threads": THREADS, "cases": cases}
+    manifest = {"bundle_run_lowres": os.path.relpath(bundle_run, out), "bundle_run_case": "ct_lowres_full",
+                "bundle_run_agreement": same, "torch": torch.__version__, "monai": monai.__version__,
+                "nibabel": nib.__version__, "numpy": np.__version__, "threads": THREADS,
+                "final_weight_scale": FINAL_WEIGHT_SCALE, "cases": cases}
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     print(f"golden fixtures written to {out}")

@@ -1,10 +1,12 @@
 //! Training with the bundle's recipe (`wholebody-bundle.md` §3): data preparation and a
-//! bounded cache ([`data`]), DiceCE ([`loss`]), the validation metric ([`metric`]), fp16 loss
-//! scaling ([`scaler`]) and the loop that writes the best checkpoint ([`trainer`]).
+//! bounded cache ([`data`]), DiceCE ([`loss`]), the validation metric ([`metric`]), AdamW
+//! ([`optim`]), fp16 loss scaling ([`scaler`]) and the loop that writes the best checkpoint
+//! ([`trainer`]).
 
 pub mod data;
 pub mod loss;
 pub mod metric;
+pub mod optim;
 pub mod scaler;
 pub mod trainer;
 

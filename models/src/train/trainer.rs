@@ -11,6 +11,7 @@
 use super::data::{prepare, Pair, PrepareOptions, SampleCache};
 use super::loss::dice_ce_loss;
 use super::metric::{class_dice, mean_dice};
+use super::optim::adamw;
 use super::scaler::GradScaler;
 use crate::error::{ModelsError, Result};
 use crate::inferer::{predict_labels, BlendMode, PadMode, SlidingWindow};
@@ -22,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
-use tch::nn::{OptimizerConfig, VarStore};
+use tch::nn::VarStore;
 use tch::Device;
 use tracing::info_span;
 
@@ -239,14 +240,7 @@ pub fn train(job: &TrainJob, obs: &mut dyn TrainObserver) -> Result<TrainOutcome
         device,
         amp: cfg.amp && device.is_cuda(),
     };
-    let mut opt = tch::nn::AdamW {
-        beta1: 0.9,
-        beta2: 0.999,
-        wd: cfg.weight_decay,
-        eps: 1e-8,
-        amsgrad: false,
-    }
-    .build(&model.vs, cfg.lr)?;
+    let mut opt = adamw(&model.vs, cfg.lr, cfg.weight_decay)?;
     let mut scaler = GradScaler::default();
     let limits = match job.max_voxels {
         Some(v) => Limits {
@@ -300,8 +294,10 @@ pub fn train(job: &TrainJob, obs: &mut dyn TrainObserver) -> Result<TrainOutcome
                     loss.backward();
                 }
             }
-            let finite = !model.amp || scaler.unscale(&model.vs);
-            if finite {
+            // under AMP a step whose gradients overflowed is skipped (and the scale backs off)
+            if model.amp {
+                scaler.step(&mut opt, &model.vs)?;
+            } else {
                 opt.step();
             }
             loss_sum += step_loss;

@@ -18,14 +18,23 @@ pub fn python() -> PathBuf {
 }
 
 pub fn reference(args: &[&str]) -> String {
+    run_script("train_reference.py", args)
+}
+
+/// Runs `tests/reference/train_step_reference.py` (AdamW, train-mode forward and gradients).
+pub fn step_reference(args: &[&str]) -> String {
+    run_script("train_step_reference.py", args)
+}
+
+fn run_script(script: &str, args: &[&str]) -> String {
     let out = Command::new(python())
-        .arg(root().join("tests/reference/train_reference.py"))
+        .arg(root().join("tests/reference").join(script))
         .args(args)
         .output()
         .expect("run python");
     assert!(
         out.status.success(),
-        "reference {args:?} failed: {}",
+        "{script} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
