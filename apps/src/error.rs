@@ -39,6 +39,10 @@ pub enum AppError {
     /// The input image cannot be read or used (422).
     #[error("cannot read image: {0}")]
     BadImage(String),
+    /// A label cannot be stored or used: unreadable, non-finite, or not on its image's grid
+    /// (422). The message says which, and names both grids.
+    #[error("{0}")]
+    BadLabel(String),
     /// An uploaded weights file does not fit the network (422).
     #[error("weights file rejected: {0}")]
     BadWeights(String),
@@ -78,7 +82,10 @@ impl AppError {
     /// The HTTP status code the server should answer with.
     pub fn status(&self) -> u16 {
         match self {
-            AppError::InvalidParams(_) | AppError::BadImage(_) | AppError::BadWeights(_) => 422,
+            AppError::InvalidParams(_)
+            | AppError::BadImage(_)
+            | AppError::BadLabel(_)
+            | AppError::BadWeights(_) => 422,
             AppError::ModelNotFound(_)
             | AppError::StrategyNotFound(_)
             | AppError::MethodNotFound(_) => 404,

@@ -20,6 +20,7 @@ pub mod scoring;
 pub mod strategy;
 pub mod tasks;
 pub mod train;
+pub mod validate;
 pub mod wholebody;
 
 pub use error::{AppError, Result};

@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 
 use ferrolabel_datastore::{Datastore, FINAL_TAG, ORIGINAL_TAG};
-use ferrolabel_imaging::{read_volume, Limits};
+use ferrolabel_imaging::{read_volume, Grid, Limits};
 use ferrolabel_models::Priority;
 use serde_json::{json, Map, Value};
 
@@ -113,10 +113,10 @@ pub fn sum_and_slices(labels: &[u8], dims: [usize; 3]) -> (u64, u64) {
     (sum, planes.iter().filter(|&&p| p).count() as u64)
 }
 
-fn read_label(path: PathBuf, limits: Limits) -> Result<(Vec<u8>, [usize; 3])> {
+fn read_label(path: PathBuf, limits: Limits) -> Result<(Vec<u8>, Grid)> {
     let v = read_volume(&path, &limits)
-        .map_err(|e| AppError::BadImage(format!("{}: {e}", path.display())))?;
-    Ok((label_bytes(&v)?, v.dims))
+        .map_err(|e| AppError::BadLabel(format!("{}: {e}", path.display())))?;
+    Ok((label_bytes(&v)?, Grid::of(&v)))
 }
 
 fn tag_param(params: &Map<String, Value>, key: &str, default: &str) -> Result<String> {
@@ -200,12 +200,13 @@ pub async fn run(
                     continue;
                 };
                 let (pa, pb) = (a.path.clone(), b.path.clone());
+                let (ty, tp) = (y.clone(), y_pred.clone());
                 let d = blocking(move || {
                     let (la, da) = read_label(pa, limits)?;
                     let (lb, db) = read_label(pb, limits)?;
-                    if da != db {
-                        return Err(AppError::InvalidParams(format!(
-                            "label grids differ: {da:?} vs {db:?}"
+                    if !da.matches(&db) {
+                        return Err(AppError::BadLabel(format!(
+                            "the labels are not on one grid: {ty} {da}; {tp} {db}"
                         )));
                     }
                     Ok(dice(&la, &lb))
@@ -239,8 +240,8 @@ pub async fn run(
                     };
                     let path = rec.path.clone();
                     let r = blocking(move || {
-                        let (l, dims) = read_label(path, limits)?;
-                        Ok(sum_and_slices(&l, dims))
+                        let (l, grid) = read_label(path, limits)?;
+                        Ok(sum_and_slices(&l, grid.dims))
                     })
                     .await;
                     match r {

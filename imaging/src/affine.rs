@@ -90,6 +90,28 @@ pub fn is_finite(a: &Affine) -> bool {
     a.iter().flatten().all(|v| v.is_finite())
 }
 
+/// Why the voxel-to-world matrix cannot be inverted, or `None` when it can: a non-finite
+/// entry, a voxel axis of length zero, or axes so close to parallel that the determinant of
+/// the 3 × 3 part is below 10⁻⁶ × the product of the axis lengths.
+pub fn singular_reason(a: &Affine) -> Option<String> {
+    if !is_finite(a) {
+        return Some("the affine has a non-finite entry".into());
+    }
+    let norms = column_norms(a);
+    if let Some(c) = norms.iter().position(|&n| n == 0.0) {
+        return Some(format!("voxel axis {c} has length 0"));
+    }
+    let m: Mat3 = std::array::from_fn(|r| std::array::from_fn(|c| a[r][c]));
+    let volume = norms[0] * norms[1] * norms[2];
+    let det = det3(&m);
+    if !det.is_finite() || det.abs() < 1e-6 * volume {
+        return Some(format!(
+            "the voxel axes are linearly dependent (determinant {det:e})"
+        ));
+    }
+    None
+}
+
 /// The NIfTI-1 qform parameters: a unit quaternion `(a, b, c, d)` with `a >= 0` stored as
 /// `(b, c, d)`, the handedness factor `qfac`, voxel sizes and the offset.
 #[derive(Debug, Clone, Copy, PartialEq)]

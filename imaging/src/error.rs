@@ -38,6 +38,10 @@ pub enum ImagingError {
         /// Bytes actually present.
         got: u64,
     },
+    /// The voxel-to-world matrix cannot be inverted (a zero voxel size with no other
+    /// geometry, parallel axes, ...): voxel positions would have no place in the world.
+    #[error("singular geometry: {0}")]
+    SingularGeometry(String),
     /// The caller passed inconsistent arguments (e.g. a label buffer of the wrong length).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

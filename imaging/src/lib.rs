@@ -12,6 +12,7 @@
 pub mod affine;
 mod dtype;
 mod error;
+mod grid;
 mod limits;
 pub mod nifti;
 pub mod nrrd;
@@ -23,10 +24,11 @@ use std::path::Path;
 pub use affine::Affine;
 pub use dtype::DataType;
 pub use error::{ImagingError, Result};
+pub use grid::{read_grid, Grid, GRID_TOLERANCE};
 pub use limits::Limits;
 pub use nifti::{
     encode_label_nifti, encode_label_nifti_u16, encode_nifti_f32, read_nifti, read_nifti_bytes,
-    write_label_nifti, write_label_nifti_u16, write_nifti_f32, Header,
+    read_nifti_stream, write_label_nifti, write_label_nifti_u16, write_nifti_f32, Header,
 };
 pub use nrrd::{encode_label_nrrd, read_nrrd, read_nrrd_bytes, write_label_nrrd};
 pub use volume::{NiftiVolume, Volume};
@@ -63,6 +65,40 @@ pub fn detect_format(head: &[u8], file_name_hint: &str) -> Option<ImageFormat> {
     } else {
         None
     }
+}
+
+/// Recognises a file by its content alone, never its name: NRRD by its `NRRD` magic, NIfTI-1
+/// by the `n+1\0` magic at byte 344, also inside a gzip stream (only the first 348 bytes are
+/// decompressed). Returns the extension to store it under (`.nrrd`, `.nii`, `.nii.gz`), or
+/// `None` for anything else (a zip, text, a DICOM file, a gzip of something else).
+pub fn sniff_image_file(path: &Path) -> Result<Option<&'static str>> {
+    let context = |e| ImagingError::io(format!("reading {}", path.display()), e);
+    let mut head = Vec::with_capacity(nifti::HEADER_SIZE);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(nifti::HEADER_SIZE as u64).read_to_end(&mut head))
+        .map_err(context)?;
+    if head.starts_with(b"NRRD") {
+        return Ok(Some(".nrrd"));
+    }
+    let nifti_magic = |h: &[u8]| h.len() >= 348 && &h[344..348] == nifti::MAGIC_SINGLE;
+    if nifti_magic(&head) {
+        return Ok(Some(".nii"));
+    }
+    if head.starts_with(&nifti::GZIP_MAGIC) {
+        let file = std::fs::File::open(path).map_err(context)?;
+        let mut inner = [0u8; nifti::HEADER_SIZE];
+        // a broken gzip stream is simply not an image
+        let n = dtype::read_full(
+            &mut flate2::read::MultiGzDecoder::new(file),
+            &mut inner,
+            "decompressing",
+        )
+        .unwrap_or(0);
+        if nifti_magic(&inner[..n]) {
+            return Ok(Some(".nii.gz"));
+        }
+    }
+    Ok(None)
 }
 
 fn unsupported(file_name_hint: &str) -> ImagingError {

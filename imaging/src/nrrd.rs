@@ -346,6 +346,11 @@ pub fn read_nrrd_bytes(bytes: &[u8], limits: &Limits) -> Result<Volume> {
         }
         affine[r][3] = flip[r] * origin[r];
     }
+    if let Some(why) = affine::singular_reason(&affine) {
+        return Err(ImagingError::SingularGeometry(format!(
+            "space directions / spacings: {why}"
+        )));
+    }
     let skip: i64 =
         match f.byte_skip.as_deref() {
             None => 0,

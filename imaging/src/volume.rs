@@ -30,7 +30,8 @@ pub struct Volume {
 pub type NiftiVolume = Volume;
 
 impl Volume {
-    /// Builds a volume from `f32` data, checking that the length matches the grid.
+    /// Builds a volume from `f32` data, checking that the length matches the grid and that the
+    /// affine is finite and invertible.
     pub fn new(dims: [usize; 3], data: Vec<f32>, affine: Affine) -> Result<Volume> {
         let non_finite = data.iter().any(|v| !v.is_finite());
         Volume::from_parts(dims, data, affine, DataType::F32, None, non_finite)
@@ -59,6 +60,9 @@ impl Volume {
             return Err(ImagingError::InvalidArgument(
                 "the affine has a non-finite entry".into(),
             ));
+        }
+        if let Some(why) = affine::singular_reason(&affine) {
+            return Err(ImagingError::SingularGeometry(why));
         }
         Ok(Volume {
             dims,

@@ -85,18 +85,33 @@ impl Header {
     }
 
     /// The affine nibabel uses: sform if `sform_code > 0`, else qform if `qform_code > 0`,
-    /// else [`Header::base_affine`]. Non-finite entries are an error.
+    /// else [`Header::base_affine`]. Non-finite entries are an error, and so is a singular
+    /// matrix ([`ImagingError::SingularGeometry`]): an sform with dependent axes, or no form
+    /// at all and a voxel size of 0 or not finite (nibabel would silently take 1 mm).
     pub fn best_affine(&self) -> Result<Affine> {
         let (a, which) = if self.sform_code > 0 {
             (self.sform_affine(), "sform")
         } else if self.qform_code > 0 {
             (self.qform_affine(), "qform")
         } else {
+            if let Some(n) =
+                (1..=3).find(|&n| !(self.pixdim[n] != 0.0 && self.pixdim[n].is_finite()))
+            {
+                return Err(ImagingError::SingularGeometry(format!(
+                    "voxel size pixdim[{n}] is {} and neither qform nor sform is set",
+                    self.pixdim[n]
+                )));
+            }
             (self.base_affine(), "pixdim")
         };
         if !affine::is_finite(&a) {
             return Err(ImagingError::nifti(format!(
                 "the {which} affine has a non-finite entry"
+            )));
+        }
+        if let Some(why) = affine::singular_reason(&a) {
+            return Err(ImagingError::SingularGeometry(format!(
+                "{which} affine: {why}"
             )));
         }
         Ok(a)

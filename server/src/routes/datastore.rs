@@ -2,8 +2,10 @@
 //! (spec §3.8).
 //!
 //! Differences from MONAI Label, all towards clearer errors: unknown ids on writes and deletes
-//! are 404 (upstream: 500), unsafe ids are 422, and uploaded NIfTI/NRRD files are checked to be
-//! readable images before they are stored (422 otherwise).
+//! are 404 (upstream: 500), unsafe ids are 422, and uploads are checked before they are stored
+//! (422 otherwise): the format is decided by the content (NIfTI-1 or NRRD; a zip or text file is
+//! refused whatever its name), images must be readable with finite voxels and an invertible
+//! geometry, and labels must lie on their image's grid.
 
 use std::path::PathBuf;
 
@@ -29,49 +31,41 @@ pub fn limits(state: &AppState) -> UploadLimits<'_> {
     }
 }
 
-/// The file's format from its first bytes, for uploads whose name has no known extension.
-async fn sniff_ext(path: PathBuf) -> ApiResult<String> {
-    let head = joined(
-        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            use std::io::Read;
-            let mut head = Vec::with_capacity(4);
-            std::fs::File::open(&path)?.take(4).read_to_end(&mut head)?;
-            Ok(head)
-        })
-        .await,
-    )??;
-    Ok(match ferrolabel_imaging::detect_format(&head, "") {
-        Some(ferrolabel_imaging::ImageFormat::Nrrd) => ".nrrd".into(),
-        Some(ferrolabel_imaging::ImageFormat::Nifti) if head.starts_with(&[0x1f, 0x8b]) => {
-            ".nii.gz".into()
-        }
-        Some(ferrolabel_imaging::ImageFormat::Nifti) => ".nii".into(),
-        None => String::new(),
+/// The extension to store an upload under, decided by its content alone (a name such as
+/// `x.zip` or `x.nii.gz` proves nothing): NIfTI-1, plain or gzip, or NRRD; anything else is a
+/// 422 that names the file.
+async fn content_ext(file: &UploadedFile, what: &str) -> ApiResult<String> {
+    let path = file.path();
+    let sniffed = joined(
+        tokio::task::spawn_blocking(move || ferrolabel_imaging::sniff_image_file(&path)).await,
+    )?
+    .map_err(|e| ApiError::unprocessable(format!("cannot read {what}: {e}")))?;
+    if let Some(ext) = sniffed.filter(|ext| *ext != file.ext) {
+        tracing::info!(file = %file.filename, ext, "the content decides the extension, not the name");
+    }
+    sniffed.map(String::from).ok_or_else(|| {
+        ApiError::unprocessable(format!(
+            "cannot read {what} {:?}: its content is not a NIfTI-1 (.nii, .nii.gz) or NRRD \
+             (.nrrd) image (the format is decided by the bytes, not the name)",
+            file.filename
+        ))
     })
 }
 
-/// The extension to store an upload under; image formats are checked to be readable.
-async fn checked_ext(state: &AppState, file: &UploadedFile, what: &str) -> ApiResult<String> {
-    let ext = if file.ext.is_empty() {
-        sniff_ext(file.path()).await?
-    } else {
-        file.ext.clone()
-    };
-    if ext.is_empty() {
-        return Err(ApiError::unprocessable(format!(
-            "cannot tell the format of {what} {:?}: give it a .nii.gz, .nii or .nrrd name",
-            file.filename
-        )));
-    }
-    if matches!(ext.as_str(), ".nii.gz" | ".nii" | ".nrrd") {
-        let path = file.path();
-        let limits = *state.app.limits();
-        joined(
-            tokio::task::spawn_blocking(move || ferrolabel_imaging::read_volume(&path, &limits))
-                .await,
-        )?
-        .map_err(|e| ApiError::unprocessable(format!("cannot read {what}: {e}")))?;
-    }
+/// Checks an uploaded image (format by content, readable, finite voxels, invertible
+/// geometry: [`ferrolabel_apps::validate::read_image`]); the extension to store it under.
+async fn checked_image(state: &AppState, file: &UploadedFile) -> ApiResult<String> {
+    let ext = content_ext(file, "image").await?;
+    state.app.load_image(file.path()).await?;
+    Ok(ext)
+}
+
+/// Checks an uploaded label for the image at `image` (format by content, readable, finite, on
+/// the image's grid: [`ferrolabel_apps::validate::check_label`]); the extension to store it
+/// under.
+async fn checked_label(state: &AppState, file: &UploadedFile, image: PathBuf) -> ApiResult<String> {
+    let ext = content_ext(file, "label").await?;
+    state.app.check_label(image, file.path()).await?;
     Ok(ext)
 }
 
@@ -113,13 +107,18 @@ pub async fn upload_image(
         id => id.to_string(),
     };
     ferrolabel_datastore::validate_id(&id)?;
-    let ext = checked_ext(&state, &file, "image").await?;
+    // a zip is a DICOM series, stored as the NIfTI it assembles to (crate::dicom_upload)
+    let series = crate::dicom_upload::series_to_nifti(&state, &file).await?;
+    let (ext, source) = match &series {
+        Some(nifti) => (".nii.gz".to_string(), nifti.to_path_buf()),
+        None => (checked_image(&state, &file).await?, file.path()),
+    };
     let rec = state
         .datastore
         .add_image(
             &id,
             &ext,
-            Source::File(file.path()),
+            Source::File(source),
             params,
             Some(&Identity::of(&req).username),
         )
@@ -246,10 +245,10 @@ pub async fn save_label(
     let label = form
         .take_file("label")
         .ok_or_else(|| ApiError::unprocessable("missing file part \"label\""))?;
-    if state.datastore.image(&id).await?.is_none() {
+    let Some(image) = state.datastore.image(&id).await? else {
         return Err(ApiError::not_found(format!("Image NOT Found: {id}")));
-    }
-    let ext = checked_ext(&state, &label, "label").await?;
+    };
+    let ext = checked_label(&state, &label, image.path).await?;
     // with auth on, the revision author is the logged-in user; otherwise the client's id
     let who = Identity::of(&req);
     let author = if who.authenticated {

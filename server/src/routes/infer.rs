@@ -1,6 +1,7 @@
 //! `POST /infer/{model}?image=&session_id=&output=image|json|all` (spec §3.2).
 //!
-//! Order of checks: output type (422) → body (400/413) → params JSON (422) → model (404) →
+//! Order of checks: output type (422) → body type (415, from the headers, before the body is
+//! read) → body (400/413) → params JSON (422) → model (404) →
 //! param values (422) → weights (503) → input image (404/422) → engine (429 when the queue is
 //! full). The image is read on the blocking pool, the network runs on the engine thread and the
 //! label is encoded on the blocking pool, so the HTTP workers stay free. If the client goes
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use ferrolabel_datastore::{validate_session_id, Source};
 use serde_json::{json, Value};
@@ -94,6 +96,7 @@ async fn run(
             )))
         }
     };
+    check_body_type(&req)?;
     let mut form = read_form(&req, payload, limits(&state)).await?;
     let params = form.json_object("params")?;
     let plan = state.app.plan_infer(&model, &params)?;
@@ -157,6 +160,49 @@ async fn run(
         Output::Image => response::bytes_file(out.bytes, &name),
         Output::All => response::infer_multipart(&result_params, &name, &out.bytes),
     })
+}
+
+/// Refuses (415), from the headers alone and before a byte of it is read, a body that is
+/// neither `multipart/form-data` nor `application/x-www-form-urlencoded` (what the clients and
+/// Slicer send), e.g. a JSON body that MONAI Label would read and silently ignore. A request
+/// without a `Content-Type` passes only with no body (`Content-Length: 0` or none, not chunked),
+/// as the official client sends for some calls.
+fn check_body_type(req: &HttpRequest) -> ApiResult<()> {
+    let headers = req.headers();
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let is_form = ct.starts_with("multipart/form-data")
+        || ct.starts_with("application/x-www-form-urlencoded");
+    if is_form {
+        return Ok(());
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    let has_body = chunked || length.is_some_and(|n| n > 0);
+    if ct.is_empty() && !has_body {
+        return Ok(());
+    }
+    let what = if ct.is_empty() {
+        "a body without a Content-Type".to_string()
+    } else {
+        format!("Content-Type {ct:?}")
+    };
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!(
+            "unsupported request body: {what}; send multipart/form-data or \
+             application/x-www-form-urlencoded (fields \"params\", \"file\")"
+        ),
+    ))
 }
 
 /// Finds the input image of a request without an uploaded file: a live session, else the

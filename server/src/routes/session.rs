@@ -1,5 +1,6 @@
 //! `/session/`: images kept outside the datastore for interactive work (spec §3.9). Every
-//! endpoint answers 406 when sessions are disabled (`MONAI_LABEL_SESSIONS=false`).
+//! endpoint answers 406 when sessions are disabled (`MONAI_LABEL_SESSIONS=false`). A one-file
+//! session is refused (422) unless the file is a usable image, as a datastore upload is.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use ferrolabel_datastore::{validate_session_id, Source};
@@ -30,6 +31,11 @@ pub async fn create(
     let files = form.take_files("files");
     if files.is_empty() {
         return Err(ApiError::unprocessable("missing file part \"files\""));
+    }
+    // one file is the session image: checked as an upload is (readable NIfTI/NRRD, finite
+    // voxels, invertible geometry); several are a DICOM series folder, checked when used
+    if let [file] = files.as_slice() {
+        state.app.load_image(file.path()).await?;
     }
     let sources = files
         .iter()
