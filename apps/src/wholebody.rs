@@ -13,8 +13,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferrolabel_imaging::{read_volume, Limits, Volume};
+use ferrolabel_imaging::{read_volume, Grid, Limits, Volume};
 use ferrolabel_models::engine::EngineStatus;
+use ferrolabel_models::pipeline::StageTimes;
 use ferrolabel_models::{Bundle, Engine, EngineOptions, InferRequest, Priority, Resolution};
 use serde_json::{json, Map, Value};
 
@@ -330,23 +331,18 @@ impl WholeBodyApp {
         Ok(plan)
     }
 
-    /// Reads an image file on the blocking pool; unreadable, unsupported or non-finite images
-    /// are [`AppError::BadImage`].
+    /// Reads an image file on the blocking pool; unreadable, unsupported, singular or
+    /// non-finite images are [`AppError::BadImage`] (see [`crate::validate::read_image`]).
     pub async fn load_image(&self, path: PathBuf) -> Result<Arc<Volume>> {
         let limits = self.limits;
-        blocking(move || {
-            if path.is_dir() {
-                return Err(AppError::BadImage(
-                    "the image is a folder (DICOM series are not supported; upload a NIfTI or NRRD file)".into(),
-                ));
-            }
-            let vol = read_volume(&path, &limits).map_err(|e| AppError::BadImage(e.to_string()))?;
-            if vol.has_non_finite() {
-                return Err(AppError::BadImage("the image has NaN or infinite voxels".into()));
-            }
-            Ok(Arc::new(vol))
-        })
-        .await
+        blocking(move || crate::validate::read_image(&path, &limits).map(Arc::new)).await
+    }
+
+    /// Checks on the blocking pool that the label file at `label` may be stored for the image
+    /// at `image` ([`AppError::BadLabel`] otherwise; see [`crate::validate::check_label`]).
+    pub async fn check_label(&self, image: PathBuf, label: PathBuf) -> Result<()> {
+        let limits = self.limits;
+        blocking(move || crate::validate::check_label(&image, &label, &limits)).await
     }
 
     /// Runs a planned infer task on `image`: read (blocking pool), segment (engine thread),
@@ -407,18 +403,10 @@ impl WholeBodyApp {
         let write = t_write.elapsed().as_secs_f64() - report_secs;
         let mut params = Map::new();
         params.insert("label_names".into(), Value::Object(self.label_map()));
+        let total = t0.elapsed().as_secs_f64();
         params.insert(
             "latencies".into(),
-            json!({
-                "pre": infer::secs(t_load + seg.times.pre),
-                "infer": infer::secs(seg.times.infer),
-                "invert": infer::secs(seg.times.invert),
-                "post": infer::secs(0.0),
-                "write": infer::secs(write),
-                "report": report_secs,
-                "total": infer::secs(t0.elapsed().as_secs_f64()),
-                "transform": null,
-            }),
+            latencies(t_load, &seg.times, write, report_secs, total),
         );
         params.insert("centroids".into(), json!({}));
         params.insert("highres".into(), plan.resolution.is_high().into());
@@ -437,13 +425,8 @@ impl WholeBodyApp {
         let image_vol = self.load_image(image).await?;
         let (stats, secs) = blocking(move || {
             let lab = read_volume(&label, &limits)
-                .map_err(|e| AppError::BadImage(format!("label: {e}")))?;
-            if lab.dims != image_vol.dims {
-                return Err(AppError::InvalidParams(format!(
-                    "the label grid {:?} differs from the image grid {:?}",
-                    lab.dims, image_vol.dims
-                )));
-            }
+                .map_err(|e| AppError::BadLabel(format!("cannot read label: {e}")))?;
+            crate::validate::same_grid(&Grid::of(&image_vol), &Grid::of(&lab))?;
             let bytes = report::label_bytes(&lab)?;
             drop(lab);
             let t = Instant::now();
@@ -475,5 +458,46 @@ impl WholeBodyApp {
                 .map_err(|e| AppError::BadWeights(e.to_string()))
         })
         .await
+    }
+}
+
+/// The `latencies` of an infer answer, in MONAI Label's stages (seconds, 2 decimals, except
+/// `report`): `pre` (reading the file, orientation, spacing, intensity), `infer` (the network
+/// windows), `invert` (separate inverse pre-transforms: none, as for a bundle app upstream,
+/// whose `BundleInferTask` runs none), `post` (the bundle's post-processing: softmax, argmax and
+/// the inversion to the input grid, as measured by the engine), `write` (encoding the label
+/// file), `report` (the quantitative report) and `total`.
+fn latencies(load: f64, times: &StageTimes, write: f64, report: f64, total: f64) -> Value {
+    json!({
+        "pre": infer::secs(load + times.pre),
+        "infer": infer::secs(times.infer),
+        "invert": infer::secs(0.0),
+        "post": infer::secs(times.invert),
+        "write": infer::secs(write),
+        "report": report,
+        "total": infer::secs(total),
+        "transform": null,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn post_latency_is_the_engine_post_processing_time() {
+        let times = StageTimes {
+            pre: 0.5,
+            infer: 2.0,
+            invert: 0.75,
+        };
+        let v = latencies(0.25, &times, 0.125, 0.001, 4.0);
+        assert_eq!(v["pre"], 0.75);
+        assert_eq!(v["infer"], 2.0);
+        assert_eq!(v["post"], 0.75);
+        assert_eq!(v["invert"], 0.0);
+        assert_eq!(v["write"], 0.13);
+        assert_eq!(v["report"], 0.001);
+        assert_eq!(v["total"], 4.0);
     }
 }
