@@ -41,6 +41,13 @@ pub fn read_nifti_bytes(bytes: &[u8], limits: &Limits) -> Result<Volume> {
     }
 }
 
+/// Reads an uncompressed NIfTI-1 stream of unknown length (a decompressor, a socket), with
+/// the same checks as [`read_nifti_bytes`]; nothing past the header's declared size (the
+/// header, its extensions and the voxels) is read from `reader`.
+pub fn read_nifti_stream<R: Read>(reader: R, limits: &Limits) -> Result<Volume> {
+    read_stream(reader, Source::Raw(None), limits)
+}
+
 /// Reads a NIfTI-1 image file (`.nii` or `.nii.gz`, detected by content), streaming it:
 /// the file is never held in memory in compressed form. See [`read_nifti_bytes`].
 pub fn read_nifti(path: &Path, limits: &Limits) -> Result<Volume> {
