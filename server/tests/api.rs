@@ -4,6 +4,7 @@ mod common;
 
 use common::{detail, form_with_file, Opts, Server};
 use serde_json::{json, Value};
+use sha2::Digest;
 
 fn example_bytes() -> Vec<u8> {
     std::fs::read(common::example_ct()).unwrap()
@@ -160,6 +161,30 @@ fn images_labels_and_revisions() {
             .status(),
         200
     );
+    // with a checksum: the file's SHA-256, with or without the prefix, any case
+    let sum: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut wrong = sum.clone().into_bytes();
+    wrong[10] = if wrong[10] == b'0' { b'1' } else { b'0' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    for (check_sum, status) in [
+        (format!("SHA256:{sum}"), 200),
+        (format!("sha256:{}", sum.to_uppercase()), 200),
+        (sum.clone(), 200),
+        (format!("SHA256:{wrong}"), 404),
+        ("SHA256:".to_string(), 404),
+    ] {
+        let r = s
+            .http
+            .head(s.url(&format!(
+                "/datastore/image?image=case_1&check_sum={check_sum}"
+            )))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), status, "check_sum={check_sum}");
+    }
     assert_eq!(
         s.http
             .head(s.url("/datastore/image?image=nope"))
@@ -225,8 +250,16 @@ fn images_labels_and_revisions() {
         404
     );
 
-    // second save: a different file (a label written as NRRD-compatible gz is fine; reuse the other CT bytes)
-    let label2 = std::fs::read(common::repo().join("data/totalseg/example_ct_sm.nii.gz")).unwrap();
+    // second save: a different file on the same grid (a label may only be stored on its
+    // image's grid)
+    let header = ferrolabel_imaging::read_nifti_bytes(&bytes, &Default::default())
+        .unwrap()
+        .header
+        .unwrap();
+    let dims = header.volume_dims().unwrap();
+    let label2 =
+        ferrolabel_imaging::encode_label_nifti(&vec![3u8; dims.iter().product()], &header, true)
+            .unwrap();
     let form = form_with_file("label", "second.nii.gz", label2.clone(), "{}");
     let r = s
         .http
