@@ -9,6 +9,10 @@
 //!   queued interactive jobs run between two of its windows, so an interactive request
 //!   waits at most one window.
 //! * A full queue is refused at once ([`ModelsError::Unavailable`]), never blocks.
+//! * The engine keeps its own record of that promise: a counter of the background windows it
+//!   has run, and for every job a [`JobRecord`] (the counter when the job was queued, started
+//!   and finished, and how many windows the running background job still had to run when it
+//!   was queued), returned with the job's result.
 
 use crate::bundle::{Bundle, Resolution};
 use crate::error::{ModelsError, Result};
@@ -19,7 +23,7 @@ use ferrolabel_imaging::Volume;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::SystemTime;
 use tch::{nn, Device};
@@ -90,6 +94,31 @@ pub struct UncertaintyRequest {
     pub cancel: Arc<AtomicBool>,
 }
 
+/// What the engine recorded about one job, in units of *background windows*: the engine
+/// counts every sliding window (for a Monte Carlo job: every forward pass) that a background
+/// job finishes. An interactive job queued while a background job runs waits for at most one
+/// of them (`waited_windows <= 1`); a first-in-first-out engine would make it wait for all
+/// `background_windows_left`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct JobRecord {
+    /// Place of the job in the engine's run order (1 = the first job it started).
+    pub order: u64,
+    /// Background windows run before the job was queued.
+    pub queued_at: u64,
+    /// Background windows run before the job started.
+    pub started_at: u64,
+    /// Background windows run when the job finished (for a background job,
+    /// `finished_at - started_at` are its own windows).
+    pub finished_at: u64,
+    /// Background windows run while the job waited: `started_at - queued_at`.
+    pub waited_windows: u64,
+    /// Windows the running background job still had to run when this job was queued (0 when
+    /// none was running, or it had not reached its windows yet).
+    pub background_windows_left: u64,
+    /// The job ran between two windows of a background job.
+    pub between_windows: bool,
+}
+
 enum Job {
     Infer {
         req: InferRequest,
@@ -105,11 +134,26 @@ enum Job {
     },
 }
 
+/// A job in the queue, with what the engine knew when it was queued.
+struct Queued {
+    job: Job,
+    queued_at: u64,
+    background_windows_left: u64,
+}
+
+/// The queues and the background-window counter; all changed under one lock, so a job's
+/// `queued_at` and `background_windows_left` are a consistent snapshot.
 #[derive(Default)]
 struct Queues {
-    interactive: VecDeque<Job>,
-    background: VecDeque<Job>,
+    interactive: VecDeque<Queued>,
+    background: VecDeque<Queued>,
     shutdown: bool,
+    /// Background windows run since start.
+    background_windows: u64,
+    /// Windows done and in all of the running background job (0/0: none, or not in its
+    /// windows yet).
+    background_done: u64,
+    background_total: u64,
 }
 
 struct Shared {
@@ -117,6 +161,7 @@ struct Shared {
     cv: Condvar,
     running: AtomicUsize,
     completed: AtomicUsize,
+    started: AtomicU64,
 }
 
 /// Snapshot of the engine's state.
@@ -128,6 +173,8 @@ pub struct EngineStatus {
     pub running: usize,
     /// Jobs finished since start.
     pub completed: usize,
+    /// Background windows run since start (see [`JobRecord`]).
+    pub background_windows: u64,
 }
 
 /// Handle to the engine thread; cheap to clone.
@@ -157,6 +204,14 @@ struct Worker {
     opts: EngineOptions,
     shared: Arc<Shared>,
     cache: RefCell<HashMap<Resolution, Rc<Loaded>>>,
+}
+
+fn job_priority(job: &Job) -> Priority {
+    match job {
+        Job::Infer { req, .. } => req.priority,
+        Job::Uncertainty { req, .. } => req.priority,
+        Job::Load { .. } => Priority::Interactive,
+    }
 }
 
 fn mtime(path: &std::path::Path) -> Option<SystemTime> {
@@ -191,20 +246,68 @@ impl Worker {
         Ok(loaded)
     }
 
-    fn run(&self, job: Job) {
+    /// The background-window counter (only this thread changes it).
+    fn background_windows(&self) -> u64 {
+        self.shared
+            .queues
+            .lock()
+            .map(|q| q.background_windows)
+            .unwrap_or(0)
+    }
+
+    /// Marks the start or the end of a background job: its windows are not known yet / any more.
+    fn reset_background_progress(&self) {
+        if let Ok(mut q) = self.shared.queues.lock() {
+            q.background_done = 0;
+            q.background_total = 0;
+        }
+    }
+
+    /// Runs a job; `between_windows` when it runs inside a background job's observer.
+    fn run(&self, queued: Queued, between_windows: bool) {
         self.shared.running.fetch_add(1, Ordering::SeqCst);
+        let Queued {
+            job,
+            queued_at,
+            background_windows_left,
+        } = queued;
+        let started_at = self.background_windows();
+        let mut record = JobRecord {
+            order: self.shared.started.fetch_add(1, Ordering::SeqCst) + 1,
+            queued_at,
+            started_at,
+            finished_at: started_at,
+            waited_windows: started_at.saturating_sub(queued_at),
+            background_windows_left,
+            between_windows,
+        };
+        let background = job_priority(&job) == Priority::Background;
+        if background {
+            self.reset_background_progress();
+        }
         match job {
             Job::Infer { req, reply } => {
-                let result = self.segment(&req);
+                let result = self.segment(&req).map(|mut s| {
+                    record.finished_at = self.background_windows();
+                    s.engine = record;
+                    s
+                });
                 let _ = reply.send(result);
             }
             Job::Uncertainty { req, reply } => {
-                let result = self.uncertainty(&req);
+                let result = self.uncertainty(&req).map(|mut u| {
+                    record.finished_at = self.background_windows();
+                    u.engine = record;
+                    u
+                });
                 let _ = reply.send(result);
             }
             Job::Load { res, reply } => {
                 let _ = reply.send(self.network(res).map(|_| ()));
             }
+        }
+        if background {
+            self.reset_background_progress();
         }
         self.shared.running.fetch_sub(1, Ordering::SeqCst);
         self.shared.completed.fetch_add(1, Ordering::SeqCst);
@@ -263,29 +366,35 @@ impl Worker {
         )
     }
 
-    /// The observer of a sliding-window run: a background job lets queued interactive jobs
-    /// run between two of its windows; any job ends when its cancel flag is set.
+    /// The observer of a sliding-window run: a background job counts the window and lets
+    /// queued interactive jobs run before its next window; any job ends when its cancel flag
+    /// is set.
     fn window_observer(
         &self,
         priority: Priority,
         cancel: Arc<AtomicBool>,
     ) -> impl FnMut(usize, usize) -> bool + '_ {
         let background = priority == Priority::Background;
-        move |_done: usize, _total: usize| {
+        move |done: usize, total: usize| {
             if background {
+                if let Ok(mut q) = self.shared.queues.lock() {
+                    q.background_windows += 1;
+                    q.background_done = done as u64;
+                    q.background_total = total as u64;
+                }
                 while let Some(job) = self.pop_interactive() {
-                    self.run(job);
+                    self.run(job, true);
                 }
             }
             !cancel.load(Ordering::SeqCst)
         }
     }
 
-    fn pop_interactive(&self) -> Option<Job> {
+    fn pop_interactive(&self) -> Option<Queued> {
         self.shared.queues.lock().ok()?.interactive.pop_front()
     }
 
-    fn next_job(&self) -> Option<Job> {
+    fn next_job(&self) -> Option<Queued> {
         let mut q = self.shared.queues.lock().ok()?;
         loop {
             if let Some(j) = q.interactive.pop_front() {
@@ -313,6 +422,7 @@ impl Engine {
             cv: Condvar::new(),
             running: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
         });
         let bundle = Arc::new(bundle);
         let worker_shared = shared.clone();
@@ -328,7 +438,7 @@ impl Engine {
                     cache: RefCell::new(HashMap::new()),
                 };
                 while let Some(job) = worker.next_job() {
-                    worker.run(job);
+                    worker.run(job, false);
                 }
             })?;
         Ok(Engine {
@@ -387,9 +497,14 @@ impl Engine {
                 self.opts.queue_limit
             )));
         }
+        let queued = Queued {
+            job,
+            queued_at: q.background_windows,
+            background_windows_left: q.background_total.saturating_sub(q.background_done),
+        };
         match priority {
-            Priority::Interactive => q.interactive.push_back(job),
-            Priority::Background => q.background.push_back(job),
+            Priority::Interactive => q.interactive.push_back(queued),
+            Priority::Background => q.background.push_back(queued),
         }
         drop(q);
         self.shared.cv.notify_one();
@@ -428,16 +543,22 @@ impl Engine {
 
     /// Queue and run counts.
     pub fn status(&self) -> EngineStatus {
-        let queued = self
+        let (queued, background_windows) = self
             .shared
             .queues
             .lock()
-            .map(|q| q.interactive.len() + q.background.len())
-            .unwrap_or(0);
+            .map(|q| {
+                (
+                    q.interactive.len() + q.background.len(),
+                    q.background_windows,
+                )
+            })
+            .unwrap_or((0, 0));
         EngineStatus {
             queued,
             running: self.shared.running.load(Ordering::SeqCst),
             completed: self.shared.completed.load(Ordering::SeqCst),
+            background_windows,
         }
     }
 
@@ -449,3 +570,6 @@ impl Engine {
         self.shared.cv.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests;

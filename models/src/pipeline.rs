@@ -2,6 +2,7 @@
 //! RAS, spacing, normalise (non-zero), scale to [-1, 1], sliding window, softmax + argmax,
 //! and the nearest inversion back to the input grid.
 
+use crate::engine::JobRecord;
 use crate::error::{ModelsError, Result};
 use crate::inferer::{predict_labels_timed, SlidingWindow, WindowObserver};
 use crate::network::SegResNet;
@@ -47,6 +48,8 @@ pub struct Segmentation {
     pub windows: usize,
     /// Time per stage.
     pub times: StageTimes,
+    /// The engine's record of the job (default when run outside the engine).
+    pub engine: JobRecord,
 }
 
 /// The volume as a channel-first `[1, X, Y, Z]` float32 tensor (a view of its data).
@@ -164,6 +167,7 @@ pub fn segment(
             infer: (t2 - t1).as_secs_f64() - finalize_secs,
             invert: (t3 - t2).as_secs_f64() + finalize_secs,
         },
+        engine: JobRecord::default(),
     })
 }
 
@@ -197,6 +201,8 @@ pub struct Uncertainty {
     pub network_shape: [i64; 3],
     /// Seconds spent.
     pub seconds: f64,
+    /// The engine's record of the job (default when run outside the engine).
+    pub engine: JobRecord,
 }
 
 /// Monte Carlo dropout: every sliding window runs `mc.samples` times with Dropout3d active; the
@@ -311,5 +317,6 @@ pub fn mc_dropout_entropy(
         windows: wins.len(),
         network_shape: size,
         seconds: t0.elapsed().as_secs_f64(),
+        engine: JobRecord::default(),
     })
 }
