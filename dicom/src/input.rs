@@ -280,4 +280,21 @@ mod tests {
             Err(DicomError::BadZip(_))
         ));
     }
+
+    #[test]
+    fn an_entry_larger_than_declared_is_refused() {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        w.start_file("big", opts).unwrap();
+        w.write_all(&[7u8; 5000]).unwrap();
+        let mut z = w.finish().unwrap().into_inner();
+        // declare 100 bytes (local header offset 22, central directory offset 24)
+        let local = 22;
+        z[local..local + 4].copy_from_slice(&100u32.to_le_bytes());
+        let central = z.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+        z[central + 24..central + 28].copy_from_slice(&100u32.to_le_bytes());
+        let err = read_zip(&z, &InputLimits::default()).unwrap_err();
+        assert!(matches!(err, DicomError::BadZip(_)), "{err}");
+    }
 }
