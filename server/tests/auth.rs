@@ -4,6 +4,8 @@
 //! `ferrolabel auth audit-log`.
 
 mod common;
+#[path = "auth/paths.rs"]
+mod paths;
 
 use std::io::Write;
 use std::path::Path;
@@ -453,6 +455,122 @@ fn roles_tokens_and_audit_with_auth_on() {
         .all(|w| w[0]["ts_ms"].as_i64() <= w[1]["ts_ms"].as_i64()));
     assert_eq!(log[8]["tag"], "final");
     assert_eq!(log[9]["request"], "DELETE /datastore/image?id=img_a");
+}
+
+/// Every role, no token first (name, audit user name, `Authorization` header).
+fn callers(s: &Server) -> Vec<paths::Caller> {
+    let mut out = vec![paths::Caller {
+        name: "no token".into(),
+        audit_user: String::new(),
+        auth: None,
+    }];
+    for name in ["u", "ann", "rev", "boss"] {
+        out.push(paths::Caller {
+            name: name.into(),
+            audit_user: name.into(),
+            auth: Some(login(s, name, &format!("{name}-pw"))),
+        });
+    }
+    out
+}
+
+#[test]
+fn non_canonical_paths_never_bypass_the_role_table_or_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = users_file(dir.path());
+    let s = Server::start(auth_opts(&users, &[]));
+    let callers = callers(&s);
+    let (ann, boss) = (callers[2].auth.clone(), callers[4].auth.clone());
+    assert_eq!(put_image(&s, "x1", boss.as_deref()), 200);
+
+    // the reported cases: each is refused before routing, and nothing happens
+    for (m, p) in [
+        ("DELETE", "/%64atastore/image?id=x1"),
+        ("DELETE", "/%64atastore/?id=x1"),
+        ("DELETE", "/datastore%2Fimage?id=x1"),
+        ("DELETE", "/datastore/x/../image?id=x1"),
+        ("DELETE", "//datastore/image?id=x1"),
+        ("DELETE", "/datastore/image;a=b?id=x1"),
+        ("GET", "/%6Cogs/"),
+        ("GET", "/%6cogs/?text=true"),
+        ("GET", "/%6Dodel/wholeBody_ct_segmentation"),
+        ("POST", "/%62atch/infer/wholeBody_ct_segmentation"),
+    ] {
+        let (st, v) = call_raw(&s, m, p, ann.as_deref());
+        assert_eq!(st, 400, "{m} {p}: {v}");
+        assert!(!detail(&v).is_empty());
+    }
+    let (st, v) = call_raw(&s, "DELETE", "/%64atastore/image?id=x1", ann.as_deref());
+    assert_eq!(st, 400);
+    assert_eq!(
+        detail(&v),
+        "percent-escape %64 of an unreserved character ('d') in the path: send it as is"
+    );
+    let (_, stats) = call(&s, "GET", "/datastore/?output=all", boss.as_deref());
+    assert!(stats["objects"].get("x1").is_some(), "x1 was deleted");
+    assert_eq!(
+        call(&s, "GET", "/batch/infer?all=true", boss.as_deref()).0,
+        404,
+        "no batch task was started"
+    );
+    // the canonical delete: 403, audited, like the issue says
+    assert_eq!(
+        call(&s, "DELETE", "/datastore/image?id=x1", ann.as_deref()).0,
+        403
+    );
+    assert_eq!(
+        audit_summary(&audit_log(&s)),
+        vec![
+            row("boss", "image.upload", "x1", 200),
+            row("ann", "image.delete", "x1", 403),
+        ]
+    );
+    // escapes of reserved characters in a path segment and anything in the query still work
+    let (st, v) = call_raw(
+        &s,
+        "POST",
+        "/infer/no%20such%3Amodel",
+        callers[1].auth.as_deref(),
+    );
+    assert_eq!(st, 404, "{v}");
+    assert!(detail(&v).contains("no such:model"), "{v}");
+    assert_eq!(put_image(&s, "ct%20one", ann.as_deref()), 200);
+    let (_, info) = call(
+        &s,
+        "GET",
+        "/datastore/image/info?image=ct+one",
+        boss.as_deref(),
+    );
+    assert_eq!(info["user"], "ann", "{info}");
+
+    // every row of the role table, every role, every variant
+    paths::check_all(&s, &callers, &callers[4]);
+}
+
+#[test]
+fn non_canonical_paths_are_refused_with_auth_off_too() {
+    let s = Server::start(Opts::new());
+    let (st, v) = call_raw(&s, "GET", "/%6Cogs/", None);
+    assert_eq!((st, detail(&v).is_empty()), (400, false));
+    let (st, v) = call_raw(&s, "POST", "/infer/no%20such%3Amodel", None);
+    assert_eq!(st, 404, "{v}");
+    assert!(detail(&v).contains("no such:model"), "{v}");
+    let admin = paths::Caller {
+        name: "auth off".into(),
+        audit_user: "admin".into(),
+        auth: None,
+    };
+    let callers = [paths::Caller {
+        name: "auth off".into(),
+        audit_user: "admin".into(),
+        auth: None,
+    }];
+    paths::check_all(&s, &callers, &admin);
+}
+
+/// `call` over a raw socket: the path goes out exactly as written.
+fn call_raw(s: &Server, method: &str, target: &str, auth: Option<&str>) -> (u16, Value) {
+    paths::send(s, method, target, auth)
 }
 
 #[test]

@@ -77,7 +77,8 @@ const AUDITED: &[(&str, &str, Audited)] = &[
     ),
 ];
 
-/// The audit class of a request (`None`: not audited).
+/// The audit class of a request (`None`: not audited); `path` is the routed path
+/// ([`super::canonical::routed_path`]).
 pub fn classify(method: &Method, path: &str) -> Option<Audited> {
     let path = normalize(path);
     AUDITED

@@ -13,10 +13,15 @@
 //!   `WWW-Authenticate: Bearer`), a missing role →
 //!   `403 {"detail":"Role \"monailabel-admin\" is required to perform this action"}`.
 //!
-//! Whatever the mode, [`AuthLayer`] appends label and image writes and deletes to the audit log
-//! ([`audit`]). Handlers read the caller with [`Identity::of`].
+//! Whatever the mode, [`AuthLayer`] first refuses a path that is not in canonical form with
+//! `400 {"detail": ...}` ([`canonical`]: no percent-escaped unreserved characters or `/`, no
+//! `//`, no dot segments, no `;`), then checks the role table and classifies the request for
+//! the audit log on the path **as the router matches it** (decoded as actix decodes it, not the
+//! raw one), and appends label and image writes and deletes to the audit log ([`audit`]).
+//! Handlers read the caller with [`Identity::of`].
 
 pub mod audit;
+pub mod canonical;
 pub mod rbac;
 pub mod tls;
 pub mod tokens;
@@ -243,7 +248,7 @@ impl Auth {
 
     /// Authorises a request: its identity, or why not.
     fn authorize(&self, req: &ServiceRequest) -> Result<Identity, Denied> {
-        let access = rbac::access(req.method(), req.path());
+        let access = rbac::access(req.method(), canonical::routed_path(req));
         if access == Access::Public {
             return Ok(Identity::anonymous());
         }
@@ -352,7 +357,12 @@ impl AuthLayer {
         S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = actix_web::Error>,
         S::Future: 'static,
     {
-        let audited = audit::classify(req.method(), req.path());
+        if let Err(why) = canonical::check(req.path()) {
+            tracing::warn!(method = %req.method(), path = req.path(), reason = %why, "non-canonical path refused");
+            let res = HttpResponse::build(StatusCode::BAD_REQUEST).json(json!({ "detail": why }));
+            return Box::pin(async move { Ok(req.into_response(res)) });
+        }
+        let audited = audit::classify(req.method(), canonical::routed_path(&req));
         let datastore = self.datastore.clone();
         let record = move |username: &str, req: &HttpRequest, status: StatusCode| {
             audited.map(|a| {

@@ -114,6 +114,9 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// What a `method` request to `path` needs (see the module docs for the matching rules).
+///
+/// `path` must be the path the router matches ([`super::canonical::routed_path`]), never the
+/// raw one: `/%64atastore/image` is routed to `/datastore/image`.
 pub fn access(method: &Method, path: &str) -> Access {
     let path = normalize(path);
     RULES
