@@ -80,7 +80,7 @@ pub fn sniff_image_file(path: &Path) -> Result<Option<&'static str>> {
     if head.starts_with(b"NRRD") {
         return Ok(Some(".nrrd"));
     }
-    let nifti_magic = |h: &[u8]| h.len() >= 348 && &h[344..348] == nifti::MAGIC_SINGLE;
+    let nifti_magic = |h: &[u8]| h.len() >= 348 && h[344..348] == nifti::MAGIC_SINGLE;
     if nifti_magic(&head) {
         return Ok(Some(".nii"));
     }
