@@ -3,9 +3,10 @@
 //!
 //! Differences from MONAI Label, all towards clearer errors: unknown ids on writes and deletes
 //! are 404 (upstream: 500), unsafe ids are 422, and uploads are checked before they are stored
-//! (422 otherwise): the format is decided by the content (NIfTI-1 or NRRD; a zip or text file is
-//! refused whatever its name), images must be readable with finite voxels and an invertible
-//! geometry, and labels must lie on their image's grid.
+//! (422 otherwise): the format is decided by the content (NIfTI-1 or NRRD; an image that is a zip
+//! is a DICOM series, stored as the NIfTI it assembles to by `crate::dicom_upload`; any other zip
+//! or text file is refused whatever its name), images must be readable with finite voxels and an
+//! invertible geometry, and labels must lie on their image's grid.
 
 use std::path::PathBuf;
 
