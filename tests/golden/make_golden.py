@@ -11,7 +11,9 @@ Writes, under OUT_DIR:
   weights/*.pt|*.safetensors    the seeded weights (bare state_dict; {"model": ...}; safetensors)
   unit_full.safetensors         one 96^3 window: input and logits of the full network
   cases/<name>.nii.gz           case inputs
-  cases/<name>.safetensors      every stage of MONAI's pipeline for that case
+  cases/<name>.safetensors      every stage of MONAI's pipeline for that case: the blended logits of
+                                the cases smaller than one window, the first 8 channels of them
+                                for ct_lowres_full (8 overlapping windows)
 
 Weights: torch.manual_seed, default init, then every GroupNorm weight ~ U(0.5, 1.5), bias ~ N(0, 0.1)
 and the final conv bias ~ N(0, 0.5) from a seeded generator, so an engine that ignored the affine
@@ -89,7 +91,7 @@ def preprocessing(pixdim):
         NormalizeIntensityd(keys="image", nonzero=True), ScaleIntensityd(keys="image", minv=-1.0, maxv=1.0)])
 
 
-def run_case(name, path, net, highres, out_dir, keep_logits):
+def run_case(name, path, net, highres, out_dir, keep_logits, keep_channels=0):
     pixdim = [1.5, 1.5, 1.5] if highres else [3.0, 3.0, 3.0]
     pre = preprocessing(pixdim)
     d = {"image": path}
@@ -113,6 +115,9 @@ def run_case(name, path, net, highres, out_dir, keep_logits):
     arrays["labels_net"] = torch.argmax(probs, 0).numpy().astype(np.uint8)
     if keep_logits:
         arrays["logits"] = logits[0].numpy().astype(np.float32)
+    if keep_channels:
+        # the first channels only: a volume blended from several windows, at a bounded size
+        arrays["logits_head"] = logits[0, :keep_channels].numpy().astype(np.float32)
     post = Compose([Activationsd(keys="pred", softmax=True), AsDiscreted(keys="pred", argmax=True),
                     Invertd(keys=["pred", "gap"], transform=pre, orig_keys="image", nearest_interp=True,
                             to_tensor=True)])
@@ -185,7 +190,7 @@ def main():
 
     cases = []
     ct = os.path.join(DATA, "example_ct.nii.gz")
-    cases.append(run_case("ct_lowres_full", ct, full["low"], False, cases_dir, keep_logits=False))
+    cases.append(run_case("ct_lowres_full", ct, full["low"], False, cases_dir, keep_logits=False, keep_channels=8))
     cases.append(run_case("ct_highres_small", ct, small["high"], True, cases_dir, keep_logits=False))
     lps = np.diag([-0.9, -0.9, 2.5, 1.0])
     lps[:3, 3] = [60.0, 40.0, -100.0]
