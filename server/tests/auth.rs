@@ -606,7 +606,9 @@ fn tls_and_token_expiry() {
     let tok = login(&s, "ann", "ann-pw");
     assert_eq!(call(&s, "GET", "/info/", Some(&tok)).0, 200);
     assert_eq!(call(&s, "GET", "/auth/token/valid", Some(&tok)).0, 200);
-    assert_eq!(put_label(&s, "example_ct", Some(&tok)), 200);
+    // a label is stored only on its image's grid: upload the image it belongs to first
+    assert_eq!(put_image(&s, "tls_img", Some(&tok)), 200);
+    assert_eq!(put_label(&s, "tls_img", Some(&tok)), 200);
 
     // plain HTTP on the TLS port gets no answer
     let plain = reqwest::blocking::Client::builder()
