@@ -412,6 +412,8 @@ impl WholeBodyApp {
         params.insert("highres".into(), plan.resolution.is_high().into());
         params.insert("windows".into(), seg.windows.into());
         params.insert("network_shape".into(), json!(seg.network_shape));
+        // the engine's record: background windows run while this job waited (JobRecord)
+        params.insert("engine".into(), json!(seg.engine));
         if let Some(stats) = stats {
             params.insert("report".into(), stats.to_json(|v| self.label_name(v)));
         }
