@@ -7,8 +7,10 @@
 //! * 406 — sessions disabled (`MONAI_LABEL_SESSIONS=false`);
 //! * 409 — an id clash in the datastore;
 //! * 413 — an upload over `--max-upload-mb`;
+//! * 415 — an infer body that is neither multipart nor urlencoded (refused from the headers);
 //! * 422 — invalid input: bad params JSON or values, unknown `output`, ids or tags with path
-//!   separators, `..` or a leading dot, corrupt / truncated / non-NIfTI / NaN images;
+//!   separators, `..` or a leading dot, corrupt / truncated / non-NIfTI / NaN or infinite /
+//!   singular-geometry images, labels off their image's grid;
 //! * 429 — the inference queue is full;
 //! * 503 — model weights are not installed;
 //! * 500 — anything else (logged with its cause).
@@ -58,6 +60,11 @@ impl ApiError {
     /// 413 Payload Too Large.
     pub fn too_large(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, detail)
+    }
+
+    /// 415 Unsupported Media Type.
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, detail)
     }
 
     /// 422 Unprocessable Entity.

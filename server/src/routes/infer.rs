@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use ferrolabel_datastore::{validate_session_id, Source};
 use serde_json::{json, Value};
@@ -196,13 +196,10 @@ fn check_body_type(req: &HttpRequest) -> ApiResult<()> {
     } else {
         format!("Content-Type {ct:?}")
     };
-    Err(ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        format!(
-            "unsupported request body: {what}; send multipart/form-data or \
+    Err(ApiError::unsupported_media_type(format!(
+        "unsupported request body: {what}; send multipart/form-data or \
              application/x-www-form-urlencoded (fields \"params\", \"file\")"
-        ),
-    ))
+    )))
 }
 
 /// Finds the input image of a request without an uploaded file: a live session, else the
