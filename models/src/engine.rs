@@ -20,8 +20,10 @@ use crate::inferer::{BlendMode, PadMode, SlidingWindow};
 use crate::network::{weights, SegResNet};
 use crate::pipeline::{mc_dropout_entropy, segment, McDropout, Segmentation, Uncertainty};
 use ferrolabel_imaging::Volume;
+pub use queue::JobRecord;
+use queue::{Queued, Queues};
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -94,31 +96,6 @@ pub struct UncertaintyRequest {
     pub cancel: Arc<AtomicBool>,
 }
 
-/// What the engine recorded about one job, in units of *background windows*: the engine
-/// counts every sliding window (for a Monte Carlo job: every forward pass) that a background
-/// job finishes. An interactive job queued while a background job runs waits for at most one
-/// of them (`waited_windows <= 1`); a first-in-first-out engine would make it wait for all
-/// `background_windows_left`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct JobRecord {
-    /// Place of the job in the engine's run order (1 = the first job it started).
-    pub order: u64,
-    /// Background windows run before the job was queued.
-    pub queued_at: u64,
-    /// Background windows run before the job started.
-    pub started_at: u64,
-    /// Background windows run when the job finished (for a background job,
-    /// `finished_at - started_at` are its own windows).
-    pub finished_at: u64,
-    /// Background windows run while the job waited: `started_at - queued_at`.
-    pub waited_windows: u64,
-    /// Windows the running background job still had to run when this job was queued (0 when
-    /// none was running, or it had not reached its windows yet).
-    pub background_windows_left: u64,
-    /// The job ran between two windows of a background job.
-    pub between_windows: bool,
-}
-
 enum Job {
     Infer {
         req: InferRequest,
@@ -132,28 +109,6 @@ enum Job {
         res: Resolution,
         reply: oneshot::Sender<Result<()>>,
     },
-}
-
-/// A job in the queue, with what the engine knew when it was queued.
-struct Queued {
-    job: Job,
-    queued_at: u64,
-    background_windows_left: u64,
-}
-
-/// The queues and the background-window counter; all changed under one lock, so a job's
-/// `queued_at` and `background_windows_left` are a consistent snapshot.
-#[derive(Default)]
-struct Queues {
-    interactive: VecDeque<Queued>,
-    background: VecDeque<Queued>,
-    shutdown: bool,
-    /// Background windows run since start.
-    background_windows: u64,
-    /// Windows done and in all of the running background job (0/0: none, or not in its
-    /// windows yet).
-    background_done: u64,
-    background_total: u64,
 }
 
 struct Shared {
@@ -571,5 +526,6 @@ impl Engine {
     }
 }
 
+mod queue;
 #[cfg(test)]
 mod tests;
