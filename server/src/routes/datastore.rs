@@ -111,7 +111,11 @@ pub async fn upload_image(
     // a zip is a DICOM series, stored as the NIfTI it assembles to (crate::dicom_upload)
     let series = crate::dicom_upload::series_to_nifti(&state, &file).await?;
     let (ext, source) = match &series {
-        Some(nifti) => (".nii.gz".to_string(), nifti.to_path_buf()),
+        Some(nifti) => {
+            // the assembled image passes the same checks as an uploaded one
+            state.app.load_image(nifti.to_path_buf()).await?;
+            (".nii.gz".to_string(), nifti.to_path_buf())
+        }
         None => (checked_image(&state, &file).await?, file.path()),
     };
     let rec = state
