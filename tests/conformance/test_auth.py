@@ -1,8 +1,8 @@
 """Auth mode (spec §13) driven by the official monailabel client: it detects auth with
 `GET /auth/`, logs in with `POST /auth/token` (OAuth2 password form), checks the token with
 `GET /auth/token/valid` and then works with `Authorization: Bearer <token>`. The server runs
-over HTTPS with a self-signed certificate (the client uses an unverified TLS context), or over
-plain HTTP where no `openssl` is there to make one.
+over HTTPS with a self-signed certificate made by `openssl` (the client uses an unverified TLS
+context); without `openssl` it runs over plain HTTP, except under CI=true where it fails.
 
 ferrolabel only: MONAI Label's own auth mode needs a Keycloak realm (and, as shipped, refuses
 every token, spec §13)."""
@@ -61,6 +61,10 @@ class AuthServer:
             cmd += ["--ssl_certfile", cert, "--ssl_keyfile", key]
             self.scheme = "https"
             self.cert = cert
+        elif os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            # CI must test the HTTPS flow, never silently the plain one
+            raise RuntimeError("test_auth.py needs `openssl` to make the TLS certificate "
+                               "(apt-get install openssl); under CI=true it does not fall back to HTTP")
         self.url = f"{self.scheme}://127.0.0.1:{self.port}"
         self.log_path = os.path.join(tmp, "server.log")
         self.log = open(self.log_path, "wb")
@@ -215,3 +219,94 @@ def test_audit_log_names_who_did_what(server):
     assert ("boss", "image.delete", "uploaded_by_ann", 200) in seen
     assert ("viewer", "label.save", "ct_other", 403) in seen
     assert all(r["ts_ms"] > 1_600_000_000_000 for r in rows)
+
+
+def path_variants(path):
+    """Paths a lax reader takes for `path`: one character percent-encoded (both cases of hex),
+    every character encoded, doubled / leading / trailing slashes, `.` and `..` segments (plain
+    and encoded), `;` parameters. Mirrors server/tests/auth/paths.rs."""
+    out = set()
+    for i, ch in enumerate(path):
+        for esc in ("%%%02X" % ord(ch), "%%%02x" % ord(ch)):
+            out.add(path[:i] + esc + path[i + 1:])
+    out.add("".join(c if c == "/" else "%%%02x" % ord(c) for c in path))
+    trimmed = path.rstrip("/")
+    out |= {trimmed + "/", trimmed + "//", "/" + path, trimmed + "/.", trimmed + "/x/..", trimmed + ";p=1"}
+    if trimmed:
+        out.add(trimmed)
+    for i, ch in enumerate(path):
+        if ch == "/":
+            for ins in ("/", "/.", "/x/..", "/x/%2e%2e", "/x/%2E.", "/%2e"):
+                out.add(path[:i] + ins + path[i:])
+            if i > 0:
+                out.add(path[:i] + ";p=1" + path[i:])
+    out.discard(path)
+    return sorted(out)
+
+
+def audit_rows(server):
+    out = subprocess.run([BIN, "auth", "audit-log", "--studies", server.studies],
+                         check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_non_canonical_paths_get_the_canonical_answer_or_400(server):
+    """Issue 10 §1: `/%64atastore/image` was routed to `/datastore/image` but checked (and
+    audited) as an unknown path. Every variant must answer like the canonical path or be refused
+    (400, or the router's 404) without changing anything; every routed write is audited once."""
+    clients = {name: logged_in(server, name) for name in USERS}
+    boss = clients["boss"]
+    victim = "victim_paths"
+    up = os.path.join(tempfile.mkdtemp(), victim + ".nii.gz")
+    shutil.copy(SMALL_CT, up)
+
+    def ensure_victim():
+        """Re-uploads the victim if an allowed delete took it; the audit entry that makes."""
+        if victim in boss.datastore()["objects"]:
+            return []
+        assert boss.upload_image(up, victim) == {"image": victim}
+        return [("boss", "image.upload", 200)]
+
+    rows = [  # (method, path, query, audit action)
+        ("DELETE", "/datastore/image", "id=" + victim, "image.delete"),
+        ("DELETE", "/datastore/", "id=" + victim, "image.delete"),
+        ("DELETE", "/datastore/label", "id=" + victim + "&tag=final", "label.delete"),
+        ("GET", "/logs/", "lines=1", None),
+        ("GET", "/model/" + MODEL, "", None),
+        ("GET", "/model/info/" + MODEL, "", None),
+        ("POST", "/batch/infer/no_such_model", "", None),
+        ("POST", "/train/no_such_model", "", None),
+        ("GET", "/datastore/dataset", "", None),
+        ("GET", "/info/", "", None),
+    ]
+    total = len(audit_rows(server))
+    for method, path, query, action in rows:
+        start = total
+        expected = []
+        for name, c in clients.items():
+            canonical = None
+            for p in [path] + path_variants(path):
+                if action:
+                    expected += ensure_victim()
+                target = p + ("?" + query if query else "")
+                # only the token: the client keeps the content type of its last upload in _headers
+                auth = {"Authorization": c._headers["Authorization"]}
+                status, _, body = server.raw(method, target, headers=auth)
+                what = f"{name} {method} {target}: {status} {body[:200]!r}"
+                routed = canonical is None or status == canonical
+                if canonical is None:
+                    canonical = status
+                elif status == 400:
+                    # a target not starting with '/' is refused by the HTTP parser, without JSON
+                    assert not p.startswith("/") or json.loads(body)["detail"], what
+                elif status != canonical:
+                    assert status == 404 and json.loads(body) == {"detail": "Not Found"}, what
+                if action and not 200 <= status < 300:
+                    assert victim in boss.datastore()["objects"], what + ": the image is gone"
+                if action and routed:
+                    expected.append((name, action, status))
+        if action:
+            logged = [(r["username"], r["action"], r["status"]) for r in audit_rows(server)[start:]]
+            assert logged == expected, f"{method} {path}: one audit entry per routed write"
+            total = start + len(logged)
+    assert len(audit_rows(server)) == total, "the reads left audit entries"
