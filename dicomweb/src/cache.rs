@@ -289,14 +289,11 @@ impl SeriesCache {
         options.series_uid = Some(series_uid.to_string());
         let dir = partial.path().to_path_buf();
         let uid = series_uid.to_string();
+        // names the retrieval in errors (parts that are not DICOM are the PACS's garbage)
+        let url = format!("WADO-RS series {series_uid} of study {study_uid}");
         let built = tokio::task::spawn_blocking(move || -> Result<u64> {
-            let series =
-                ferrolabel_dicom::assemble_dir(&dir.join(INSTANCES), &options).map_err(|e| {
-                    DicomWebError::Series {
-                        series: uid,
-                        source: e,
-                    }
-                })?;
+            let series = ferrolabel_dicom::assemble_dir(&dir.join(INSTANCES), &options)
+                .map_err(|e| crate::wado::assembly_error(&url, uid, e))?;
             write_volume(&dir.join(IMAGE), &series.volume)?;
             touch(&dir).map_err(io(format!("writing {}", dir.display())))?;
             dir_size(&dir).map_err(io(format!("sizing {}", dir.display())))

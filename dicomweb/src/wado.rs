@@ -158,7 +158,7 @@ impl DicomWebClient {
 }
 
 /// Maps an assembly failure: unreadable parts are the PACS's garbage, the rest the series'.
-fn assembly_error(url: &str, series: String, e: DicomError) -> DicomWebError {
+pub(crate) fn assembly_error(url: &str, series: String, e: DicomError) -> DicomWebError {
     match e {
         DicomError::NotDicom { .. } | DicomError::Corrupt { .. } | DicomError::Empty => {
             DicomWebError::bad(url, e.to_string())
