@@ -2,7 +2,7 @@
 # One prepared device check for a session that is lent a GPU machine (not part of CI): builds the
 # release binary, makes the golden fixtures if missing, then runs `ferrolabel infer --device cuda`
 # (fp16 autocast) and `--device cpu` on the shared CT with the full-size golden weights, and prints
-# the voxel agreement (wholebody-bundle.md §6 AMP tolerance: >= 99.9%) and both timings as JSON.
+# the voxel agreement (docs/bundle.md §7 AMP tolerance: >= 99.9%) and both timings as JSON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-torch.sh

@@ -1,4 +1,4 @@
-//! Batch inference (spec §3.4): segment a set of datastore images and store each result as a
+//! Batch inference (docs/protocol.md §10.6): segment a set of datastore images and store each result as a
 //! label (tag `original` unless `label_tag` says otherwise), one image after another.
 //!
 //! Every image runs as a [`Priority::Background`] engine job, so an interactive `/infer`

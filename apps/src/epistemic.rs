@@ -1,4 +1,4 @@
-//! Epistemic uncertainty of datastore images by Monte Carlo dropout (spec §9): the engine runs
+//! Epistemic uncertainty of datastore images by Monte Carlo dropout (docs/protocol.md §11.3): the engine runs
 //! every sliding window several times with the network's Dropout3d active
 //! ([`ferrolabel_models::pipeline::mc_dropout_entropy`]); the mean voxel entropy of the
 //! averaged softmax is stored in the image info as `epistemic_entropy` (with `epistemic_ts` and

@@ -1,4 +1,4 @@
-//! Scoring methods (spec §3.7, §9): numbers about the images and labels of the datastore,
+//! Scoring methods (docs/protocol.md §10.5, §11.3): numbers about the images and labels of the datastore,
 //! stored in their info as MONAI Label stores them.
 //!
 //! | method | what | stored in | sync result |

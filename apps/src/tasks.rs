@@ -1,5 +1,5 @@
 //! Background tasks of one kind (scoring, batch inference) with MONAI Label's semantics
-//! (spec §4): one task of a kind runs at a time (a second start is refused with
+//! (docs/protocol.md §10): one task of a kind runs at a time (a second start is refused with
 //! [`AppError::Busy`], 429), tasks are kept in memory for the life of the server, and each is
 //! described by the protocol's task object:
 //!

@@ -1,4 +1,4 @@
-//! Training as a background task (spec §3.5, §4): `POST /train/{model}` turns the request and
+//! Training as a background task (docs/protocol.md §10): `POST /train/{model}` turns the request and
 //! the datastore's `final` labels into a [`TrainJob`], and a worker **process**
 //! (`ferrolabel dev train-worker JOB.json`, the same binary) runs it with the bundle's recipe.
 //!

@@ -1,4 +1,4 @@
-//! The bundle's inference pipeline end to end (`wholebody-bundle.md` §2.2): orientation to
+//! The bundle's inference pipeline end to end (`docs/bundle.md` §3): orientation to
 //! RAS, spacing, normalise (non-zero), scale to [-1, 1], sliding window, softmax + argmax,
 //! and the nearest inversion back to the input grid.
 
@@ -171,7 +171,7 @@ pub fn segment(
     })
 }
 
-/// Settings of a Monte Carlo dropout run (epistemic uncertainty, spec §9).
+/// Settings of a Monte Carlo dropout run (epistemic uncertainty, docs/protocol.md §11.3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct McDropout {
     /// Forward passes per window with Dropout3d active.

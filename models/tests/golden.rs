@@ -1,7 +1,7 @@
 //! Fidelity against golden fixtures made by real MONAI 1.4.0 (tests/golden/make_golden.py).
 //!
 //! Same libtorch version and thread count as the fixtures, so the tolerances are the
-//! "same libtorch, same threads" column of wholebody-bundle.md §6: transforms bit-exact (or
+//! "same libtorch, same threads" column of docs/bundle.md §7: transforms bit-exact (or
 //! within 1e-6), logits within 1e-4, labels identical on >= 99.99% of voxels, and every
 //! mismatching voxel must have a top-2 probability gap below 1e-4 in MONAI's own output.
 //! Where the fixture keeps MONAI's blended sliding-window logits (all channels of the five

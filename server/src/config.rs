@@ -1,5 +1,5 @@
 //! `ferrolabel start_server` options: CLI flags, the MONAI Label environment settings that make
-//! sense here (spec §12), and the derived [`Settings`].
+//! sense here (docs/protocol.md §14), and the derived [`Settings`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! Python-style JSON.
 //!
 //! Every response here carries `Content-Length` (sized bodies), never chunked encoding: the
-//! MONAI Label clients parse multipart answers straight off the socket (spec §3.2, §16.1).
+//! MONAI Label clients parse multipart answers straight off the socket (docs/protocol.md §4.3).
 
 use std::path::Path;
 

@@ -1,4 +1,4 @@
-"""The 3D Slicer call sequence (protocol spec §10) and the server's own test list (§15) that
+"""The 3D Slicer call sequence (docs/protocol.md §12) and the server's own test list (§15) that
 applies to this app, driven by the official monailabel client against a live server."""
 import http.client
 import json
@@ -260,7 +260,7 @@ def test_bad_input_gets_a_4xx_with_detail(server):
 
 
 def test_server_test_list_datastore_info_and_dataset(server):
-    """spec §15 test_datastore 007-011 and 004."""
+    """docs/protocol.md §15 test_datastore 007-011 and 004."""
     status, _, body = raw(server, "GET", "/datastore/label/info?label=ct_small&tag=final")
     assert status == 200 and json.loads(body)["name"].startswith("ct_small")
     status, _, _ = raw(server, "PUT", "/datastore/image/info?image=ct_small", b"", {"Content-Length": "0"})
@@ -285,7 +285,7 @@ def test_server_test_list_datastore_info_and_dataset(server):
 
 
 def test_server_test_list_sessions(server):
-    """spec §15 test_session 002 and 007: update_ts, image download, several files."""
+    """docs/protocol.md §15 test_session 002 and 007: update_ts, image download, several files."""
     import requests
     with open(SMALL_CT, "rb") as fh:
         r = requests.put(f"{server.url}/session/?expiry=600", files=[("files", ("ct.nii.gz", fh))],

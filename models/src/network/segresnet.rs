@@ -2,7 +2,7 @@
 //!
 //! Every parameter lives at the variable-store path that equals MONAI's `state_dict` key
 //! (`convInit.conv.weight`, `down_layers.1.2.norm1.weight`, `conv_final.2.conv.bias`, ...),
-//! so real MONAI checkpoints load by name. Semantics follow `wholebody-bundle.md` §1.
+//! so real MONAI checkpoints load by name. Semantics follow `docs/bundle.md` §2.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};

@@ -1,5 +1,5 @@
 //! Training data: the deterministic part of the bundle's training transforms for one
-//! image/label pair (`wholebody-bundle.md` §3.2), the validation crop, the random crop, and a
+//! image/label pair (`docs/bundle.md` §5.2), the validation crop, the random crop, and a
 //! bounded cache of prepared pairs (no whole-dataset cache: MONAI's `CacheDataset` needed
 //! 83 GB for 1,000 CTs).
 

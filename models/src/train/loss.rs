@@ -1,5 +1,5 @@
-//! `DiceCELoss(to_onehot_y=True, softmax=True)` with MONAI's defaults (`wholebody-bundle.md`
-//! §3.3): background included, `smooth_nr = smooth_dr = 1e-5`, mean over batch x classes,
+//! `DiceCELoss(to_onehot_y=True, softmax=True)` with MONAI's defaults (`docs/bundle.md`
+//! §5.3): background included, `smooth_nr = smooth_dr = 1e-5`, mean over batch x classes,
 //! plus `CrossEntropyLoss(reduction="mean")`, weights 1 and 1.
 
 use tch::{Kind, Reduction, Tensor};

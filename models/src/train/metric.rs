@@ -1,5 +1,5 @@
 //! The validation metric `MeanDice(include_background=False)` with `ignore_empty=True`
-//! (`wholebody-bundle.md` §3.4): per image and class `2|P and G| / (|P| + |G|)`, classes absent
+//! (`docs/bundle.md` §5.4): per image and class `2|P and G| / (|P| + |G|)`, classes absent
 //! from the ground truth skipped, mean over classes, then over images.
 
 use tch::{Kind, Tensor};

@@ -1,4 +1,4 @@
-//! Training with the bundle's recipe (`wholebody-bundle.md` §3): data preparation and a
+//! Training with the bundle's recipe (`docs/bundle.md` §5): data preparation and a
 //! bounded cache ([`data`]), DiceCE ([`loss`]), the validation metric ([`metric`]), AdamW
 //! ([`optim`]), fp16 loss scaling ([`scaler`]) and the loop that writes the best checkpoint
 //! ([`trainer`]).

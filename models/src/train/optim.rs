@@ -1,4 +1,4 @@
-//! The bundle's optimiser (`wholebody-bundle.md` §3.3): `torch.optim.AdamW(params, lr,
+//! The bundle's optimiser (`docs/bundle.md` §5.3): `torch.optim.AdamW(params, lr,
 //! weight_decay)` with torch's other defaults (betas 0.9/0.999, eps 1e-8, no AMSGrad).
 
 use crate::error::Result;

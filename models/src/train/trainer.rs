@@ -1,4 +1,4 @@
-//! The training loop of the bundle (`wholebody-bundle.md` §3.3-3.4): SegResNet in train mode
+//! The training loop of the bundle (`docs/bundle.md` §5.3-5.4): SegResNet in train mode
 //! (Dropout3d active), one random crop per image per epoch, DiceCE, AdamW with a constant
 //! learning rate, validation by sliding window (constant blending and padding) with the mean
 //! Dice without background, and the best checkpoint written atomically.

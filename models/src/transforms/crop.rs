@@ -1,4 +1,4 @@
-//! The cropping transforms of the bundle's training pipeline (`wholebody-bundle.md` §3.2, §3.4):
+//! The cropping transforms of the bundle's training pipeline (`docs/bundle.md` §5.2, §5.4):
 //! `CropForegroundd(margin=10, k_divisible=96)`, `CenterSpatialCropd(160)` and the random
 //! 96^3 corner of `RandSpatialCropd`. All work on channel-first `[C, X, Y, Z]` tensors.
 

@@ -1,7 +1,7 @@
 //! Resampling to a target voxel spacing (MONAI `Spacingd` with the bundle's defaults) and its
 //! nearest-neighbour inverse (MONAI `Invertd` with `nearest_interp=True`).
 //!
-//! Geometry follows `wholebody-bundle.md` §2.2 step 5: keep spacings within 1e-3 of the target,
+//! Geometry follows `docs/bundle.md` §3.4: keep spacings within 1e-3 of the target,
 //! `zoom_affine` via Cholesky, `compute_shape_offset` with round-half-to-even, min-corner origin,
 //! and a float64 `affine_grid` + `grid_sample` (border padding, `align_corners=False`).
 

@@ -1,4 +1,4 @@
-//! `POST /activelearning/{strategy}`: the next image to annotate (spec §3.6).
+//! `POST /activelearning/{strategy}`: the next image to annotate (docs/protocol.md §11).
 //!
 //! Strategies: `random` (option `seed` makes it deterministic), `first`, and `epistemic`
 //! (the unlabeled image with the highest Monte Carlo dropout uncertainty; images whose score

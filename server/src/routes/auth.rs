@@ -1,4 +1,4 @@
-//! `/auth/*` (spec §13), mounted only when authentication is on (otherwise `/auth/` is an
+//! `/auth/*` (docs/protocol.md §9), mounted only when authentication is on (otherwise `/auth/` is an
 //! unknown path, 404, which is how the clients tell that auth is off).
 //!
 //! * `GET /auth/` → `{"enabled": true, "client_id": ..., "realm": "ferrolabel"}`;

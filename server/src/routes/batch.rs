@@ -1,4 +1,4 @@
-//! `/batch/infer` (spec §3.4, §4): segment many datastore images in one request.
+//! `/batch/infer` (docs/protocol.md §10): segment many datastore images in one request.
 //!
 //! * `POST /batch/infer/{model}?images=all|labeled|unlabeled&run_sync=false` with an optional
 //!   JSON body (see [`ferrolabel_apps::batch`]): 429 while a batch runs; the task object, or

@@ -1,5 +1,5 @@
 //! `/datastore/*`: listing, image and label upload / download / delete, info, dataset export
-//! (spec §3.8).
+//! (docs/protocol.md §6).
 //!
 //! Differences from MONAI Label, all towards clearer errors: unknown ids on writes and deletes
 //! are 404 (upstream: 500), unsafe ids are 422, and uploads are checked before they are stored

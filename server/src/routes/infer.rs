@@ -1,4 +1,4 @@
-//! `POST /infer/{model}?image=&session_id=&output=image|json|all` (spec §3.2).
+//! `POST /infer/{model}?image=&session_id=&output=image|json|all` (docs/protocol.md §4).
 //!
 //! Order of checks: output type (422) → body type (415, from the headers, before the body is
 //! read) → body (400/413) → params JSON (422) → model (404) →

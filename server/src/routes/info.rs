@@ -6,7 +6,7 @@ use crate::error::ApiResult;
 use crate::response;
 use crate::state::AppState;
 
-/// The `/info/` document (spec §5); cheap (one datastore query), so it answers at once even
+/// The `/info/` document (docs/protocol.md §5); cheap (one datastore query), so it answers at once even
 /// while an inference runs.
 pub async fn info(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let status = state.datastore.status().await?;

@@ -1,4 +1,4 @@
-//! `/model/*`: the model's weights file (spec §3.10). `?highres=false` selects the 3 mm weights
+//! `/model/*`: the model's weights file (docs/protocol.md §8.1). `?highres=false` selects the 3 mm weights
 //! (`model_lowres.pt`); the default is the bundle's default resolution.
 
 use std::io::Read;

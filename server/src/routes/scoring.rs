@@ -1,4 +1,4 @@
-//! `/scoring/` (spec §3.7, §4): run a scoring method over the datastore, see its status, stop it.
+//! `/scoring/` (docs/protocol.md §10): run a scoring method over the datastore, see its status, stop it.
 //!
 //! * `POST /scoring/{method}?run_sync=false` with an optional JSON body (the method's params;
 //!   `params.method` overrides the path): 429 while a scoring task runs; otherwise the task

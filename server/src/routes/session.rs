@@ -1,4 +1,4 @@
-//! `/session/`: images kept outside the datastore for interactive work (spec §3.9). Every
+//! `/session/`: images kept outside the datastore for interactive work (docs/protocol.md §7). Every
 //! endpoint answers 406 when sessions are disabled (`MONAI_LABEL_SESSIONS=false`). A one-file
 //! session is refused (422) unless the file is a usable image, as a datastore upload is.
 

@@ -1,4 +1,4 @@
-//! `/train/` (spec §3.5, §4): start, watch and stop training; the training curve.
+//! `/train/` (docs/protocol.md §10): start, watch and stop training; the training curve.
 //!
 //! * `POST /train/{model}?run_sync=false` with an optional JSON body (the trainer options; a
 //!   `model` key overrides the path): 429 while a training runs, 404 for an unknown model,
