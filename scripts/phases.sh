@@ -28,7 +28,7 @@ phase_summary() {
   now=$(date +%s)
   {
     echo "---- phase times ----"
-    awk -F'\t' '{ printf "%-48s %6d s  %s\n", $1, $2, $3 }' "$FERROLABEL_PHASES"
-    printf '%-48s %6d s  (%d min %d s)\n' "total (wall clock)" "$((now - start))" "$(((now - start) / 60))" "$(((now - start) % 60))"
+    awk -F'\t' '{ printf "%-72s %6d s  %s\n", $1, $2, $3 }' "$FERROLABEL_PHASES"
+    printf '%-72s %6d s  (%d min %d s)\n' "total (wall clock)" "$((now - start))" "$(((now - start) / 60))" "$(((now - start) % 60))"
   } >&2
 }
