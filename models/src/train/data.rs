@@ -7,7 +7,7 @@ use crate::error::{ModelsError, Result};
 use crate::pipeline::{orient_and_resample, volume_tensor};
 use crate::transforms::crop::{center_box, foreground_box, random_box};
 use crate::transforms::{intensity, smooth, spacing};
-use ferrolabel_imaging::{read_volume, Limits};
+use ferrolabel_imaging::{read_volume, Grid, Limits};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -91,13 +91,9 @@ pub fn prepare(pair: &Pair, opts: &PrepareOptions, limits: &Limits) -> Result<Sa
             lbl.dims, img.dims
         )));
     }
-    let close = img
-        .affine
-        .iter()
-        .flatten()
-        .zip(lbl.affine.iter().flatten())
-        .all(|(a, b)| (a - b).abs() <= 1e-3 * (1.0 + a.abs()));
-    if !close {
+    // the dims agree: what is left of the grid check is the affine, with the tolerance every
+    // label-storing route uses
+    if !Grid::of(&img).matches(&Grid::of(&lbl)) {
         return Err(bad("label geometry (affine) differs from the image".into()));
     }
     let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
