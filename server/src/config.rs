@@ -22,9 +22,11 @@ pub struct ServerArgs {
     /// App folder (holds model/wholeBody_ct_segmentation unless --conf bundle_dir says otherwise).
     #[arg(long, env = "MONAI_LABEL_APP_DIR")]
     pub app: PathBuf,
-    /// Studies folder (the datastore); created if missing.
+    /// Studies folder (the datastore; created if missing), or a DICOMweb service root
+    /// `http(s)://HOST[:PORT]/dicom-web` (a PACS datastore: see the `--dicomweb-*` options and
+    /// docs/dicomweb.md).
     #[arg(long, env = "MONAI_LABEL_STUDIES")]
-    pub studies: PathBuf,
+    pub studies: String,
     /// App setting, repeatable: `--conf bundle_dir /path/to/bundle`, `--conf skip_strategies true`.
     #[arg(long, num_args = 2, value_names = ["KEY", "VALUE"], action = ArgAction::Append)]
     pub conf: Vec<String>,
@@ -105,13 +107,160 @@ pub struct ServerArgs {
     /// The PEM private key (unencrypted PKCS#8, PKCS#1 or SEC1) of --ssl-certfile.
     #[arg(long, alias = "ssl_keyfile", env = "FERROLABEL_SSL_KEYFILE")]
     pub ssl_keyfile: Option<PathBuf>,
+    /// The DICOMweb settings (used when --studies is an http(s) URL).
+    #[command(flatten)]
+    pub dicomweb: DicomWebArgs,
+}
+
+/// Settings of a DICOMweb (PACS) datastore: MONAI Label's names, plus a bearer token, a cache
+/// size bound, the local datastore folder and the STOW retry interval.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DicomWebArgs {
+    /// PACS user name (HTTP basic authentication).
+    #[arg(long, env = "MONAI_LABEL_DICOMWEB_USERNAME")]
+    pub dicomweb_username: Option<String>,
+    /// PACS password (HTTP basic authentication).
+    #[arg(long, env = "MONAI_LABEL_DICOMWEB_PASSWORD", hide_env_values = true)]
+    pub dicomweb_password: Option<String>,
+    /// PACS bearer token (`Authorization: Bearer`); exclusive with the user name.
+    #[arg(long, env = "FERROLABEL_DICOMWEB_TOKEN", hide_env_values = true)]
+    pub dicomweb_token: Option<String>,
+    /// Local folder of the PACS datastore's cache (default
+    /// `~/.cache/ferrolabel/dicomweb/<host>_<port>_<path>`): retrieved series in `series/`,
+    /// and the local datastore (labels, revisions, sessions) in `datastore/` unless
+    /// --dicomweb-datastore says otherwise.
+    #[arg(long, env = "MONAI_LABEL_DICOMWEB_CACHE_PATH")]
+    pub dicomweb_cache_path: Option<PathBuf>,
+    /// Largest total size of the retrieved-series cache, in MiB (least recently used out).
+    #[arg(
+        long,
+        env = "FERROLABEL_DICOMWEB_CACHE_SIZE_MB",
+        default_value_t = 20480
+    )]
+    pub dicomweb_cache_size_mb: u64,
+    /// Folder of the local datastore of a PACS (SQLite, labels and their revisions, the SEG
+    /// outbox, sessions); default `<cache path>/datastore`.
+    #[arg(long, env = "FERROLABEL_DICOMWEB_DATASTORE")]
+    pub dicomweb_datastore: Option<PathBuf>,
+    /// Path prefix of QIDO-RS resources under the service root.
+    #[arg(long, env = "MONAI_LABEL_QIDO_PREFIX", default_value = "")]
+    pub qido_prefix: String,
+    /// Path prefix of WADO-RS resources under the service root.
+    #[arg(long, env = "MONAI_LABEL_WADO_PREFIX", default_value = "")]
+    pub wado_prefix: String,
+    /// Path prefix of STOW-RS resources under the service root.
+    #[arg(long, env = "MONAI_LABEL_STOW_PREFIX", default_value = "")]
+    pub stow_prefix: String,
+    /// Retrieve frame by frame instead of by series (not implemented: retrievals then fail).
+    #[arg(long, env = "MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME", default_value = "false", value_parser = parse_bool, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub dicomweb_fetch_by_frame: bool,
+    /// QIDO-RS filter of the image listing: `Modality=CT&StudyDate=2026...` or a JSON object
+    /// `{"Modality": "CT"}`.
+    #[arg(long, env = "MONAI_LABEL_DICOMWEB_SEARCH_FILTER")]
+    pub dicomweb_search_filter: Option<String>,
+    /// Seconds a PACS answer may stall between bytes before the request fails (504).
+    #[arg(long, env = "FERROLABEL_DICOMWEB_READ_TIMEOUT", default_value_t = 60)]
+    pub dicomweb_read_timeout: u64,
+    /// Seconds between two re-listings of the PACS's series and retries of unsent SEGs.
+    #[arg(long, env = "FERROLABEL_DICOMWEB_SYNC_INTERVAL", default_value_t = 300)]
+    pub dicomweb_sync_interval: u64,
+}
+
+/// The local side of a PACS datastore (see [`DicomWebArgs`]).
+#[derive(Debug, Clone)]
+pub struct PacsLocal {
+    /// Folder of the retrieved-series cache (`ferrolabel_dicomweb::SeriesCache`).
+    pub series_cache: PathBuf,
+    /// Bound of that cache, in bytes.
+    pub cache_bytes: u64,
+    /// Seconds between two syncs of the listing and retries of unsent SEGs.
+    pub sync_interval: u64,
+}
+
+/// `true` when `studies` names a DICOMweb service (`http://` or `https://`).
+pub fn is_url(studies: &str) -> bool {
+    let s = studies.trim().to_ascii_lowercase();
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+impl DicomWebArgs {
+    /// The client settings for the service root `url`.
+    pub fn client_config(&self, url: &str) -> Result<ferrolabel_dicomweb::DicomWebConfig> {
+        use ferrolabel_dicomweb::{Auth, DicomWebConfig, FetchMode};
+        let mut c = DicomWebConfig::new(url).map_err(|e| anyhow::anyhow!("--studies: {e}"))?;
+        let user = self.dicomweb_username.clone().filter(|u| !u.is_empty());
+        let token = self.dicomweb_token.clone().filter(|t| !t.is_empty());
+        c.auth = match (user, token) {
+            (Some(_), Some(_)) => {
+                bail!("--dicomweb-username and --dicomweb-token are exclusive")
+            }
+            (Some(username), None) => Auth::Basic {
+                username,
+                password: self.dicomweb_password.clone().unwrap_or_default(),
+            },
+            (None, Some(token)) => Auth::Bearer(token),
+            (None, None) => Auth::None,
+        };
+        c.qido_prefix = self.qido_prefix.clone();
+        c.wado_prefix = self.wado_prefix.clone();
+        c.stow_prefix = self.stow_prefix.clone();
+        if let Some(f) = self
+            .dicomweb_search_filter
+            .as_deref()
+            .filter(|f| !f.trim().is_empty())
+        {
+            c.search_filter = DicomWebConfig::parse_search_filter(f)
+                .map_err(|e| anyhow::anyhow!("--dicomweb-search-filter: {e}"))?;
+        }
+        if self.dicomweb_fetch_by_frame {
+            c.fetch_mode = FetchMode::Frame;
+        }
+        c.read_timeout = std::time::Duration::from_secs(self.dicomweb_read_timeout.max(1));
+        Ok(c)
+    }
+
+    /// The cache folder: the setting, else `~/.cache/ferrolabel/dicomweb/<host>_<port>_<path>`.
+    pub fn cache_path(&self, url: &str) -> PathBuf {
+        if let Some(p) = self
+            .dicomweb_cache_path
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            return p;
+        }
+        let name: String = url
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .unwrap_or(url)
+            .trim_end_matches('/')
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        home.join(".cache")
+            .join("ferrolabel")
+            .join("dicomweb")
+            .join(name)
+    }
 }
 
 /// Settings derived from [`ServerArgs`], shared by the handlers.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The studies folder (absolute).
+    /// The studies folder (absolute); with a PACS, the local datastore folder.
     pub studies: PathBuf,
+    /// The PACS's DICOMweb settings when `--studies` is an http(s) URL.
+    pub dicomweb: Option<ferrolabel_dicomweb::DicomWebConfig>,
+    /// The local cache of a PACS datastore (with [`Settings::dicomweb`]).
+    pub pacs: Option<PacsLocal>,
     /// `--conf` pairs.
     pub conf: BTreeMap<String, String>,
     /// Largest upload in bytes.
@@ -171,14 +320,32 @@ impl ServerArgs {
 
     /// Derives the [`Settings`]; creates the studies folder and the private folders.
     pub fn settings(&self) -> Result<Settings> {
-        std::fs::create_dir_all(&self.studies).with_context(|| {
-            format!(
-                "cannot create the studies folder {}",
-                self.studies.display()
-            )
-        })?;
-        let studies = std::fs::canonicalize(&self.studies)
-            .with_context(|| format!("studies folder {}", self.studies.display()))?;
+        let (folder, dicomweb, pacs) = if is_url(&self.studies) {
+            let url = self.studies.trim();
+            let config = self.dicomweb.client_config(url)?;
+            let cache = self.dicomweb.cache_path(url);
+            let folder = self
+                .dicomweb
+                .dicomweb_datastore
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or_else(|| cache.join("datastore"));
+            let series_cache = cache.join("series");
+            std::fs::create_dir_all(&series_cache)
+                .with_context(|| format!("cannot create {}", series_cache.display()))?;
+            let pacs = PacsLocal {
+                series_cache,
+                cache_bytes: self.dicomweb.dicomweb_cache_size_mb.saturating_mul(1 << 20),
+                sync_interval: self.dicomweb.dicomweb_sync_interval.max(1),
+            };
+            (folder, Some(config), Some(pacs))
+        } else {
+            (PathBuf::from(&self.studies), None, None)
+        };
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("cannot create the studies folder {}", folder.display()))?;
+        let studies = std::fs::canonicalize(&folder)
+            .with_context(|| format!("studies folder {}", folder.display()))?;
         let private = studies.join(ferrolabel_datastore::PRIVATE_DIR);
         let tmp_dir = private.join("tmp");
         std::fs::create_dir_all(&tmp_dir)
@@ -210,6 +377,8 @@ impl ServerArgs {
         };
         Ok(Settings {
             studies,
+            dicomweb,
+            pacs,
             conf: self.conf_map(),
             max_upload_bytes: self.max_upload_mb.saturating_mul(1 << 20),
             tmp_dir,

@@ -137,6 +137,16 @@ async fn serve(
     )
     .await
     .with_context(|| format!("cannot open the datastore {}", settings.studies.display()))?;
+    if let (Some(dw), Some(pacs)) = (&settings.dicomweb, &settings.pacs) {
+        tracing::info!(
+            pacs = %dw.base_url,
+            local = %settings.studies.display(),
+            series_cache = %pacs.series_cache.display(),
+            cache_mb = pacs.cache_bytes >> 20,
+            sync_interval_s = pacs.sync_interval,
+            "DICOMweb datastore"
+        );
+    }
     let sessions = match &settings.session_path {
         Some(p) => Some(
             Sessions::open(p, settings.session_expiry)
