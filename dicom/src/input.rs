@@ -1,8 +1,8 @@
 //! Untrusted input: the files of an upload, from paths, memory or one zip archive, read under
 //! [`InputLimits`] before anything is parsed.
 
-use std::io::{Cursor, Read};
-use std::path::Path;
+use std::io::{Cursor, Read, Seek};
+use std::path::{Path, PathBuf};
 
 use crate::error::{DicomError, Result};
 
@@ -40,6 +40,30 @@ pub struct NamedBytes {
     pub bytes: Vec<u8>,
 }
 
+/// One file of an upload kept on disk: the name it had in the upload (for messages) and
+/// where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPath {
+    /// The name the file had in the upload (zip entry name, client file name).
+    pub name: String,
+    /// The file on disk.
+    pub path: PathBuf,
+}
+
+impl NamedPath {
+    /// A file on disk called by its own file name.
+    pub fn from_path(path: &Path) -> NamedPath {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        NamedPath {
+            name,
+            path: path.to_path_buf(),
+        }
+    }
+}
+
 fn limit(msg: String) -> DicomError {
     DicomError::LimitExceeded(msg)
 }
@@ -69,6 +93,41 @@ pub fn check_files(files: &[NamedBytes], limits: &InputLimits) -> Result<()> {
             "the files hold {total} bytes, more than the limit of {}",
             limits.max_total_bytes
         )));
+    }
+    Ok(())
+}
+
+/// Checks files on disk against the count and size limits (by their metadata, before
+/// anything is read).
+pub fn check_paths(files: &[NamedPath], limits: &InputLimits) -> Result<()> {
+    if files.len() > limits.max_files {
+        return Err(limit(format!(
+            "{} files, more than the limit of {}",
+            files.len(),
+            limits.max_files
+        )));
+    }
+    let mut total = 0u64;
+    for f in files {
+        let len = std::fs::metadata(&f.path)
+            .map_err(|e| DicomError::Io {
+                context: format!("reading {}", f.path.display()),
+                source: e,
+            })?
+            .len();
+        if len > limits.max_file_bytes {
+            return Err(limit(format!(
+                "{} has {len} bytes, more than the limit of {}",
+                f.name, limits.max_file_bytes
+            )));
+        }
+        total = total.saturating_add(len);
+        if total > limits.max_total_bytes {
+            return Err(limit(format!(
+                "the files hold more than the limit of {} bytes",
+                limits.max_total_bytes
+            )));
+        }
     }
     Ok(())
 }
@@ -130,17 +189,12 @@ fn safe_name(name: &str) -> bool {
         && name.split(['/', '\\']).all(|part| part != "..")
 }
 
-/// Reads every file entry of a zip archive held in memory.
-///
-/// Refused, before anything is decompressed: an entry name that is absolute or climbs out
-/// with `..` (the whole archive is refused, not just the entry), more file entries than
-/// [`InputLimits::max_files`], declared sizes over the per-file or total limits, and a declared
-/// size more than [`InputLimits::max_zip_ratio`] times the compressed size. While reading, an
-/// entry whose actual size differs from its declared size is refused (never read past it).
-/// Directory entries are skipped; symbolic links are refused.
-pub fn read_zip(bytes: &[u8], limits: &InputLimits) -> Result<Vec<NamedBytes>> {
-    let mut archive =
-        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| DicomError::BadZip(e.to_string()))?;
+/// Checks a zip archive's directory, before anything is decompressed, and lists the file
+/// entries to read: `(index, name, declared size)`. See [`read_zip`] for what is refused.
+fn zip_plan<R: Read + Seek>(
+    archive: &mut zip::ZipArchive<R>,
+    limits: &InputLimits,
+) -> Result<Vec<(usize, String, u64)>> {
     if archive.len() > limits.max_files.saturating_mul(2).max(16) {
         return Err(limit(format!(
             "the zip has {} entries, more than the limit of {} files",
@@ -148,7 +202,6 @@ pub fn read_zip(bytes: &[u8], limits: &InputLimits) -> Result<Vec<NamedBytes>> {
             limits.max_files
         )));
     }
-    // first pass: names and declared sizes only
     let mut wanted = Vec::new();
     let mut total = 0u64;
     for i in 0..archive.len() {
@@ -195,23 +248,72 @@ pub fn read_zip(bytes: &[u8], limits: &InputLimits) -> Result<Vec<NamedBytes>> {
             )));
         }
     }
+    Ok(wanted)
+}
+
+/// Copies entry `i` (declared `declared` bytes) into `out`, never past the declared size.
+fn copy_entry<R: Read + Seek>(
+    archive: &mut zip::ZipArchive<R>,
+    i: usize,
+    name: &str,
+    declared: u64,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
+    let entry = archive
+        .by_index(i)
+        .map_err(|e| DicomError::BadZip(format!("{name}: {e}")))?;
+    let n = std::io::copy(&mut entry.take(declared + 1), out)
+        .map_err(|e| DicomError::BadZip(format!("{name}: {e}")))?;
+    if n != declared {
+        return Err(DicomError::BadZip(format!(
+            "{name}: declares {declared} bytes but holds {n}{}",
+            if n > declared { " or more" } else { "" }
+        )));
+    }
+    Ok(())
+}
+
+/// Reads every file entry of a zip archive held in memory.
+///
+/// Refused, before anything is decompressed: an entry name that is absolute or climbs out
+/// with `..` (the whole archive is refused, not just the entry), more file entries than
+/// [`InputLimits::max_files`], declared sizes over the per-file or total limits, and a declared
+/// size more than [`InputLimits::max_zip_ratio`] times the compressed size. While reading, an
+/// entry whose actual size differs from its declared size is refused (never read past it).
+/// Directory entries are skipped; symbolic links are refused.
+pub fn read_zip(bytes: &[u8], limits: &InputLimits) -> Result<Vec<NamedBytes>> {
+    let mut archive =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| DicomError::BadZip(e.to_string()))?;
+    let wanted = zip_plan(&mut archive, limits)?;
     let mut out = Vec::with_capacity(wanted.len());
     for (i, name, declared) in wanted {
-        let entry = archive
-            .by_index(i)
-            .map_err(|e| DicomError::BadZip(format!("{name}: {e}")))?;
         let mut buf = Vec::with_capacity(declared as usize);
-        entry
-            .take(declared + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| DicomError::BadZip(format!("{name}: {e}")))?;
-        if buf.len() as u64 != declared {
-            return Err(DicomError::BadZip(format!(
-                "{name}: declares {declared} bytes but holds {} or more",
-                buf.len()
-            )));
-        }
+        copy_entry(&mut archive, i, &name, declared, &mut buf)?;
         out.push(NamedBytes { name, bytes: buf });
+    }
+    Ok(out)
+}
+
+/// Extracts the file entries of the zip archive at `zip_path` into the folder `dest`, one
+/// file at a time (bounded memory), under names of its own (`00000.dcm`, ...: an entry's name
+/// never becomes a path). The same checks as [`read_zip`], all made before anything is
+/// written. On an error, files already written stay in `dest` (the caller owns the folder).
+pub fn extract_zip(zip_path: &Path, dest: &Path, limits: &InputLimits) -> Result<Vec<NamedPath>> {
+    let io = |what: &Path| {
+        let context = format!("reading {}", what.display());
+        move |e| DicomError::Io { context, source: e }
+    };
+    let file = std::fs::File::open(zip_path).map_err(io(zip_path))?;
+    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| DicomError::BadZip(e.to_string()))?;
+    let wanted = zip_plan(&mut archive, limits)?;
+    let mut out = Vec::with_capacity(wanted.len());
+    for (n, (i, name, declared)) in wanted.into_iter().enumerate() {
+        let path = dest.join(format!("{n:05}.dcm"));
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io(&path))?);
+        copy_entry(&mut archive, i, &name, declared, &mut w)?;
+        std::io::Write::flush(&mut w).map_err(io(&path))?;
+        out.push(NamedPath { name, path });
     }
     Ok(out)
 }

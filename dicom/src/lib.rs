@@ -30,9 +30,12 @@ use std::path::Path;
 
 pub use error::{DicomError, Result};
 pub use geometry::GeometryTolerance;
-pub use input::{check_files, looks_like_zip, read_paths, read_zip, InputLimits, NamedBytes};
+pub use input::{
+    check_files, check_paths, extract_zip, looks_like_zip, read_paths, read_zip, InputLimits,
+    NamedBytes, NamedPath,
+};
 pub use parse::SUPPORTED_TRANSFER_SYNTAXES;
-pub use series::{assemble, AssembleOptions, Series, SeriesInfo, SliceRef};
+pub use series::{assemble, assemble_files, AssembleOptions, Series, SeriesInfo, SliceRef};
 
 /// Assembles the series held in one zip archive (see [`read_zip`] for the archive checks).
 pub fn assemble_zip(bytes: &[u8], options: &AssembleOptions) -> Result<Series> {
@@ -40,10 +43,14 @@ pub fn assemble_zip(bytes: &[u8], options: &AssembleOptions) -> Result<Series> {
     assemble(&files, options)
 }
 
-/// Assembles the series of files on disk.
+/// Assembles the series of files on disk, streaming (see [`assemble_files`]: peak memory is
+/// about the volume plus one file); messages name each file by its file name.
 pub fn assemble_paths<P: AsRef<Path>>(paths: &[P], options: &AssembleOptions) -> Result<Series> {
-    let files = read_paths(paths, &options.input)?;
-    assemble(&files, options)
+    let files: Vec<NamedPath> = paths
+        .iter()
+        .map(|p| NamedPath::from_path(p.as_ref()))
+        .collect();
+    assemble_files(&files, options)
 }
 
 /// Assembles every regular file of a folder (not recursive), in any order.

@@ -7,9 +7,12 @@ use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
+use std::io::Read;
+use std::path::PathBuf;
+
 use crate::attrs::{integer, text};
 use crate::error::{DicomError, Result};
-use crate::input::NamedBytes;
+use crate::input::{NamedBytes, NamedPath};
 
 /// The transfer syntaxes whose pixel data this build decodes (all with pure-Rust codecs).
 pub const SUPPORTED_TRANSFER_SYNTAXES: &[(&str, &str)] = &[
@@ -42,8 +45,11 @@ const CT_CLASSES: &[&str] = &[
 pub(crate) struct Parsed {
     /// The file's name in the upload.
     pub name: String,
-    /// The object, pixel data included.
+    /// The object: pixel data included when parsed from memory, up to (and without) Pixel
+    /// Data when parsed from a file on disk.
     pub obj: DefaultDicomObject,
+    /// The file on disk holding the pixel data, for objects parsed up to Pixel Data only.
+    pub path: Option<PathBuf>,
 }
 
 fn has_part10_magic(bytes: &[u8]) -> bool {
@@ -62,21 +68,76 @@ pub(crate) fn parse(file: &NamedBytes) -> Result<Option<Parsed>> {
     let obj = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Auto)
         .from_reader(&file.bytes[..])
-        .map_err(|e| DicomError::Corrupt {
-            name: file.name.clone(),
-            reason: e.to_string(),
-        })?;
-    if obj
-        .meta()
+        .map_err(corrupt(&file.name))?;
+    Ok((!is_dicomdir(&obj)).then(|| Parsed {
+        name: file.name.clone(),
+        obj,
+        path: None,
+    }))
+}
+
+fn is_dicomdir(obj: &DefaultDicomObject) -> bool {
+    obj.meta()
         .media_storage_sop_class_uid()
         .trim_end_matches('\0')
         == uids::MEDIA_STORAGE_DIRECTORY_STORAGE
-    {
-        return Ok(None);
+}
+
+fn corrupt(name: &str) -> impl Fn(dicom_object::ReadError) -> DicomError + '_ {
+    move |e| DicomError::Corrupt {
+        name: name.to_string(),
+        reason: e.to_string(),
     }
-    Ok(Some(Parsed {
+}
+
+/// Parses one file on disk up to Pixel Data (which is left on disk, see [`open_pixels`]).
+/// The same refusals as [`parse`].
+pub(crate) fn parse_header(file: &NamedPath) -> Result<Option<Parsed>> {
+    let mut head = Vec::with_capacity(132);
+    std::fs::File::open(&file.path)
+        .and_then(|f| f.take(132).read_to_end(&mut head))
+        .map_err(|e| DicomError::Io {
+            context: format!("reading {}", file.path.display()),
+            source: e,
+        })?;
+    if !has_part10_magic(&head) {
+        return Err(DicomError::NotDicom {
+            name: file.name.clone(),
+            reason: "no DICM magic at byte 128 (not a DICOM Part 10 file)".into(),
+        });
+    }
+    let obj = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Auto)
+        .read_until(tags::PIXEL_DATA)
+        .open_file(&file.path)
+        .map_err(corrupt(&file.name))?;
+    Ok((!is_dicomdir(&obj)).then(|| Parsed {
         name: file.name.clone(),
         obj,
+        path: Some(file.path.clone()),
+    }))
+}
+
+/// For an object parsed from disk up to Pixel Data: the whole file, parsed again with its
+/// pixel data ([`DicomError::NoPixelData`] when it has none). `None` for an object that
+/// already holds its pixel data.
+pub(crate) fn open_pixels(p: &Parsed) -> Result<Option<Parsed>> {
+    let Some(path) = &p.path else {
+        return Ok(None);
+    };
+    let obj = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Auto)
+        .open_file(path)
+        .map_err(corrupt(&p.name))?;
+    if obj.get(tags::PIXEL_DATA).is_none() {
+        return Err(DicomError::NoPixelData {
+            name: p.name.clone(),
+        });
+    }
+    Ok(Some(Parsed {
+        name: p.name.clone(),
+        obj,
+        path: None,
     }))
 }
 
@@ -120,7 +181,8 @@ pub(crate) fn check_image(p: &Parsed) -> Result<()> {
             file: p.name.clone(),
         });
     }
-    if p.obj.get(tags::PIXEL_DATA).is_none() {
+    // an object parsed from disk up to Pixel Data is checked for it when it is decoded
+    if p.path.is_none() && p.obj.get(tags::PIXEL_DATA).is_none() {
         return Err(DicomError::NoPixelData {
             name: p.name.clone(),
         });

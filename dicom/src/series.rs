@@ -5,14 +5,18 @@ use std::collections::BTreeMap;
 
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, Rescale};
+use dicom_pixeldata::{
+    ConvertOptions, Lut, ModalityLutOption, PixelDecoder, PixelRepresentation, Rescale,
+};
 use ferrolabel_imaging::{Limits, Volume};
 
 use crate::attrs::{classic_geometry, enhanced_geometry, integer, text, FrameGeometry};
 use crate::error::{DicomError, Result};
 use crate::geometry::{frame_axes, ras_affine, stack, GeometryTolerance};
-use crate::input::{check_files, InputLimits, NamedBytes};
-use crate::parse::{check_image, parse, sop_class_uid, sop_instance_uid, Parsed};
+use crate::input::{check_files, check_paths, InputLimits, NamedBytes, NamedPath};
+use crate::parse::{
+    check_image, open_pixels, parse, parse_header, sop_class_uid, sop_instance_uid, Parsed,
+};
 
 /// How to assemble an upload.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -146,11 +150,16 @@ fn frames_of(p: &Parsed, index: usize) -> Result<Vec<Frame>> {
         .collect()
 }
 
-/// Parses every file and keeps the chosen series (the only one, or `series_uid`).
-fn choose_series(files: &[NamedBytes], series_uid: Option<&str>) -> Result<Vec<Parsed>> {
+/// Parses every file (with `parse_one`) and keeps the chosen series (the only one, or
+/// `series_uid`).
+fn choose_series<T>(
+    files: &[T],
+    parse_one: impl Fn(&T) -> Result<Option<Parsed>>,
+    series_uid: Option<&str>,
+) -> Result<Vec<Parsed>> {
     let mut by_series: BTreeMap<String, Vec<Parsed>> = BTreeMap::new();
     for f in files {
-        let Some(p) = parse(f)? else { continue };
+        let Some(p) = parse_one(f)? else { continue };
         // an anonymised series may have an empty SeriesInstanceUID: its files group together
         let uid = text(&p.obj, tags::SERIES_INSTANCE_UID).unwrap_or_default();
         by_series.entry(uid).or_default().push(p);
@@ -182,11 +191,26 @@ fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
     a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
 }
 
-/// Assembles one CT series from the files of an upload (see the crate docs for what is
-/// checked and refused).
+/// Assembles one CT series from the files of an upload held in memory (see the crate docs
+/// for what is checked and refused).
 pub fn assemble(files: &[NamedBytes], options: &AssembleOptions) -> Result<Series> {
     check_files(files, &options.input)?;
-    let parsed = choose_series(files, options.series_uid.as_deref())?;
+    let parsed = choose_series(files, parse, options.series_uid.as_deref())?;
+    assemble_parsed(parsed, options)
+}
+
+/// Assembles one CT series from files on disk, streaming: every file's header is parsed
+/// first (up to Pixel Data, which stays on disk), the frames are checked and sorted, and then
+/// one file at a time is read again, decoded and dropped, each frame written straight into
+/// its place in the volume. Peak memory is about the volume plus one file. The same checks
+/// and refusals as [`assemble`]; `name` is what messages call each file.
+pub fn assemble_files(files: &[NamedPath], options: &AssembleOptions) -> Result<Series> {
+    check_paths(files, &options.input)?;
+    let parsed = choose_series(files, parse_header, options.series_uid.as_deref())?;
+    assemble_parsed(parsed, options)
+}
+
+fn assemble_parsed(parsed: Vec<Parsed>, options: &AssembleOptions) -> Result<Series> {
     for p in &parsed {
         check_image(p)?;
     }
@@ -242,18 +266,16 @@ pub fn assemble(files: &[NamedBytes], options: &AssembleOptions) -> Result<Serie
     let affine = ras_affine(&axes, g0.pixel_spacing, slice_spacing, origin);
 
     let plane = rows * columns;
-    let mut data = Vec::with_capacity(plane * frames.len());
+    // slot[i]: where frame i goes in the volume
+    let mut slot = vec![0usize; frames.len()];
+    for (k, &i) in st.order.iter().enumerate() {
+        slot[i] = k;
+    }
+    let mut data = vec![0f32; plane * frames.len()];
     let mut slices = Vec::with_capacity(frames.len());
     for &i in &st.order {
         let f = &frames[i];
         let p = &parsed[f.obj];
-        data.extend(decode_frame(p, f)?);
-        if data.len() % plane != 0 {
-            return Err(DicomError::Corrupt {
-                name: f.name.clone(),
-                reason: "decoded frame has the wrong number of pixels".into(),
-            });
-        }
         let multi = integer(&p.obj, tags::NUMBER_OF_FRAMES).unwrap_or(1) > 1
             || p.obj
                 .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
@@ -266,6 +288,7 @@ pub fn assemble(files: &[NamedBytes], options: &AssembleOptions) -> Result<Serie
             position: f.geometry.position,
         });
     }
+    decode_all(&parsed, &frames, &slot, &mut data, plane)?;
     let head = &parsed[first.obj].obj;
     let mut identity = InMemDicomObject::new_empty();
     for tag in IDENTITY_TAGS {
@@ -292,26 +315,163 @@ pub fn assemble(files: &[NamedBytes], options: &AssembleOptions) -> Result<Serie
     Ok(Series { volume, info })
 }
 
-/// Decodes one frame and applies its rescale, through dicom-pixeldata's codecs and modality
-/// LUT (which honours BitsStored and PixelRepresentation).
-fn decode_frame(p: &Parsed, f: &Frame) -> Result<Vec<f32>> {
+/// Most threads decoding one series (each holds one file at a time).
+const MAX_DECODE_THREADS: usize = 4;
+
+/// Decodes every frame into its plane of `data` (`slot[i]` = the plane of frame `i`). Work
+/// goes one object at a time (its frames are contiguous in `frames`): a file on disk is read
+/// again with its pixel data, decoded into its planes, and dropped before the next one.
+/// Objects are spread over up to [`MAX_DECODE_THREADS`] threads; on errors, the one of the
+/// earliest object is returned (the same as decoding in order would give).
+fn decode_all(
+    parsed: &[Parsed],
+    frames: &[Frame],
+    slot: &[usize],
+    data: &mut [f32],
+    plane: usize,
+) -> Result<()> {
+    // (first frame, end) of each object's frames
+    let mut jobs = Vec::new();
+    let mut start = 0;
+    while start < frames.len() {
+        let obj = frames[start].obj;
+        let end = start + frames[start..].iter().take_while(|f| f.obj == obj).count();
+        jobs.push((start, end));
+        start = end;
+    }
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(MAX_DECODE_THREADS)
+        .min(jobs.len() / 4)
+        .max(1);
+    let mut planes: Vec<Option<&mut [f32]>> = data.chunks_mut(plane).map(Some).collect();
+    // thread t takes jobs t, t + threads, ...: (job index, frame index, its plane)
+    let mut work: Vec<Vec<(usize, usize, &mut [f32])>> = (0..threads).map(|_| Vec::new()).collect();
+    for (j, &(start, end)) in jobs.iter().enumerate() {
+        for i in start..end {
+            if let Some(out) = planes[slot[i]].take() {
+                work[j % threads].push((j, i, out));
+            }
+        }
+    }
+    let failed = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    let run = |mut items: Vec<(usize, usize, &mut [f32])>| -> Option<(usize, DicomError)> {
+        let mut luts = LutCache::default();
+        let mut n = 0;
+        while n < items.len() {
+            let job = items[n].0;
+            if failed.load(std::sync::atomic::Ordering::Relaxed) < job {
+                return None;
+            }
+            let obj = frames[items[n].1].obj;
+            let result = open_pixels(&parsed[obj]).and_then(|full| {
+                let src = full.as_ref().unwrap_or(&parsed[obj]);
+                for (_, i, out) in items[n..].iter_mut().take_while(|it| it.0 == job) {
+                    decode_frame(src, &frames[*i], out, &mut luts)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                failed.fetch_min(job, std::sync::atomic::Ordering::Relaxed);
+                return Some((job, e));
+            }
+            n += items[n..].iter().take_while(|it| it.0 == job).count();
+        }
+        None
+    };
+    let mut errors: Vec<(usize, DicomError)> = if threads == 1 {
+        work.into_iter().filter_map(run).collect()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .into_iter()
+                .map(|items| scope.spawn(|| run(items)))
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    };
+    errors.sort_by_key(|(job, _)| *job);
+    match errors.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// dicom-pixeldata's modality LUT (the table of RescaleSlope · x + RescaleIntercept for every
+/// stored value), built once and reused while the frames share bits, sign and rescale.
+#[derive(Default)]
+struct LutCache {
+    key: Option<(u16, bool, u64, u64)>,
+    lut: Option<Lut<f32>>,
+}
+
+impl LutCache {
+    fn get(&mut self, bits: u16, signed: bool, rescale: (f64, f64)) -> Option<&Lut<f32>> {
+        let key = (bits, signed, rescale.0.to_bits(), rescale.1.to_bits());
+        if self.key != Some(key) {
+            self.key = Some(key);
+            self.lut = Lut::new_rescale(bits, signed, Rescale::new(rescale.0, rescale.1)).ok();
+        }
+        self.lut.as_ref()
+    }
+}
+
+/// Decodes one frame, applies its rescale, and writes it into `out` (one plane), through
+/// dicom-pixeldata's codecs and modality LUT (which honours BitsStored and
+/// PixelRepresentation): the LUT is cached across frames and applied in place, with the
+/// same values as `to_vec_frame_with_options`, which stays the path for anything else.
+fn decode_frame(p: &Parsed, f: &Frame, out: &mut [f32], luts: &mut LutCache) -> Result<()> {
     let corrupt = |e: dicom_pixeldata::Error| DicomError::Corrupt {
         name: f.name.clone(),
         reason: e.to_string(),
     };
     let decoded = p.obj.decode_pixel_data_frame(f.frame).map_err(corrupt)?;
+    let wrong_size = |n: usize| DicomError::Corrupt {
+        name: f.name.clone(),
+        reason: format!("decoded {n} pixels, expected {}", out.len()),
+    };
+    let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
+    let grey = decoded.samples_per_pixel() == 1;
+    let bytes = decoded.frame_data(0).map_err(corrupt)?;
+    match decoded.bits_allocated() {
+        16 if grey => {
+            if bytes.len() != out.len() * 2 {
+                return Err(wrong_size(bytes.len() / 2));
+            }
+            if let Some(lut) = luts.get(decoded.bits_stored(), signed, f.geometry.rescale) {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = lut.get(u16::from_ne_bytes([b[0], b[1]]));
+                }
+                return Ok(());
+            }
+        }
+        // dicom-pixeldata's 8-bit path builds its table for 8 bits whatever BitsStored says
+        8 if grey => {
+            if bytes.len() != out.len() {
+                return Err(wrong_size(bytes.len()));
+            }
+            if let Some(lut) = luts.get(8, signed, f.geometry.rescale) {
+                for (o, b) in out.iter_mut().zip(bytes) {
+                    *o = lut.get(*b);
+                }
+                return Ok(());
+            }
+        }
+        _ => {}
+    }
     let (slope, intercept) = f.geometry.rescale;
     let opts = ConvertOptions::new()
         .with_modality_lut(ModalityLutOption::Override(Rescale::new(slope, intercept)));
     let px: Vec<f32> = decoded
         .to_vec_frame_with_options(0, &opts)
         .map_err(corrupt)?;
-    let want = decoded.rows() as usize * decoded.columns() as usize;
-    if px.len() != want {
-        return Err(DicomError::Corrupt {
-            name: f.name.clone(),
-            reason: format!("decoded {} pixels, expected {want}", px.len()),
-        });
+    if px.len() != out.len() {
+        return Err(wrong_size(px.len()));
     }
-    Ok(px)
+    out.copy_from_slice(&px);
+    Ok(())
 }
