@@ -15,6 +15,7 @@ pub mod infer;
 pub mod info;
 pub mod logs;
 pub mod model;
+pub mod proxy;
 pub mod report;
 pub mod root;
 pub mod scoring;
@@ -174,7 +175,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(model::download))
                 .route(web::put().to(model::upload))
                 .route(web::delete().to(model::remove)),
-        );
+        )
+        .service(proxy::resource());
 }
 
 /// Wraps each request in a `tracing` span and logs method, path, status and duration.
