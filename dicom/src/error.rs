@@ -93,6 +93,13 @@ pub enum DicomError {
     /// A label map or segment list handed to the SEG writer does not fit the series.
     #[error("invalid segmentation input: {0}")]
     InvalidLabels(String),
+    /// A file handed to the SEG reader is not a DICOM Segmentation.
+    #[error("not a DICOM Segmentation: {0}")]
+    NotSegmentation(String),
+    /// A Segmentation that does not lie on the series' grid (another frame of reference,
+    /// size, orientation or pixel spacing, or a frame on no slice of the series).
+    #[error("the segmentation does not lie on the series' grid: {0}")]
+    SegMismatch(String),
     /// A volume could not be built (propagated from `ferrolabel-imaging`).
     #[error(transparent)]
     Imaging(#[from] ferrolabel_imaging::ImagingError),

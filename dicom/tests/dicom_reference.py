@@ -7,6 +7,8 @@ Commands (all write their results as files the Rust tests read):
   seg-read SEG SOURCE_DIR NAMES_JSON OUT_PREFIX
                                    the SEG decoded twice (highdicom and plain pydicom), checked to
                                    agree, as OUT_PREFIX.u8 on the source grid (x fastest)
+  hd-write-seg SOURCE_DIR LABELS_U8 SPEC_JSON OUT
+                                   a BINARY SEG written by highdicom (segments as SPEC_JSON lists)
 """
 
 import argparse
@@ -274,6 +276,56 @@ def seg_read(args):
         json.dump(info, f)
 
 
+def hd_write_seg(args):
+    """A BINARY SEG written by highdicom from a label map (OUT_PREFIX.u8 layout) and a segment
+    list [{"value", "label", "type": [scheme, value, meaning], "modifier": [...] | null}]."""
+    import highdicom as hd
+    from pydicom.sr.coding import Code
+
+    sources = [pydicom.dcmread(os.path.join(args.source, f)) for f in sorted(os.listdir(args.source))]
+    normal = np.cross(np.array(sources[0].ImageOrientationPatient[:3], float),
+                      np.array(sources[0].ImageOrientationPatient[3:], float))
+    sources.sort(key=lambda d: float(np.dot(normal, np.array(d.ImagePositionPatient, float))))
+    rows, cols = int(sources[0].Rows), int(sources[0].Columns)
+    labels = np.fromfile(args.labels, np.uint8).reshape(len(sources), rows, cols)
+    spec = json.load(open(args.spec))
+    mask = np.zeros(labels.shape, np.uint8)
+    descriptions = []
+    for number, seg in enumerate(spec, start=1):
+        mask[labels == seg["value"]] = number
+        kind = Code(seg["type"][1], seg["type"][0], seg["type"][2])
+        if seg.get("modifier"):
+            m = seg["modifier"]
+            modifier = hd.sr.CodedConcept(m[1], m[0], m[2])
+        else:
+            modifier = None
+        desc = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=seg["label"],
+            segmented_property_category=Code("123037004", "SCT", "Anatomical Structure"),
+            segmented_property_type=kind,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        if modifier is not None:
+            desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [modifier]
+        descriptions.append(desc)
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=50,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="highdicom",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="1",
+    )
+    seg.save_as(args.out)
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -304,8 +356,15 @@ def main():
     s.add_argument("source")
     s.add_argument("names")
     s.add_argument("out")
+    h = sub.add_parser("hd-write-seg")
+    h.add_argument("source")
+    h.add_argument("labels")
+    h.add_argument("spec")
+    h.add_argument("out")
     args = p.parse_args()
-    {"write-series": write_series, "sitk-read": sitk_read, "seg-read": seg_read}[args.cmd](args)
+    commands = {"write-series": write_series, "sitk-read": sitk_read, "seg-read": seg_read,
+                "hd-write-seg": hd_write_seg}
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{in_ci, python, run_py, s, shared_series};
-use ferrolabel_dicom::seg::{codes::codes_for, write_binary_seg, SegOptions, Structure};
+use ferrolabel_dicom::seg::{
+    codes::codes_for, read_seg, write_binary_seg, SegOptions, SegmentationType, Structure,
+};
 use ferrolabel_dicom::{assemble_dir, AssembleOptions, DicomError, Series};
 
 /// Runs `dciodvfy` on `file` and returns its error lines; `None` (outside CI only) when the
@@ -168,6 +170,10 @@ fn seg_of_the_shared_jpeg2000_series_validates_and_reads_back() {
         back == labels,
         "the shared series' SEG does not read back equal"
     );
+    // and our own reader agrees
+    let bytes = std::fs::read(work.path().join("seg.dcm")).unwrap();
+    let ours = read_seg(&bytes, &series.info, &structures).unwrap();
+    assert_eq!(differing(&ours.labels, &labels), 0);
 }
 
 #[test]
@@ -203,6 +209,19 @@ fn every_bundle_structure_has_snomed_codes() {
     assert_eq!(names.len(), 104);
     let unmapped: Vec<&&str> = names.iter().filter(|n| codes_for(n).is_none()).collect();
     assert!(unmapped.is_empty(), "no SNOMED codes for {unmapped:?}");
+    // the SEG reader maps a segment by its codes when its label is not a bundle name: each
+    // name's property type + modifier must be its own
+    let mut seen = std::collections::HashMap::new();
+    for n in &names {
+        let c = codes_for(n).unwrap();
+        let key = (
+            c.property_type.value.clone(),
+            c.type_modifier.as_ref().map(|m| m.value.clone()),
+        );
+        if let Some(other) = seen.insert(key, *n) {
+            panic!("{n} and {other} share their codes");
+        }
+    }
     let left = codes_for("kidney_left").unwrap();
     assert_eq!(left.property_type.meaning, "Kidney");
     assert_eq!(left.type_modifier.as_ref().unwrap().meaning, "Left");
@@ -261,4 +280,196 @@ fn seg_of_an_enhanced_multiframe_source_references_frames() {
         })
         .collect();
     assert_eq!(numbers, vec![2, 3, 4]);
+}
+
+/// Counts voxels that differ.
+fn differing(a: &[u8], b: &[u8]) -> usize {
+    assert_eq!(a.len(), b.len(), "maps of different sizes");
+    a.iter().zip(b).filter(|(x, y)| x != y).count()
+}
+
+#[test]
+fn read_seg_round_trips_our_binary_seg_with_unaligned_frames() {
+    let Some(py) = python() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("series");
+    // 9 x 7 pixels per frame: frames are bit-packed across byte boundaries
+    run_py(
+        &py,
+        &[
+            "write-series",
+            s(&source),
+            "--rows",
+            "7",
+            "--cols",
+            "9",
+            "--slices",
+            "6",
+            "--angle",
+            "30",
+            "--reverse",
+        ],
+    );
+    let series = assemble_dir(&source, &AssembleOptions::default()).unwrap();
+    let dims = series.volume.dims;
+    let mut labels = vec![0u8; series.volume.len()];
+    paint(&mut labels, dims, [1, 1, 0], [8, 5, 4], 5); // liver
+    paint(&mut labels, dims, [3, 2, 2], [5, 7, 6], 2); // kidney_right, overwriting some liver
+    paint(&mut labels, dims, [0, 6, 5], [1, 7, 6], 3); // kidney_left: one voxel, last bit
+    let structures = [
+        structure(5, "liver"),
+        structure(2, "kidney_right"),
+        structure(3, "kidney_left"),
+    ];
+    let bytes =
+        write_binary_seg(&series.info, &labels, &structures, &SegOptions::default()).unwrap();
+    let back = read_seg(&bytes, &series.info, &structures).unwrap();
+    assert_eq!(back.segmentation_type, SegmentationType::Binary);
+    assert_eq!(
+        differing(&back.labels, &labels),
+        0,
+        "the SEG does not read back equal"
+    );
+    assert_eq!(back.overlapping_voxels, 0);
+    assert_eq!(back.unknown().count(), 0);
+    assert_eq!(
+        back.segments.iter().map(|s| s.voxels).sum::<usize>(),
+        labels.iter().filter(|&&v| v != 0).count()
+    );
+
+    // the bundle numbers structures differently: segments follow their names
+    let renumbered = [
+        structure(40, "kidney_left"),
+        structure(41, "liver"),
+        structure(42, "kidney_right"),
+    ];
+    let back = read_seg(&bytes, &series.info, &renumbered).unwrap();
+    let expected: Vec<u8> = labels
+        .iter()
+        .map(|&v| match v {
+            5 => 41,
+            2 => 42,
+            3 => 40,
+            _ => 0,
+        })
+        .collect();
+    assert_eq!(differing(&back.labels, &expected), 0);
+
+    // a bundle without kidney_left: that segment is reported unknown and left out
+    let back = read_seg(&bytes, &series.info, &structures[..2]).unwrap();
+    let unknown: Vec<&str> = back.unknown().map(|s| s.label.as_str()).collect();
+    assert_eq!(unknown, vec!["kidney_left"]);
+    assert_eq!(back.labels.iter().filter(|&&v| v == 3).count(), 0);
+    assert_eq!(back.unknown().next().unwrap().voxels, 1);
+}
+
+#[test]
+fn read_seg_decodes_a_highdicom_seg_by_codes_and_reports_unknown_segments() {
+    let Some(py) = python() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("series");
+    run_py(
+        &py,
+        &["write-series", s(&source), "--slices", "8", "--angle", "10"],
+    );
+    let series = assemble_dir(&source, &AssembleOptions::default()).unwrap();
+    let dims = series.volume.dims;
+    let mut labels = vec![0u8; series.volume.len()];
+    paint(&mut labels, dims, [2, 2, 1], [20, 15, 6], 1);
+    paint(&mut labels, dims, [25, 20, 3], [40, 35, 8], 2);
+    paint(&mut labels, dims, [5, 30, 0], [10, 38, 2], 3);
+    std::fs::write(work.path().join("labels.u8"), &labels).unwrap();
+    let spec = serde_json::json!([
+        // the label is not a bundle name; the codes are liver's
+        {"value": 1, "label": "Leber", "type": ["SCT", "10200004", "Liver"]},
+        // kidney + left modifier: kidney_left by its codes
+        {"value": 2, "label": "Niere links", "type": ["SCT", "64033007", "Kidney"],
+         "modifier": ["SCT", "7771000", "Left"]},
+        // neither label nor codes known to the bundle
+        {"value": 3, "label": "Mystery", "type": ["SCT", "49755003", "Morphologically altered structure"]},
+    ]);
+    std::fs::write(work.path().join("spec.json"), spec.to_string()).unwrap();
+    let seg = work.path().join("hd.dcm");
+    run_py(
+        &py,
+        &[
+            "hd-write-seg",
+            s(&source),
+            s(&work.path().join("labels.u8")),
+            s(&work.path().join("spec.json")),
+            s(&seg),
+        ],
+    );
+    let bundle = [
+        structure(5, "liver"),
+        structure(2, "kidney_right"),
+        structure(3, "kidney_left"),
+        structure(1, "spleen"),
+    ];
+    let back = read_seg(&std::fs::read(&seg).unwrap(), &series.info, &bundle).unwrap();
+    let expected: Vec<u8> = labels
+        .iter()
+        .map(|&v| match v {
+            1 => 5,
+            2 => 3,
+            _ => 0,
+        })
+        .collect();
+    assert_eq!(differing(&back.labels, &expected), 0);
+    let by: Vec<(&str, Option<u8>, &str)> = back
+        .segments
+        .iter()
+        .map(|s| (s.label.as_str(), s.value, s.matched_by))
+        .collect();
+    assert_eq!(
+        by,
+        vec![
+            ("Leber", Some(5), "codes"),
+            ("Niere links", Some(3), "codes"),
+            ("Mystery", None, "unknown"),
+        ]
+    );
+    assert_eq!(back.unknown().next().unwrap().voxels, 5 * 8 * 2);
+}
+
+#[test]
+fn read_seg_refuses_other_grids_and_non_segmentations() {
+    let Some(py) = python() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    run_py(&py, &["write-series", s(&a), "--slices", "4"]);
+    run_py(&py, &["write-series", s(&b), "--slices", "4"]);
+    let sa = assemble_dir(&a, &AssembleOptions::default()).unwrap();
+    let sb = assemble_dir(&b, &AssembleOptions::default()).unwrap();
+    let liver = [structure(5, "liver")];
+    let mut labels = vec![0u8; sa.volume.len()];
+    paint(&mut labels, sa.volume.dims, [1, 1, 1], [4, 4, 3], 5);
+    let bytes = write_binary_seg(&sa.info, &labels, &liver, &SegOptions::default()).unwrap();
+    // another frame of reference
+    let e = read_seg(&bytes, &sb.info, &liver).unwrap_err();
+    assert!(matches!(e, DicomError::SegMismatch(_)), "{e}");
+    assert!(e.to_string().contains("FrameOfReferenceUID"), "{e}");
+    // same frame of reference, slices elsewhere: the frames lie on no slice
+    let mut shifted = sa.info.clone();
+    for sl in &mut shifted.slices {
+        sl.position[2] += 1.0;
+    }
+    let e = read_seg(&bytes, &shifted, &liver).unwrap_err();
+    assert!(matches!(e, DicomError::SegMismatch(_)), "{e}");
+    assert!(e.to_string().contains("lies on no slice"), "{e}");
+    // a CT image is not a segmentation
+    let ct = std::fs::read(
+        std::fs::read_dir(&a)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    let e = read_seg(&ct, &sa.info, &liver).unwrap_err();
+    assert!(matches!(e, DicomError::NotSegmentation(_)), "{e}");
+    // nor are bytes that are not DICOM
+    let e = read_seg(b"hello", &sa.info, &liver).unwrap_err();
+    assert!(matches!(e, DicomError::NotDicom { .. }), "{e}");
 }

@@ -4,6 +4,7 @@
 
 pub mod codes;
 mod elements;
+mod read;
 
 use dicom_core::VR;
 use dicom_dictionary_std::{tags, uids};
@@ -15,6 +16,9 @@ use crate::series::SeriesInfo;
 use codes::{codes_for, fallback_codes, rgb_to_dicom_lab, Code, SegmentCodes};
 pub(crate) use elements::new_uid;
 use elements::{at, code_item, code_seq, ds, ds_multi, item, s, seq, strs, ul, us};
+pub use read::{
+    read_seg, DecodedSeg, ReadSegment, SegmentationType, LABEL_MAP_SEGMENTATION_STORAGE,
+};
 
 /// One structure of the label map: the voxel value and its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
