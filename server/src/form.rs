@@ -30,6 +30,11 @@ pub const MAX_TEXT_FIELD: usize = 16 << 20;
 /// How much of an oversized body is read and discarded before the connection is given up.
 pub const MAX_DRAIN: u64 = 64 << 20;
 
+/// Most file parts in one form (a DICOM series of many files; ferrolabel-dicom's default
+/// file limit). Past it, the temp files are deleted, the rest of the body is read and
+/// discarded as for an oversized one, and the form is a [`FormError::BadRequest`].
+pub const MAX_FILE_PARTS: usize = 4096;
+
 /// Turns a client's file name into `(basename, extension)`, the extension being a known,
 /// valid one or `""` (the server passes the datastore's rule).
 pub type FileNamer = fn(&str) -> (String, String);
@@ -232,7 +237,8 @@ where
 /// to temp files `.upload-*<ext>` in [`UploadLimits::tmp_dir`]; text parts are kept in memory
 /// up to [`MAX_TEXT_FIELD`] bytes and must be UTF-8. Past [`UploadLimits::max_bytes`] in all,
 /// every temp file is deleted and the rest of the body is read and discarded (up to
-/// [`MAX_DRAIN`] more bytes) before [`FormError::TooLarge`] is returned.
+/// [`MAX_DRAIN`] more bytes) before [`FormError::TooLarge`] is returned. More than
+/// [`MAX_FILE_PARTS`] file parts are refused the same way, as a [`FormError::BadRequest`].
 pub async fn parse_multipart<S>(
     headers: &header::HeaderMap,
     stream: S,
@@ -251,13 +257,14 @@ where
     let mut form = Form::default();
     let mut total: u64 = 0;
     let mut overflow = false;
+    let mut too_many = false;
     while let Some(item) = next_item(&mut mp, &ended).await {
         let mut field = match item {
             Ok(f) => f,
-            Err(_) if overflow => break,
+            Err(_) if overflow || too_many => break,
             Err(e) => return Err(malformed(e)),
         };
-        if overflow {
+        if overflow || too_many {
             while let Some(Ok(chunk)) = next_item(&mut field, &ended).await {
                 total += chunk.len() as u64;
                 if total > limits.max_bytes.saturating_add(MAX_DRAIN) {
@@ -269,6 +276,18 @@ where
         let name = field.name().unwrap_or("").to_string();
         let filename = raw_filename(field.headers());
         if filename.is_some() || FILE_FIELDS.contains(&name.as_str()) {
+            if form.files.len() >= MAX_FILE_PARTS {
+                // delete the temp files now; the rest of the body is drained above
+                form.files.clear();
+                too_many = true;
+                while let Some(Ok(chunk)) = next_item(&mut field, &ended).await {
+                    total += chunk.len() as u64;
+                    if total > limits.max_bytes.saturating_add(MAX_DRAIN) {
+                        return Err(FormError::TooLarge);
+                    }
+                }
+                continue;
+            }
             let (base, ext) = name_file(&filename.unwrap_or_default());
             let tmp = tempfile::Builder::new()
                 .prefix(".upload-")
@@ -321,8 +340,13 @@ where
             form.fields.push((name, text));
         }
     }
-    if overflow {
+    if overflow || total > limits.max_bytes {
         return Err(FormError::TooLarge);
+    }
+    if too_many {
+        return Err(FormError::BadRequest(format!(
+            "the form has more than {MAX_FILE_PARTS} file parts"
+        )));
     }
     Ok(form)
 }

@@ -4,9 +4,10 @@
 //! Differences from MONAI Label, all towards clearer errors: unknown ids on writes and deletes
 //! are 404 (upstream: 500), unsafe ids are 422, and uploads are checked before they are stored
 //! (422 otherwise): the format is decided by the content (NIfTI-1 or NRRD; an image that is a zip
-//! is a DICOM series, stored as the NIfTI it assembles to by `crate::dicom_upload`; any other zip
-//! or text file is refused whatever its name), images must be readable with finite voxels and an
-//! invertible geometry, and labels must lie on their image's grid.
+//! or one or more DICOM files is a DICOM series, stored as the NIfTI it assembles to by
+//! `crate::dicom_upload`; any other zip or text file is refused whatever its name), images must
+//! be readable with finite voxels and an invertible geometry, and labels must lie on their
+//! image's grid.
 
 use std::path::PathBuf;
 
@@ -91,7 +92,9 @@ pub async fn list(state: web::Data<AppState>, query: QueryMap) -> ApiResult<Http
     }
 }
 
-/// `PUT /datastore/?image=` and `PUT /datastore/image?image=`: multipart `file` + `params`.
+/// `PUT /datastore/?image=` and `PUT /datastore/image?image=`: multipart `file` + `params`;
+/// a DICOM series as one zip or as many `file`/`files` parts (`?series=` or a `series` param
+/// chooses one series of several).
 pub async fn upload_image(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -100,33 +103,30 @@ pub async fn upload_image(
 ) -> ApiResult<HttpResponse> {
     let mut form = read_form(&req, payload, limits(&state)).await?;
     let params = form.json_object("params")?;
-    let file = form
-        .take_file("file")
+    // one `file` part, or many (`file` or `files`) holding a DICOM series
+    let mut files = form.take_files("file");
+    files.extend(form.take_files("files"));
+    let first = files
+        .first()
         .ok_or_else(|| ApiError::unprocessable("missing file part \"file\""))?;
     let id = match q(&query, "image") {
-        "" => id_from_filename(&file.filename).0,
+        "" => id_from_filename(&first.filename).0,
         id => id.to_string(),
     };
     ferrolabel_datastore::validate_id(&id)?;
-    // a zip is a DICOM series, stored as the NIfTI it assembles to (crate::dicom_upload)
-    let series = crate::dicom_upload::series_to_nifti(&state, &file).await?;
-    let (ext, source) = match &series {
-        Some(nifti) => {
-            // the assembled image passes the same checks as an uploaded one
-            state.app.load_image(nifti.to_path_buf()).await?;
-            (".nii.gz".to_string(), nifti.to_path_buf())
-        }
-        None => (checked_image(&state, &file).await?, file.path()),
-    };
+    let user = Identity::of(&req).username;
+    // a zip or DICOM files: stored as the NIfTI the series assembles to (crate::dicom_upload)
+    let uid = crate::dicom_upload::chosen_series(q(&query, "series"), &params);
+    if let Some(series) = crate::dicom_upload::series_to_nifti(&state, &files, uid, false).await? {
+        let id = crate::dicom_upload::store_series(&state, &id, series, params, &user).await?;
+        return Ok(response::json(json!({ "image": id })));
+    }
+    // not DICOM: exactly one file (series_to_nifti refuses several)
+    let file = &files[0];
+    let ext = checked_image(&state, file).await?;
     let rec = state
         .datastore
-        .add_image(
-            &id,
-            &ext,
-            Source::File(source),
-            params,
-            Some(&Identity::of(&req).username),
-        )
+        .add_image(&id, &ext, Source::File(file.path()), params, Some(&user))
         .await?;
     tracing::info!(image = %rec.id, bytes = file.size, "image stored");
     Ok(response::json(json!({"image": rec.id})))

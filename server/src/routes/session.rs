@@ -1,6 +1,9 @@
 //! `/session/`: images kept outside the datastore for interactive work (docs/protocol.md §7). Every
 //! endpoint answers 406 when sessions are disabled (`MONAI_LABEL_SESSIONS=false`). A one-file
-//! session is refused (422) unless the file is a usable image, as a datastore upload is.
+//! session is refused (422) unless the file is a usable image, as a datastore upload is. A DICOM
+//! series (one zip, or DICOM files) becomes one image, the NIfTI it assembles to
+//! (`crate::dicom_upload`), refused with a 422 naming the cause when it is not one clean CT
+//! series; several files none of which is DICOM make a folder, as in MONAI Label.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use ferrolabel_datastore::{validate_session_id, Source};
@@ -10,10 +13,14 @@ use crate::error::{ApiError, ApiResult};
 use crate::multipart::read_form;
 use crate::response;
 use crate::routes::datastore::limits;
-use crate::routes::{q_bool, q_int, QueryMap};
+use crate::routes::{q, q_bool, q_int, QueryMap};
 use crate::state::AppState;
 
-/// `PUT /session/?expiry=&uncompress=false` (multipart `files`, one or more).
+/// The file name of a session image assembled from a DICOM series.
+const SERIES_IMAGE: &str = "series.nii.gz";
+
+/// `PUT /session/?expiry=&uncompress=false&series=` (multipart `files`, one or more; a
+/// `series` query parameter or form field chooses one series of a DICOM upload).
 pub async fn create(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -32,8 +39,28 @@ pub async fn create(
     if files.is_empty() {
         return Err(ApiError::unprocessable("missing file part \"files\""));
     }
+    let uid = match q(&query, "series") {
+        "" => form.field("series").unwrap_or(""),
+        v => v,
+    };
+    let uid = crate::dicom_upload::chosen_series(uid, &Default::default());
+    if let Some(series) = crate::dicom_upload::series_to_nifti(&state, &files, uid, true).await? {
+        let nifti = series.nifti.to_path_buf();
+        state.app.load_image(nifti.clone()).await?;
+        let info = sessions
+            .create(
+                vec![(SERIES_IMAGE.to_string(), Source::File(nifti))],
+                expiry,
+            )
+            .await?;
+        drop(series);
+        drop(files);
+        return Ok(response::json(
+            json!({"session_id": info.name, "session_info": info}),
+        ));
+    }
     // one file is the session image: checked as an upload is (readable NIfTI/NRRD, finite
-    // voxels, invertible geometry); several are a DICOM series folder, checked when used
+    // voxels, invertible geometry); several non-DICOM files are a folder, checked when used
     if let [file] = files.as_slice() {
         state.app.load_image(file.path()).await?;
     }
