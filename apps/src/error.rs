@@ -104,6 +104,7 @@ impl AppError {
                     D::NotFound(_) => 404,
                     D::InvalidId(_) | D::Invalid(_) => 422,
                     D::Conflict(_) => 409,
+                    D::Remote { status, .. } => *status,
                     _ => 500,
                 }
             }

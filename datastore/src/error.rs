@@ -46,6 +46,16 @@ pub enum DatastoreError {
         /// What is wrong with it.
         message: String,
     },
+    /// The remote source of an image (a PACS) failed; `status` is the HTTP status a server
+    /// answers (502: unreachable or a bad answer, 504: it timed out, 422: what it holds is not
+    /// a usable image).
+    #[error("{detail}")]
+    Remote {
+        /// The HTTP status to answer.
+        status: u16,
+        /// What went wrong, naming the source.
+        detail: String,
+    },
     /// A blocking file task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),

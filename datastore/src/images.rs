@@ -20,8 +20,11 @@ pub struct ImageRecord {
     pub id: String,
     /// The file extension, e.g. `.nii.gz`.
     pub ext: String,
-    /// Absolute path of the image file, `<studies>/<id><ext>`.
+    /// Absolute path of the image file, `<studies>/<id><ext>`; for a remote image, where its
+    /// local copy is or will be (it may not exist yet: [`Datastore::image_path`] fetches it).
     pub path: PathBuf,
+    /// Whether the image lives in a remote source (a PACS).
+    pub remote: bool,
     /// The info object (`ts`, `name`, client keys...).
     pub info: Map<String, Value>,
 }
@@ -111,6 +114,7 @@ impl Datastore {
             id: id.to_string(),
             ext: ext.to_string(),
             path: dest,
+            remote: false,
             info,
         })
     }
@@ -155,26 +159,37 @@ impl Datastore {
     /// The image, if registered.
     pub async fn image(&self, id: &str) -> Result<Option<ImageRecord>> {
         validate_id(id)?;
-        let row = sqlx::query("SELECT ext, info FROM images WHERE id = ?")
+        let row = sqlx::query("SELECT ext, info, remote FROM images WHERE id = ?")
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
         let Some(row) = row else { return Ok(None) };
         let ext: String = row.try_get("ext")?;
+        let remote: Option<String> = row.try_get("remote")?;
+        let path = match &remote {
+            Some(r) => self.remote_hint(id, &parse_info(r)?),
+            None => self.image_file(id, &ext),
+        };
         Ok(Some(ImageRecord {
             id: id.to_string(),
-            path: self.image_file(id, &ext),
+            path,
             ext,
+            remote: remote.is_some(),
             info: parse_info(row.try_get("info")?)?,
         }))
     }
 
     /// Absolute path of the image file; `NotFound` if the id is unknown or the file is missing.
+    /// A remote image is made local first (fetched and converted unless cached; a source that
+    /// is down is [`DatastoreError::Remote`]): the one call every reader of voxels goes through.
     pub async fn image_path(&self, id: &str) -> Result<PathBuf> {
         let ext = {
             validate_id(id)?;
             self.require_image_ext(id).await?
         };
+        if let Some(remote) = self.remote_of(id).await? {
+            return self.fetch_remote(id, &remote).await;
+        }
         let path = self.image_file(id, &ext);
         if files::is_file(&path) {
             Ok(path)
@@ -338,10 +353,11 @@ impl Datastore {
     }
 
     /// `(image, final label)` absolute paths for every image with a `final` label
-    /// (`?output=train`), in insertion order.
+    /// (`?output=train`), in insertion order. A remote image's path is where its local copy is
+    /// or will be (no fetch; [`Datastore::datalist_local`] fetches).
     pub async fn datalist(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
         let rows = sqlx::query(
-            "SELECT i.id, i.ext AS iext, l.ext AS lext FROM images i JOIN labels l \
+            "SELECT i.id, i.ext AS iext, i.remote, l.ext AS lext FROM images i JOIN labels l \
              ON l.image_id = i.id AND l.tag = ? AND l.deleted = 0 ORDER BY i.seq",
         )
         .bind(FINAL_TAG)
@@ -352,10 +368,11 @@ impl Datastore {
                 let id: String = row.try_get("id")?;
                 let iext: String = row.try_get("iext")?;
                 let lext: String = row.try_get("lext")?;
-                Ok((
-                    self.image_file(&id, &iext),
-                    self.label_file(FINAL_TAG, &id, &lext),
-                ))
+                let image = match row.try_get::<Option<String>, _>("remote")? {
+                    Some(r) => self.remote_hint(&id, &parse_info(&r)?),
+                    None => self.image_file(&id, &iext),
+                };
+                Ok((image, self.label_file(FINAL_TAG, &id, &lext)))
             })
             .collect()
     }

@@ -9,7 +9,8 @@
 //!   `synchronous=FULL`, migrations embedded from `migrations/`), which is the source of truth;
 //! * immutable label revisions under `<studies>/.ferrolabel/revisions/<tag>/<id>/<rev><ext>`;
 //! * the session store ([`Sessions`]);
-//! * the append-only audit log of label and image writes ([`audit`]).
+//! * the append-only audit log of label and image writes ([`audit`]);
+//! * images that live in a PACS and the outbox of what goes back to it ([`remote`]).
 //!
 //! It must not depend on torch or on HTTP: the server crate maps [`DatastoreError`] variants to
 //! status codes and the protocol's quirks; this crate implements the semantics.
@@ -43,6 +44,7 @@ pub mod import;
 pub mod labels;
 mod monai_json;
 pub mod reconcile;
+pub mod remote;
 pub mod sessions;
 mod store;
 
@@ -56,6 +58,7 @@ pub use ids::{
 pub use images::{DatastoreStatus, ImageRecord};
 pub use labels::{LabelRecord, RevisionRecord};
 pub use monai_json::{DEFAULT_DESCRIPTION, DEFAULT_NAME};
+pub use remote::{OutboxItem, RemoteImage, RemoteSource, SyncStats};
 pub use sessions::{SessionInfo, Sessions};
 pub use store::{Datastore, DatastoreOptions, DATASTORE_JSON, PRIVATE_DIR};
 

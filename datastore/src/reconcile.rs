@@ -68,6 +68,8 @@ struct Orphan {
 /// What the database holds, read before scanning the folder.
 struct Snapshot {
     images: Vec<(String, String)>,
+    /// Ids of remote images (no file in the folder; the scan leaves them alone).
+    remote: HashSet<String>,
     /// Non-deleted labels: (image id, tag, ext).
     labels: Vec<(String, String, String)>,
     revisions: HashSet<(String, String, i64)>,
@@ -183,12 +185,18 @@ impl Datastore {
 
     async fn snapshot(&self) -> Result<Snapshot> {
         let mut tx = self.pool().begin().await?;
-        let images = sqlx::query("SELECT id, ext FROM images ORDER BY seq")
+        let rows = sqlx::query("SELECT id, ext, remote IS NOT NULL AS r FROM images ORDER BY seq")
             .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("ext")?)))
-            .collect::<Result<_>>()?;
+            .await?;
+        let mut images = Vec::with_capacity(rows.len());
+        let mut remote = HashSet::new();
+        for r in rows {
+            let id: String = r.try_get("id")?;
+            if r.try_get::<bool, _>("r")? {
+                remote.insert(id.clone());
+            }
+            images.push((id, r.try_get("ext")?));
+        }
         let labels = sqlx::query("SELECT image_id, tag, ext FROM labels WHERE deleted = 0")
             .fetch_all(&mut *tx)
             .await?
@@ -204,6 +212,7 @@ impl Datastore {
         tx.commit().await?;
         Ok(Snapshot {
             images,
+            remote,
             labels,
             revisions,
         })
@@ -228,7 +237,9 @@ impl Datastore {
         );
         let mut images: HashSet<&str> = HashSet::new();
         for (id, ext) in &snap.images {
-            if files::is_file(&self.image_file(id, ext)) {
+            if snap.remote.contains(id) {
+                images.insert(id);
+            } else if files::is_file(&self.image_file(id, ext)) {
                 images.insert(id);
             } else if let Some(other) = scanned.get(id) {
                 changes.push(Change::SetImageExt {

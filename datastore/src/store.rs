@@ -81,6 +81,8 @@ pub(crate) struct Inner {
     /// Bumped after every committed change; the JSON mirror records which one it wrote.
     generation: AtomicU64,
     json_written: tokio::sync::Mutex<u64>,
+    /// Where remote images are made local (see [`crate::remote`]).
+    pub(crate) remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteSource>>,
 }
 
 #[derive(Default)]
@@ -179,6 +181,7 @@ impl Datastore {
                 label_locks: KeyLocks::default(),
                 generation: AtomicU64::new(1),
                 json_written: tokio::sync::Mutex::new(0),
+                remote: std::sync::OnceLock::new(),
             }),
         };
         {
@@ -263,6 +266,11 @@ impl Datastore {
     /// `.ferrolabel/revisions/<tag>/<id>`, relative to the studies folder.
     pub(crate) fn revision_dir_rel(tag: &str, id: &str) -> PathBuf {
         Path::new(PRIVATE_DIR).join("revisions").join(tag).join(id)
+    }
+
+    /// Holds off the folder scan (shared) for a write that touches no file.
+    pub(crate) async fn lock_scan_shared(&self) -> OwnedRwLockReadGuard<()> {
+        self.inner.scan_lock.clone().read_owned().await
     }
 
     pub(crate) async fn lock_image(&self, id: &str) -> Guards {

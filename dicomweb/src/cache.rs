@@ -173,6 +173,11 @@ impl SeriesCache {
         Ok(cache)
     }
 
+    /// The cache folder (an entry is `<root>/<SeriesInstanceUID>/`, its volume `image.nii`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Bytes held by all entries.
     pub fn total_bytes(&self) -> u64 {
         self.lock().entries.values().map(|e| e.bytes).sum()

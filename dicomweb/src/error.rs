@@ -94,6 +94,19 @@ impl DicomWebError {
         )
     }
 
+    /// The HTTP status a server answers for this error: 504 for [`DicomWebError::Timeout`],
+    /// 502 for the PACS's other faults, 422 for a series that is not a usable CT, 400 for
+    /// fetching by frame, 500 for the rest (settings, local disk).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            DicomWebError::Timeout { .. } => 504,
+            e if e.is_gateway_error() => 502,
+            DicomWebError::Series { .. } => 422,
+            DicomWebError::Unsupported(_) => 400,
+            _ => 500,
+        }
+    }
+
     /// Classifies a transport error of `reqwest` for `url`.
     pub(crate) fn from_reqwest(url: &str, e: reqwest::Error) -> DicomWebError {
         if e.is_timeout() {

@@ -115,11 +115,33 @@ impl From<DatastoreError> for ApiError {
             DatastoreError::InvalidId(m) => ApiError::unprocessable(format!("invalid id: {m}")),
             DatastoreError::Invalid(m) => ApiError::unprocessable(m),
             DatastoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            DatastoreError::Remote { status, detail } => {
+                tracing::warn!(status, %detail, "PACS failure");
+                ApiError::new(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    detail,
+                )
+            }
             other => {
                 tracing::error!(error = %other, "datastore failure");
                 ApiError::internal(format!("datastore error: {other}"))
             }
         }
+    }
+}
+
+impl From<ferrolabel_dicomweb::DicomWebError> for ApiError {
+    /// The PACS's faults are 502 (unreachable, an error status, garbage, a refused STOW) or 504
+    /// (timed out); a series that is not a usable CT is 422 (`DicomWebError::http_status`).
+    fn from(e: ferrolabel_dicomweb::DicomWebError) -> Self {
+        let status = e.http_status();
+        if status >= 500 {
+            tracing::warn!(status, error = %e, "PACS failure");
+        }
+        ApiError::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            e.to_string(),
+        )
     }
 }
 

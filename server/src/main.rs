@@ -17,6 +17,7 @@ mod form;
 mod leftovers;
 mod logging;
 mod multipart;
+mod pacs;
 mod pyjson;
 mod response;
 mod routes;

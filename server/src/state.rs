@@ -19,6 +19,8 @@ pub struct AppState {
     pub sessions: Option<Sessions>,
     /// Server settings.
     pub settings: Arc<Settings>,
+    /// The PACS, when `--studies` is a DICOMweb URL (see [`crate::pacs`]).
+    pub pacs: Option<Arc<crate::pacs::Pacs>>,
 }
 
 impl AppState {

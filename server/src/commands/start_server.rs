@@ -72,6 +72,58 @@ fn auth_and_tls(args: &ServerArgs) -> Result<(Option<Arc<Auth>>, Option<rustls::
     Ok((auth, tls))
 }
 
+/// With `--studies http(s)://.../dicom-web`: opens the PACS datastore, lists the PACS's series
+/// once before serving (a PACS that is down is logged; the last listing stays), retries unsent
+/// SEGs, and keeps doing both every sync interval.
+async fn open_pacs(
+    settings: &crate::config::Settings,
+    datastore: &Datastore,
+    app: &WholeBodyApp,
+) -> Result<Option<Arc<crate::pacs::Pacs>>> {
+    let (Some(config), Some(local)) = (&settings.dicomweb, &settings.pacs) else {
+        return Ok(None);
+    };
+    let structures = app
+        .label_map()
+        .iter()
+        .filter_map(|(name, v)| {
+            let value = u8::try_from(v.as_i64()?).ok().filter(|v| *v > 0)?;
+            Some(ferrolabel_dicom::seg::Structure {
+                value,
+                name: name.clone(),
+            })
+        })
+        .collect();
+    let pacs = crate::pacs::Pacs::open(
+        config.clone(),
+        &local.series_cache,
+        local.cache_bytes,
+        datastore.clone(),
+        app.limits().clone(),
+        structures,
+    )
+    .with_context(|| format!("cannot open the DICOMweb datastore {}", config.base_url))?;
+    tracing::info!(
+        pacs = %config.base_url,
+        local = %settings.studies.display(),
+        series_cache = %local.series_cache.display(),
+        cache_mb = local.cache_bytes >> 20,
+        sync_interval_s = local.sync_interval,
+        "DICOMweb datastore"
+    );
+    crate::pacs::sync_once(&pacs).await;
+    let every = Duration::from_secs(local.sync_interval);
+    let background = pacs.clone();
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            crate::pacs::sync_once(&background).await;
+        }
+    });
+    Ok(Some(pacs))
+}
+
 /// Runs the server until it is stopped (Ctrl-C / SIGTERM).
 pub fn run(args: ServerArgs) -> Result<()> {
     let settings = args.settings()?;
@@ -137,16 +189,7 @@ async fn serve(
     )
     .await
     .with_context(|| format!("cannot open the datastore {}", settings.studies.display()))?;
-    if let (Some(dw), Some(pacs)) = (&settings.dicomweb, &settings.pacs) {
-        tracing::info!(
-            pacs = %dw.base_url,
-            local = %settings.studies.display(),
-            series_cache = %pacs.series_cache.display(),
-            cache_mb = pacs.cache_bytes >> 20,
-            sync_interval_s = pacs.sync_interval,
-            "DICOMweb datastore"
-        );
-    }
+    let pacs = open_pacs(&settings, &datastore, &app).await?;
     let sessions = match &settings.session_path {
         Some(p) => Some(
             Sessions::open(p, settings.session_expiry)
@@ -180,6 +223,7 @@ async fn serve(
         datastore: datastore.clone(),
         sessions,
         settings: Arc::new(settings.clone()),
+        pacs,
     });
     if let Some(a) = auth.clone() {
         tracing::info!(

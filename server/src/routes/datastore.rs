@@ -197,7 +197,13 @@ pub async fn download_image(
         .await?
         .ok_or_else(|| ApiError::not_found(IMAGE_NOT_FOUND))?;
     let name = format!("{}{}", rec.id, rec.ext);
-    response::stream_file(&rec.path, &name, ())
+    // a PACS image is fetched on first use (502/504 when the PACS fails)
+    let path = if rec.remote {
+        state.datastore.image_path(id).await?
+    } else {
+        rec.path
+    };
+    response::stream_file(&path, &name, ())
         .await
         .map_err(|_| ApiError::not_found(IMAGE_NOT_FOUND))
 }
@@ -253,7 +259,13 @@ pub async fn save_label(
     let Some(image) = state.datastore.image(&id).await? else {
         return Err(ApiError::not_found(format!("Image NOT Found: {id}")));
     };
-    let ext = checked_label(&state, &label, image.path).await?;
+    // a PACS image is made local (fetched on first use) for the grid check
+    let image_path = if image.remote {
+        state.datastore.image_path(&id).await?
+    } else {
+        image.path
+    };
+    let ext = checked_label(&state, &label, image_path).await?;
     // with auth on, the revision author is the logged-in user; otherwise the client's id
     let who = Identity::of(&req);
     let author = if who.authenticated {
@@ -276,7 +288,12 @@ pub async fn save_label(
         )
         .await?;
     tracing::info!(image = %id, tag = %tag, rev = ?rec.rev, "label saved");
-    Ok(response::json(json!({"image": id, "label": id})))
+    let mut answer = json!({"image": id, "label": id});
+    if let (Some(pacs), true) = (&state.pacs, image.remote && tag == FINAL_TAG) {
+        // the label is saved; the SEG goes to the PACS now or later (docs/dicomweb.md)
+        answer["pacs"] = crate::pacs::outbox::queue_final(pacs.clone(), &id, rec.rev).await?;
+    }
+    Ok(response::json(answer))
 }
 
 /// `GET /datastore/label?label=&tag=`: the label file, named `<id><ext>`.
@@ -369,7 +386,7 @@ pub async fn update_label_info_params(
 /// `GET /datastore/dataset?limit_cases=`: a zip of every `final` label with its image, plus
 /// `metadata.json` (the datastore model).
 pub async fn dataset(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
-    let mut pairs = state.datastore.datalist().await?;
+    let mut pairs = state.datastore.datalist_local().await?;
     if pairs.is_empty() {
         return Err(ApiError::not_found(format!(
             "no images with a {FINAL_TAG} label: nothing to export"

@@ -103,7 +103,7 @@ async fn start(
     if state.app.trainer().tasks().running().is_some() {
         return Err(AppError::Busy("Train Task is Already Running".into()).into());
     }
-    let pairs = pairs_from_datalist(state.datastore.datalist().await?);
+    let pairs = pairs_from_datalist(state.datastore.datalist_local().await?);
     let app = state.app.clone();
     let task =
         joined(tokio::task::spawn_blocking(move || app.trainer().start(&params, pairs)).await)??;
