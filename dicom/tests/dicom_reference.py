@@ -9,6 +9,8 @@ Commands (all write their results as files the Rust tests read):
                                    agree, as OUT_PREFIX.u8 on the source grid (x fastest)
   hd-write-seg SOURCE_DIR LABELS_U8 SPEC_JSON OUT
                                    a BINARY SEG written by highdicom (segments as SPEC_JSON lists)
+  as-binary-class SEG OUT          a LABELMAP SEG relabelled with the BINARY SOP class (for
+                                   validators that predate Supplement 243)
 """
 
 import argparse
@@ -241,6 +243,9 @@ def seg_read(args):
     uids = [d.SOPInstanceUID or d.file_meta.MediaStorageSOPInstanceUID for d in sources]
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
 
+    if seg_ds.SegmentationType == "LABELMAP":
+        return labelmap_read(args, seg_ds, sources, uids, names, rows, cols)
+
     # 1. highdicom: segments combined into one array per source instance
     seg = hd.seg.Segmentation.from_dataset(seg_ds)
     number_to_value = {}
@@ -326,6 +331,49 @@ def hd_write_seg(args):
     seg.save_as(args.out)
 
 
+def labelmap_read(args, seg_ds, sources, uids, names, rows, cols):
+    """A LABELMAP SEG (Supplement 243; highdicom 0.22 predates it) with plain pydicom: each
+    frame's pixel values are segment numbers, PixelPaddingValue is the background, frames are
+    placed by ImagePositionPatient and cross-checked against the referenced source instance."""
+    assert seg_ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7", seg_ds.SOPClassUID
+    background = int(seg_ds.get("PixelPaddingValue", 0))
+    lut = np.zeros(65536, np.uint8)
+    described = {background}
+    for s in seg_ds.SegmentSequence:
+        number = int(s.SegmentNumber)
+        described.add(number)
+        if number != background:
+            lut[number] = int(names[s.SegmentLabel])
+    frames = seg_ds.pixel_array.reshape(-1, rows, cols)
+    undescribed = set(np.unique(frames).tolist()) - described
+    if undescribed:
+        sys.exit(f"pixel values {sorted(undescribed)} are not described segments")
+    out = np.zeros((len(uids), rows, cols), np.uint8)
+    src_pos = np.array([np.array(d.ImagePositionPatient, float) for d in sources])
+    for f, item in enumerate(seg_ds.PerFrameFunctionalGroupsSequence):
+        pos = np.array(item.PlanePositionSequence[0].ImagePositionPatient, float)
+        k = int(np.argmin(np.linalg.norm(src_pos - pos, axis=1)))
+        assert np.linalg.norm(src_pos[k] - pos) < 1e-3, (pos, src_pos[k])
+        ref = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        assert ref == uids[k], (ref, uids[k])
+        assert "SegmentIdentificationSequence" not in item
+        out[k] = lut[frames[f]]
+    out.tofile(args.out + ".u8")
+    info = {"segments": [s.SegmentLabel for s in seg_ds.SegmentSequence],
+            "frames": int(seg_ds.NumberOfFrames), "bits": int(seg_ds.BitsAllocated)}
+    with open(args.out + ".json", "w") as f:
+        json.dump(info, f)
+
+
+def as_binary_class(args):
+    """A copy of a LABELMAP SEG under the BINARY Segmentation SOP class, so that a validator
+    that predates Supplement 243 checks every module it knows."""
+    ds = pydicom.dcmread(args.seg)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.save_as(args.out)
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -361,9 +409,12 @@ def main():
     h.add_argument("labels")
     h.add_argument("spec")
     h.add_argument("out")
+    c = sub.add_parser("as-binary-class")
+    c.add_argument("seg")
+    c.add_argument("out")
     args = p.parse_args()
     commands = {"write-series": write_series, "sitk-read": sitk_read, "seg-read": seg_read,
-                "hd-write-seg": hd_write_seg}
+                "hd-write-seg": hd_write_seg, "as-binary-class": as_binary_class}
     commands[args.cmd](args)
 
 

@@ -9,7 +9,8 @@ use std::process::Command;
 
 use common::{in_ci, python, run_py, s, shared_series};
 use ferrolabel_dicom::seg::{
-    codes::codes_for, read_seg, write_binary_seg, SegOptions, SegmentationType, Structure,
+    codes::codes_for, read_seg, write_binary_seg, write_labelmap_seg, SegOptions, SegmentationType,
+    Structure,
 };
 use ferrolabel_dicom::{assemble_dir, AssembleOptions, DicomError, Series};
 
@@ -472,4 +473,154 @@ fn read_seg_refuses_other_grids_and_non_segmentations() {
     // nor are bytes that are not DICOM
     let e = read_seg(b"hello", &sa.info, &liver).unwrap_err();
     assert!(matches!(e, DicomError::NotDicom { .. }), "{e}");
+}
+
+#[test]
+fn labelmap_seg_reads_back_with_pydicom_and_our_reader() {
+    let Some(py) = python() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("series");
+    run_py(
+        &py,
+        &[
+            "write-series",
+            s(&source),
+            "--angle",
+            "25",
+            "--slices",
+            "9",
+            "--reverse",
+            "--rows",
+            "21",
+            "--cols",
+            "17",
+        ],
+    );
+    let series = assemble_dir(&source, &AssembleOptions::default()).unwrap();
+    let dims = series.volume.dims;
+    let mut labels = vec![0u8; series.volume.len()];
+    paint(&mut labels, dims, [1, 1, 1], [12, 10, 7], 5); // liver
+    paint(&mut labels, dims, [8, 8, 0], [16, 20, 3], 104); // last bundle value
+    paint(&mut labels, dims, [0, 15, 8], [3, 21, 9], 17); // not named: background
+    let structures = [
+        structure(104, "urinary_bladder"),
+        structure(5, "liver"),
+        structure(9, "aorta"), // named, absent
+    ];
+    let bytes =
+        write_labelmap_seg(&series.info, &labels, &structures, &SegOptions::default()).unwrap();
+    let seg = work.path().join("labelmap.dcm");
+    std::fs::write(&seg, &bytes).unwrap();
+    // dicom3tools 2022 predates Supplement 243: it does not know the SOP class (and applies
+    // BINARY's segment numbering rule); under the BINARY SOP class it validates every module
+    // and objects only to what Supplement 243 changed
+    if let Some(errors) = dciodvfy_errors(&seg) {
+        let known = [
+            "Error - Information Object Not found",
+            "Error - SegmentNumber not monotonically increasing from one by one",
+        ];
+        let other: Vec<&String> = errors
+            .iter()
+            .filter(|e| !known.iter().any(|k| e.starts_with(k)))
+            .collect();
+        assert!(other.is_empty(), "dciodvfy errors: {other:#?}");
+        let relabelled = work.path().join("as-binary.dcm");
+        run_py(&py, &["as-binary-class", s(&seg), s(&relabelled)]);
+        let sup243 = [
+            "Error - SegmentNumber not monotonically increasing from one by one",
+            "Error - Unrecognized enumerated value <LABELMAP> for value 1 of attribute \
+             <Segmentation Type>",
+            "Error - Value is zero for value 1 of attribute <Segment Number>",
+            "Error - Missing attribute Type 1 Required Element=<SegmentIdentificationSequence> \
+             Module=<SegmentationMacro>",
+        ];
+        let errors = dciodvfy_errors(&relabelled).unwrap();
+        let other: Vec<&String> = errors
+            .iter()
+            .filter(|e| !sup243.iter().any(|k| e.starts_with(k)))
+            .collect();
+        assert!(
+            other.is_empty(),
+            "dciodvfy errors beyond Supplement 243's changes: {other:#?}"
+        );
+    }
+    let expected: Vec<u8> = labels
+        .iter()
+        .map(|&v| if v == 17 { 0 } else { v })
+        .collect();
+
+    // plain pydicom: frames of segment numbers placed by position, every value described
+    let names: serde_json::Map<String, serde_json::Value> = structures
+        .iter()
+        .map(|st| (st.name.clone(), serde_json::json!(st.value)))
+        .collect();
+    let names_file = work.path().join("names.json");
+    std::fs::write(&names_file, serde_json::to_vec(&names).unwrap()).unwrap();
+    let out = work.path().join("back");
+    run_py(
+        &py,
+        &["seg-read", s(&seg), s(&source), s(&names_file), s(&out)],
+    );
+    let back = std::fs::read(out.with_extension("u8")).unwrap();
+    assert_eq!(
+        differing(&back, &expected),
+        0,
+        "pydicom reads the LABELMAP differently"
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(
+        info["segments"],
+        serde_json::json!(["Background", "liver", "urinary_bladder"])
+    );
+    assert_eq!(info["frames"], serde_json::json!(9), "one frame per slice");
+    assert_eq!(info["bits"], serde_json::json!(8));
+
+    // our reader
+    let ours = read_seg(&bytes, &series.info, &structures).unwrap();
+    assert_eq!(ours.segmentation_type, SegmentationType::Labelmap);
+    assert_eq!(differing(&ours.labels, &expected), 0);
+    assert_eq!(
+        ours.segments.len(),
+        2,
+        "the background is not a segment of the map"
+    );
+}
+
+#[test]
+fn series_info_survives_its_json_sidecar() {
+    let Some(py) = python() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("enhanced");
+    run_py(
+        &py,
+        &["write-series", s(&source), "--multiframe", "--slices", "4"],
+    );
+    let series = assemble_dir(&source, &AssembleOptions::default()).unwrap();
+    let json = series.info.to_json();
+    let text = serde_json::to_string(&json).unwrap();
+    let back =
+        ferrolabel_dicom::SeriesInfo::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
+    assert_eq!(back.to_json(), json);
+    assert_eq!(back.slices, series.info.slices);
+    assert_eq!(
+        json["identity"].as_array().unwrap().len(),
+        series.info.identity.iter().count()
+    );
+    // a SEG written from the restored info is one of the series
+    let mut labels = vec![0u8; series.volume.len()];
+    paint(&mut labels, series.volume.dims, [2, 2, 1], [9, 9, 3], 5);
+    let liver = [structure(5, "liver")];
+    let bytes = write_binary_seg(&back, &labels, &liver, &SegOptions::default()).unwrap();
+    let read = read_seg(&bytes, &series.info, &liver).unwrap();
+    assert_eq!(differing(&read.labels, &labels), 0);
+    let obj = dicom_object::from_reader(&bytes[128..]).unwrap();
+    let name = obj
+        .element(dicom_dictionary_std::tags::PATIENT_NAME)
+        .unwrap();
+    assert_eq!(name.to_str().unwrap(), "Test^Ferro");
+    // not a sidecar
+    let e =
+        ferrolabel_dicom::SeriesInfo::from_json(&serde_json::json!({"version": 1})).unwrap_err();
+    assert!(matches!(e, DicomError::Corrupt { .. }), "{e}");
 }

@@ -4,7 +4,9 @@
 
 pub mod codes;
 mod elements;
+mod labelmap;
 mod read;
+mod sidecar;
 
 use dicom_core::VR;
 use dicom_dictionary_std::{tags, uids};
@@ -16,6 +18,7 @@ use crate::series::SeriesInfo;
 use codes::{codes_for, fallback_codes, rgb_to_dicom_lab, Code, SegmentCodes};
 pub(crate) use elements::new_uid;
 use elements::{at, code_item, code_seq, ds, ds_multi, item, s, seq, strs, ul, us};
+pub use labelmap::write_labelmap_seg;
 pub use read::{
     read_seg, DecodedSeg, ReadSegment, SegmentationType, LABEL_MAP_SEGMENTATION_STORAGE,
 };
@@ -83,6 +86,67 @@ pub fn write_binary_seg(
     structures: &[Structure],
     options: &SegOptions,
 ) -> Result<Vec<u8>> {
+    let plane = series.rows * series.columns;
+    let present = present_structures(series, labels, structures, false)?;
+    let frames: Vec<(Option<u16>, usize)> = present
+        .iter()
+        .flat_map(|p| p.slices.iter().map(move |&k| (Some(p.number), k)))
+        .collect();
+    // BINARY pixel data: frames back to back, one bit per pixel, least significant bit first
+    let mut pixels = vec![0u8; (frames.len() * plane).div_ceil(8).next_multiple_of(2)];
+    let mut bit = 0usize;
+    for p in &present {
+        for &k in &p.slices {
+            let slice = &labels[k * plane..(k + 1) * plane];
+            for &v in slice {
+                if v == p.structure.value {
+                    pixels[bit >> 3] |= 1 << (bit & 7);
+                }
+                bit += 1;
+            }
+        }
+    }
+    let pixels = dicom_core::DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        dicom_core::PrimitiveValue::U8(pixels.into()),
+    );
+    finish(
+        series,
+        options,
+        SegmentationType::Binary,
+        &present,
+        &frames,
+        pixels,
+    )
+}
+
+/// Writes a DICOM Segmentation of `labels` of the given type: [`write_binary_seg`] or
+/// [`write_labelmap_seg`]; FRACTIONAL is not written ([`DicomError::InvalidLabels`]).
+pub fn write_seg(
+    kind: SegmentationType,
+    series: &SeriesInfo,
+    labels: &[u8],
+    structures: &[Structure],
+    options: &SegOptions,
+) -> Result<Vec<u8>> {
+    match kind {
+        SegmentationType::Binary => write_binary_seg(series, labels, structures, options),
+        SegmentationType::Labelmap => write_labelmap_seg(series, labels, structures, options),
+        SegmentationType::Fractional => Err(DicomError::InvalidLabels(
+            "FRACTIONAL segmentations are not written".into(),
+        )),
+    }
+}
+
+/// The structures present in `labels` with the slices holding each. Segments are numbered
+/// from 1 in the order of `structures` or, with `by_value`, by their label value.
+fn present_structures<'a>(
+    series: &SeriesInfo,
+    labels: &[u8],
+    structures: &'a [Structure],
+    by_value: bool,
+) -> Result<Vec<Present<'a>>> {
     let (rows, cols, depth) = (series.rows, series.columns, series.slices.len());
     let plane = rows * cols;
     if labels.len() != plane * depth {
@@ -119,8 +183,13 @@ pub fn write_binary_seg(
         let codes = codes_for(&st.name)
             .cloned()
             .unwrap_or_else(|| fallback_codes(&st.name));
+        let number = if by_value {
+            u16::from(st.value)
+        } else {
+            present.len() as u16 + 1
+        };
         present.push(Present {
-            number: present.len() as u16 + 1,
+            number,
             structure: st,
             codes,
             slices,
@@ -131,28 +200,30 @@ pub fn write_binary_seg(
             "no structure is present in the label map; a segmentation needs one segment".into(),
         ));
     }
-    let frames: usize = present.iter().map(|p| p.slices.len()).sum();
-    if frames > i32::MAX as usize || rows > usize::from(u16::MAX) || cols > usize::from(u16::MAX) {
+    present.sort_by_key(|p| p.number);
+    Ok(present)
+}
+
+/// The Segmentation object around `pixels`: `frames` lists each frame's segment (`None` in a
+/// LABELMAP) and slice.
+fn finish(
+    series: &SeriesInfo,
+    options: &SegOptions,
+    kind: SegmentationType,
+    present: &[Present],
+    frames: &[(Option<u16>, usize)],
+    pixels: dicom_object::mem::InMemElement,
+) -> Result<Vec<u8>> {
+    let (rows, cols) = (series.rows, series.columns);
+    if frames.len() > i32::MAX as usize
+        || rows > usize::from(u16::MAX)
+        || cols > usize::from(u16::MAX)
+    {
         return Err(DicomError::InvalidLabels(format!(
-            "{frames} frames of {cols} x {rows} do not fit a DICOM image"
+            "{} frames of {cols} x {rows} do not fit a DICOM image",
+            frames.len()
         )));
     }
-
-    // BINARY pixel data: frames back to back, one bit per pixel, least significant bit first
-    let mut pixels = vec![0u8; (frames * plane).div_ceil(8).next_multiple_of(2)];
-    let mut bit = 0usize;
-    for p in &present {
-        for &k in &p.slices {
-            let slice = &labels[k * plane..(k + 1) * plane];
-            for &v in slice {
-                if v == p.structure.value {
-                    pixels[bit >> 3] |= 1 << (bit & 7);
-                }
-                bit += 1;
-            }
-        }
-    }
-
     let (sop_uid, series_uid) = options
         .uids
         .clone()
@@ -160,11 +231,14 @@ pub fn write_binary_seg(
     let mut obj = header(series, options, &sop_uid, &series_uid);
     obj.put(us(tags::ROWS, &[rows as u16]));
     obj.put(us(tags::COLUMNS, &[cols as u16]));
-    obj.put(s(tags::NUMBER_OF_FRAMES, VR::IS, &frames.to_string()));
-    obj.put(seq(
-        tags::SEGMENT_SEQUENCE,
-        present.iter().map(|p| segment_item(p, options)).collect(),
-    ));
+    obj.put(s(tags::NUMBER_OF_FRAMES, VR::IS, &frames.len().to_string()));
+    let mut segments: Vec<InMemDicomObject> = Vec::with_capacity(present.len() + 1);
+    if kind == SegmentationType::Labelmap {
+        labelmap::set_pixel_module(&mut obj);
+        segments.push(labelmap::background_segment(options));
+    }
+    segments.extend(present.iter().map(|p| segment_item(p, options)));
+    obj.put(seq(tags::SEGMENT_SEQUENCE, segments));
     let dim_uid = new_uid();
     obj.put(seq(
         tags::DIMENSION_ORGANIZATION_SEQUENCE,
@@ -183,38 +257,31 @@ pub fn write_binary_seg(
             s(tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, label),
         ])
     };
-    obj.put(seq(
-        tags::DIMENSION_INDEX_SEQUENCE,
-        vec![
-            dim(
-                tags::REFERENCED_SEGMENT_NUMBER,
-                tags::SEGMENT_IDENTIFICATION_SEQUENCE,
-                "ReferencedSegmentNumber",
-            ),
-            dim(
-                tags::IMAGE_POSITION_PATIENT,
-                tags::PLANE_POSITION_SEQUENCE,
-                "ImagePositionPatient",
-            ),
-        ],
+    let mut dims = Vec::new();
+    if kind != SegmentationType::Labelmap {
+        dims.push(dim(
+            tags::REFERENCED_SEGMENT_NUMBER,
+            tags::SEGMENT_IDENTIFICATION_SEQUENCE,
+            "ReferencedSegmentNumber",
+        ));
+    }
+    dims.push(dim(
+        tags::IMAGE_POSITION_PATIENT,
+        tags::PLANE_POSITION_SEQUENCE,
+        "ImagePositionPatient",
     ));
+    obj.put(seq(tags::DIMENSION_INDEX_SEQUENCE, dims));
     obj.put(seq(
         tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
         vec![shared_groups(series)],
     ));
-    let mut per_frame = Vec::with_capacity(frames);
-    for p in &present {
-        for &k in &p.slices {
-            per_frame.push(frame_groups(series, p.number, k));
-        }
-    }
+    let per_frame = frames
+        .iter()
+        .map(|&(segment, k)| frame_groups(series, segment, k))
+        .collect();
     obj.put(seq(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame));
     obj.put(referenced_series(series));
-    obj.put(dicom_core::DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OB,
-        dicom_core::PrimitiveValue::U8(pixels.into()),
-    ));
+    obj.put(pixels);
 
     let file = obj
         .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
@@ -387,7 +454,7 @@ fn shared_groups(series: &SeriesInfo) -> InMemDicomObject {
     ])
 }
 
-fn frame_groups(series: &SeriesInfo, segment: u16, k: usize) -> InMemDicomObject {
+fn frame_groups(series: &SeriesInfo, segment: Option<u16>, k: usize) -> InMemDicomObject {
     let src = &series.slices[k];
     let mut source = vec![
         s(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &src.sop_class_uid),
@@ -420,14 +487,15 @@ fn frame_groups(series: &SeriesInfo, segment: u16, k: usize) -> InMemDicomObject
             },
         ),
     ]);
-    item(vec![
+    let index: Vec<u32> = match segment {
+        Some(n) => vec![u32::from(n), k as u32 + 1],
+        None => vec![k as u32 + 1],
+    };
+    let mut groups = vec![
         seq(tags::DERIVATION_IMAGE_SEQUENCE, vec![derivation]),
         seq(
             tags::FRAME_CONTENT_SEQUENCE,
-            vec![item(vec![ul(
-                tags::DIMENSION_INDEX_VALUES,
-                &[u32::from(segment), k as u32 + 1],
-            )])],
+            vec![item(vec![ul(tags::DIMENSION_INDEX_VALUES, &index)])],
         ),
         seq(
             tags::PLANE_POSITION_SEQUENCE,
@@ -436,11 +504,14 @@ fn frame_groups(series: &SeriesInfo, segment: u16, k: usize) -> InMemDicomObject
                 &src.position,
             )])],
         ),
-        seq(
+    ];
+    if let Some(n) = segment {
+        groups.push(seq(
             tags::SEGMENT_IDENTIFICATION_SEQUENCE,
-            vec![item(vec![us(tags::REFERENCED_SEGMENT_NUMBER, &[segment])])],
-        ),
-    ])
+            vec![item(vec![us(tags::REFERENCED_SEGMENT_NUMBER, &[n])])],
+        ));
+    }
+    item(groups)
 }
 
 /// ReferencedSeriesSequence (Common Instance Reference module): every source instance once.
