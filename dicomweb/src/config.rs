@@ -27,8 +27,8 @@ pub enum FetchMode {
     /// One request for the whole series (`.../studies/{study}/series/{series}`).
     #[default]
     Series,
-    /// Frame by frame (MONAI Label's `dicomweb_fetch_by_frame`). Not implemented: a retrieval
-    /// in this mode answers [`DicomWebError::Unsupported`].
+    /// The series' metadata, then each instance's frames (MONAI Label's
+    /// `dicomweb_fetch_by_frame`); instances are rebuilt from both.
     Frame,
 }
 

@@ -20,6 +20,7 @@ mod cache;
 mod client;
 mod config;
 mod error;
+mod frames;
 pub mod model;
 pub mod multipart;
 mod wado;

@@ -25,9 +25,11 @@ impl DicomWebClient {
         dir: &Path,
     ) -> Result<RetrievedFiles> {
         if self.config.fetch_mode == FetchMode::Frame {
-            return Err(DicomWebError::Unsupported(
-                "fetching by frame; retrieve by series".into(),
-            ));
+            check_uid(study_uid)?;
+            check_uid(series_uid)?;
+            return self
+                .retrieve_frames_to_dir(study_uid, series_uid, dir)
+                .await;
         }
         let path = format!(
             "studies/{}/series/{}",
