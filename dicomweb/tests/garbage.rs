@@ -213,14 +213,115 @@ fn garbage_answers_are_typed_errors() {
             .await
             .unwrap_err();
         bad(&err, "over the instance limit");
-        let mut frames = config.clone();
-        frames.fetch_mode = FetchMode::Frame;
-        let err = DicomWebClient::new(frames)
-            .unwrap()
-            .retrieve_series("1.2", "5", &opts)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, DicomWebError::Unsupported(_)), "{err:?}");
+    });
+}
+
+/// One CT instance's metadata: `frames` frames of 2 × 2 16-bit pixels.
+fn frame_metadata(sop: &str, frames: u32) -> Vec<u8> {
+    format!(
+        r#"[{{"00080016":{{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]}},
+            "00080018":{{"vr":"UI","Value":["{sop}"]}},
+            "00080060":{{"vr":"CS","Value":["CT"]}},
+            "00280002":{{"vr":"US","Value":[1]}},
+            "00280008":{{"vr":"IS","Value":[{frames}]}},
+            "00280010":{{"vr":"US","Value":[2]}},
+            "00280011":{{"vr":"US","Value":[2]}},
+            "00280100":{{"vr":"US","Value":[16]}}}}]"#
+    )
+    .into_bytes()
+}
+
+const MP_FRAMES: &str = "multipart/related; type=\"application/octet-stream\"; boundary=bnd";
+
+fn frame_parts(parts: &[&[u8]], content_type: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    for p in parts {
+        b.extend_from_slice(format!("--bnd\r\nContent-Type: {content_type}\r\n\r\n").as_bytes());
+        b.extend_from_slice(p);
+        b.extend_from_slice(b"\r\n");
+    }
+    b.extend_from_slice(b"--bnd--\r\n");
+    b
+}
+
+#[test]
+fn fetch_by_frame_refuses_answers_that_disagree_with_the_metadata() {
+    let mut r: HashMap<&'static str, Reply> = HashMap::new();
+    let json = "application/dicom+json";
+    // two frames announced, one sent
+    r.insert(
+        "/studies/1.2/series/11/metadata",
+        Reply::Full(200, json, frame_metadata("1.2.11", 2)),
+    );
+    r.insert(
+        "/studies/1.2/series/11/instances/1.2.11/frames/1,2",
+        Reply::Full(
+            200,
+            MP_FRAMES,
+            frame_parts(&[&[0u8; 8]], "application/octet-stream"),
+        ),
+    );
+    // an instance without a SOPInstanceUID
+    r.insert(
+        "/studies/1.2/series/12/metadata",
+        Reply::Full(200, json, b"[{}]".to_vec()),
+    );
+    // a native frame of 3 bytes where 2 x 2 x 16 bits are 8
+    r.insert(
+        "/studies/1.2/series/13/metadata",
+        Reply::Full(200, json, frame_metadata("1.2.13", 1)),
+    );
+    r.insert(
+        "/studies/1.2/series/13/instances/1.2.13/frames/1",
+        Reply::Full(
+            200,
+            MP_FRAMES,
+            frame_parts(&[b"abc"], "application/octet-stream"),
+        ),
+    );
+    // a part whose media type names no transfer syntax
+    r.insert(
+        "/studies/1.2/series/14/metadata",
+        Reply::Full(200, json, frame_metadata("1.2.14", 1)),
+    );
+    r.insert(
+        "/studies/1.2/series/14/instances/1.2.14/frames/1",
+        Reply::Full(200, MP_FRAMES, frame_parts(&[&[0u8; 8]], "text/html")),
+    );
+    // NumberOfFrames 0
+    r.insert(
+        "/studies/1.2/series/15/metadata",
+        Reply::Full(200, json, frame_metadata("1.2.15", 0)),
+    );
+    let base = serve(r);
+    let mut config = DicomWebConfig::new(&base).unwrap();
+    config.fetch_mode = FetchMode::Frame;
+    config.request_timeout = Duration::from_secs(2);
+    let client = DicomWebClient::new(config).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = AssembleOptions::default();
+        for (series, what, says) in [
+            ("11", "a missing frame", "1 frames sent, 2 asked for"),
+            ("12", "no SOPInstanceUID", "has no SOPInstanceUID"),
+            (
+                "13",
+                "a short native frame",
+                "has 3 bytes, its metadata says 8",
+            ),
+            ("14", "a text/html frame", "names no transfer syntax"),
+            ("15", "no frames", "NumberOfFrames 0"),
+        ] {
+            let err = client
+                .retrieve_series("1.2", series, &opts)
+                .await
+                .unwrap_err();
+            bad(&err, what);
+            assert!(err.to_string().contains(says), "{what}: {err}");
+        }
     });
 }
 
