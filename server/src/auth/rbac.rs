@@ -166,6 +166,9 @@ mod tests {
         assert_eq!(a("GET", "/batch/infer"), USER);
         assert_eq!(a("POST", "/scoring/dice"), ANNOTATOR);
         assert_eq!(a("GET", "/scoring/"), USER);
+        assert_eq!(a("GET", "/proxy/dicom/qido/studies"), USER);
+        assert_eq!(a("POST", "/proxy/dicom/stow/studies"), USER);
+        assert_eq!(a("GET", "/proxy/dicom/studies/1.2/series"), USER);
     }
 
     #[test]

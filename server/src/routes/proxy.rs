@@ -130,11 +130,9 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(c) = hex {
-                out.push(c);
+            let digit = |c: u8| (c as char).to_digit(16);
+            if let (Some(hi), Some(lo)) = (digit(b[i + 1]), digit(b[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
                 i += 3;
                 continue;
             }
