@@ -189,6 +189,8 @@ pub async fn store_series(
             Some(user),
         )
         .await?;
+    // the source series, for DICOM SEGs of its labels (crate::dicom_source)
+    crate::dicom_source::save(state, &rec.id, &series.info).await?;
     tracing::info!(
         image = %rec.id,
         slices = series.info.slices.len(),

@@ -11,6 +11,7 @@
 mod auth;
 mod commands;
 mod config;
+mod dicom_source;
 mod dicom_upload;
 mod error;
 mod form;

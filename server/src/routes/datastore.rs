@@ -157,6 +157,7 @@ pub async fn remove_image(state: web::Data<AppState>, query: QueryMap) -> ApiRes
             DatastoreError::NotFound(_) => ApiError::not_found(format!("Image NOT Found: {id}")),
             other => other.into(),
         })?;
+    crate::dicom_source::remove(&state, id).await;
     Ok(response::empty_object())
 }
 
@@ -296,7 +297,9 @@ pub async fn save_label(
     Ok(response::json(answer))
 }
 
-/// `GET /datastore/label?label=&tag=`: the label file, named `<id><ext>`.
+/// `GET /datastore/label?label=&tag=`: the label file, named `<id><ext>`; with
+/// `format=dicom_seg` (and `seg_type=binary|labelmap`), its DICOM SEG on the image's DICOM
+/// source (`crate::dicom_source`, docs/dicom.md).
 pub async fn download_label(
     state: web::Data<AppState>,
     query: QueryMap,
@@ -305,11 +308,41 @@ pub async fn download_label(
     let tag = query
         .get("tag")
         .ok_or_else(|| ApiError::unprocessable("missing query parameter \"tag\""))?;
+    let seg_type = match q(&query, "format") {
+        "" | "label" => None,
+        "dicom_seg" => Some(crate::dicom_source::seg_type(q(&query, "seg_type"))?),
+        other => {
+            return Err(ApiError::unprocessable(format!(
+                "query parameter \"format\": {other:?} is not one of label, dicom_seg"
+            )))
+        }
+    };
     let rec = state
         .datastore
         .label(id, tag)
         .await?
         .ok_or_else(|| ApiError::not_found(LABEL_NOT_FOUND))?;
+    if let Some(kind) = seg_type {
+        let series = crate::dicom_source::load(&state, &rec.image_id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::unprocessable(format!(
+                    "image {} has no DICOM source: {}",
+                    rec.image_id,
+                    crate::dicom_source::NOT_DICOM
+                ))
+            })?;
+        let structures = crate::dicom_source::structures(&state, &rec.info);
+        let label = crate::dicom_source::LabelInput::File(rec.path.clone());
+        let description = format!("ferrolabel {tag} label");
+        let seg =
+            crate::dicom_source::label_seg(&state, series, label, structures, kind, description)
+                .await?;
+        return Ok(crate::dicom_source::seg_response(
+            seg,
+            &format!("{}.dcm", rec.image_id),
+        ));
+    }
     let name = format!("{}{}", rec.image_id, rec.ext);
     response::stream_file(&rec.path, &name, ())
         .await

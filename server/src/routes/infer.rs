@@ -1,4 +1,5 @@
-//! `POST /infer/{model}?image=&session_id=&output=image|json|all` (docs/protocol.md §4).
+//! `POST /infer/{model}?image=&session_id=&output=image|json|all|dicom_seg` (docs/protocol.md
+//! §4; `dicom_seg`: docs/dicom.md).
 //!
 //! Order of checks: output type (422) → body type (415, from the headers, before the body is
 //! read) → body (400/413) → params JSON (422) → model (404) →
@@ -30,6 +31,8 @@ enum Output {
     Image,
     Json,
     All,
+    /// A DICOM SEG of the result on the input's DICOM source (`crate::dicom_source`).
+    DicomSeg(ferrolabel_dicom::seg::SegmentationType),
 }
 
 /// Sets the cancel flag when dropped before [`CancelOnDrop::disarm`] (i.e. when actix drops the
@@ -85,11 +88,7 @@ async fn run(
         "" | "all" => Output::All,
         "image" => Output::Image,
         "json" => Output::Json,
-        "dicom_seg" => {
-            return Err(ApiError::unprocessable(
-                "DICOM SEG format is not supported in a non-DICOM datastore",
-            ))
-        }
+        "dicom_seg" => Output::DicomSeg(crate::dicom_source::seg_type(q(&query, "seg_type"))?),
         other => {
             return Err(ApiError::unprocessable(format!(
                 "query parameter \"output\": {other:?} is not one of image, json, all, dicom_seg"
@@ -109,6 +108,18 @@ async fn run(
     };
     let image_path = match &input {
         Input::Datastore(_, p) | Input::File(p) => p.clone(),
+    };
+    // output=dicom_seg needs the input's DICOM source: checked before the model runs
+    let source = match (output, &input) {
+        (Output::DicomSeg(_), Input::Datastore(id, _)) => Some(
+            crate::dicom_source::load(&state, id)
+                .await?
+                .ok_or_else(|| ApiError::unprocessable(crate::dicom_source::NOT_DICOM))?,
+        ),
+        (Output::DicomSeg(_), Input::File(_)) => {
+            return Err(ApiError::unprocessable(crate::dicom_source::NOT_DICOM))
+        }
+        _ => None,
     };
 
     let cancel = Arc::new(AtomicBool::new(false));
@@ -155,10 +166,26 @@ async fn run(
         &uuid::Uuid::new_v4().simple().to_string()[..12],
         out.ext.as_str()
     );
-    Ok(match output {
-        Output::Json => response::json(result_params),
-        Output::Image => response::bytes_file(out.bytes, &name),
-        Output::All => response::infer_multipart(&result_params, &name, &out.bytes),
+    Ok(match (output, source) {
+        (Output::DicomSeg(kind), Some(series)) => {
+            let structures = crate::dicom_source::structures(&state, &params);
+            let label = crate::dicom_source::LabelInput::Bytes(out.bytes, name);
+            let description = format!("ferrolabel {model}");
+            let seg = crate::dicom_source::label_seg(
+                &state,
+                series,
+                label,
+                structures,
+                kind,
+                description,
+            )
+            .await?;
+            let seg_name = format!("{}.dcm", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            crate::dicom_source::seg_response(seg, &format!("tmp{seg_name}"))
+        }
+        (Output::Json, _) => response::json(result_params),
+        (Output::Image | Output::DicomSeg(_), _) => response::bytes_file(out.bytes, &name),
+        (Output::All, _) => response::infer_multipart(&result_params, &name, &out.bytes),
     })
 }
 
