@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the tests drive as real components (installed when missing; CI runs as root).
 #   dicom3tools: dciodvfy, the DICOM validator the SEG tests run
+#   dcmtk: dcmcjpeg, the JPEG encoder of the JPEG series in dicom/tests/jpeg.rs
 #   orthanc, orthanc-dicomweb: the PACS (Orthanc + its DICOMweb plugin) that dicomweb/tests/orthanc.rs
 #     starts on loopback with a generated configuration
 # Add a package here when a test starts one (and say which test in a comment).
 set -euo pipefail
-want=(dicom3tools orthanc orthanc-dicomweb)
+want=(dicom3tools dcmtk orthanc orthanc-dicomweb)
 missing=()
 for p in "${want[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
