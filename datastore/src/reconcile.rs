@@ -237,9 +237,8 @@ impl Datastore {
         );
         let mut images: HashSet<&str> = HashSet::new();
         for (id, ext) in &snap.images {
-            if snap.remote.contains(id) {
-                images.insert(id);
-            } else if files::is_file(&self.image_file(id, ext)) {
+            // a remote image has no file here: the scan leaves it alone
+            if snap.remote.contains(id) || files::is_file(&self.image_file(id, ext)) {
                 images.insert(id);
             } else if let Some(other) = scanned.get(id) {
                 changes.push(Change::SetImageExt {

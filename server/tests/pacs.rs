@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ferrolabel_dicom::seg::{read_seg, write_binary_seg, SegOptions, Structure};
 use ferrolabel_dicom::{assemble_dir, AssembleOptions, SeriesInfo};
-use ferrolabel_imaging::{encode_label_nifti, read_nifti_bytes, Limits, Volume};
+use ferrolabel_imaging::{encode_label_nifti, read_nifti_bytes, DataType, Header, Limits, Volume};
 use pacs_support::{shared_series_with_uids, write_small_series, Orthanc, PacsServer};
 use serde_json::{json, Value};
 
@@ -294,6 +294,13 @@ fn pacs_datastore_round_trip() {
         "the SEG in Orthanc",
     );
 
+    assert!(
+        series_cache
+            .join(&shared.series)
+            .join("series.json")
+            .is_file(),
+        "the source SeriesInfo is kept with the cached series (the retried SEG below uses it)"
+    );
     lap("final label -> SEG");
     // a frozen PACS: 504 with a detail, no hang
     orthanc.pause();
@@ -335,12 +342,43 @@ fn pacs_datastore_round_trip() {
         nifti,
         "the label is kept while the PACS is down"
     );
-    lap("502, label kept");
+    // a series never fetched: its label is saved too (the grid is checked when its SEG is made)
+    let spare_local =
+        assemble_dir(&files.path().join("spare"), &AssembleOptions::default()).unwrap();
+    let spare_header = Header::new_3d(
+        spare_local.volume.dims,
+        DataType::U8,
+        &spare_local.volume.affine,
+    )
+    .unwrap();
+    let spare_map: Vec<u8> = (0..spare_local.volume.data.len())
+        .map(|i| u8::from(i % 3 == 0))
+        .collect();
+    let (st, v) = save_final(
+        &s,
+        &spare.series,
+        encode_label_nifti(&spare_map, &spare_header, true).unwrap(),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["pacs"]["queued"], true, "{v}");
+    lap("502, labels kept");
     orthanc.resume_service();
-    let segs = wait_for_segs(&orthanc, &shared.study, 3);
+    let segs = wait_for_segs(&orthanc, &shared.study, 4);
+    let spare_seg: Vec<&String> = segs
+        .iter()
+        .filter(|x| is_other(&orthanc, &shared.study, x, &spare.series))
+        .collect();
+    assert_eq!(spare_seg.len(), 1, "{segs:?}");
+    same_labels(
+        &decode_seg(&orthanc, &shared.study, spare_seg[0], &spare_local.info),
+        &spare_map,
+        "the SEG of the label saved while the PACS was down",
+    );
     let newest: Vec<&String> = segs
         .iter()
-        .filter(|x| *x != ours && !is_other(&orthanc, &shared.study, x, &small.series))
+        .filter(|x| {
+            *x != ours && *x != spare_seg[0] && !is_other(&orthanc, &shared.study, x, &small.series)
+        })
         .collect();
     assert_eq!(newest.len(), 1, "{segs:?}");
     same_labels(
@@ -351,7 +389,7 @@ fn pacs_datastore_round_trip() {
     lap("retried STOW");
 }
 
-/// Whether SEG series `seg` references `series` (the other tool's SEG of the small series).
+/// Whether SEG series `seg` references `series`.
 fn is_other(o: &Orthanc, study: &str, seg: &str, series: &str) -> bool {
     let r = o
         .get(&format!("/dicom-web/studies/{study}/series/{seg}/metadata"))

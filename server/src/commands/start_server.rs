@@ -99,7 +99,7 @@ async fn open_pacs(
         &local.series_cache,
         local.cache_bytes,
         datastore.clone(),
-        app.limits().clone(),
+        *app.limits(),
         structures,
     )
     .with_context(|| format!("cannot open the DICOMweb datastore {}", config.base_url))?;

@@ -43,6 +43,8 @@ pub struct Pacs {
     seg_checked: Mutex<HashSet<String>>,
     /// One outbox sender at a time.
     outbox_lock: tokio::sync::Mutex<()>,
+    /// This PACS, for work started in the background.
+    this: std::sync::OnceLock<std::sync::Weak<Pacs>>,
 }
 
 impl std::fmt::Debug for Pacs {
@@ -86,7 +88,9 @@ impl Pacs {
             structures,
             seg_checked: Mutex::default(),
             outbox_lock: tokio::sync::Mutex::new(()),
+            this: std::sync::OnceLock::new(),
         });
+        let _ = pacs.this.set(Arc::downgrade(&pacs));
         datastore.set_remote_source(pacs.clone());
         Ok(pacs)
     }
@@ -114,18 +118,52 @@ impl Pacs {
             .map_err(remote_error)
     }
 
-    /// The source `SeriesInfo` of a cached series (assembled again from its instances, on a
-    /// blocking thread).
+    /// The source `SeriesInfo` of a cached series: read from `series.json` in its cache entry,
+    /// else assembled again from its instances (on a blocking thread) and kept there.
     pub async fn series_info(
         &self,
         cached: &CachedSeries,
     ) -> Result<ferrolabel_dicom::SeriesInfo, DatastoreError> {
         let (cached, options) = (cached.clone(), self.options.clone());
-        tokio::task::spawn_blocking(move || cached.load_series(&options))
-            .await
-            .map_err(|e| DatastoreError::Task(e.to_string()))?
-            .map(|s| s.info)
-            .map_err(remote_error)
+        tokio::task::spawn_blocking(move || {
+            let kept = cached.image.with_file_name("series.json");
+            let read = std::fs::read(&kept)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|v| ferrolabel_dicom::SeriesInfo::from_json(&v).ok());
+            if let Some(info) = read {
+                return Ok(info);
+            }
+            let info = cached.load_series(&options).map_err(remote_error)?.info;
+            // best effort: a failed write only means assembling again next time
+            let tmp = kept.with_extension("json.tmp");
+            if std::fs::write(&tmp, info.to_json().to_string()).is_ok() {
+                let _ = std::fs::rename(&tmp, &kept);
+            }
+            Ok(info)
+        })
+        .await
+        .map_err(|e| DatastoreError::Task(e.to_string()))?
+    }
+}
+
+impl Pacs {
+    /// [`Pacs::import_segs`], its failure logged; a PACS failure lets the next use try again.
+    async fn import_segs_logged(
+        &self,
+        id: &str,
+        remote: &Map<String, Value>,
+        cached: &CachedSeries,
+    ) {
+        if let Err(e) = self.import_segs(id, remote, cached).await {
+            tracing::warn!(image = %id, error = %e, "PACS SEGs of the series not imported");
+            if matches!(e, DatastoreError::Remote { status, .. } if status >= 500) {
+                self.seg_checked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id);
+            }
+        }
     }
 }
 
@@ -190,6 +228,7 @@ impl RemoteSource for Pacs {
         remote: &'a Map<String, Value>,
     ) -> BoxFuture<'a, Result<PathBuf, DatastoreError>> {
         Box::pin(async move {
+            let was_cached = self.cache.get(id).is_some();
             let cached = self.cached(id, remote).await?;
             let first = self
                 .seg_checked
@@ -197,12 +236,17 @@ impl RemoteSource for Pacs {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id.to_string());
             if first {
-                if let Err(e) = self.import_segs(id, remote, &cached).await {
-                    tracing::warn!(image = %id, error = %e, "PACS SEGs of the series not imported");
-                    self.seg_checked
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(id);
+                if was_cached {
+                    // the PACS may be down now: look for its SEGs without holding up this use
+                    if let Some(pacs) = self.this.get().and_then(std::sync::Weak::upgrade) {
+                        let (id, remote, cached) = (id.to_string(), remote.clone(), cached.clone());
+                        tokio::spawn(async move {
+                            pacs.import_segs_logged(&id, &remote, &cached).await
+                        });
+                    }
+                } else {
+                    // just fetched: the PACS answers, and the label is there for this use
+                    self.import_segs_logged(id, remote, &cached).await;
                 }
             }
             Ok(cached.image)

@@ -73,9 +73,17 @@ pub async fn retry(pacs: &Pacs) -> Vec<(i64, Result<Map<String, Value>, Datastor
                 tracing::info!(image = %item.image_id, rev = ?item.rev, result = %shown, "SEG stored in the PACS");
                 pacs.datastore.outbox_done(item.id, r).await
             }
-            Err(e) => {
+            Err(e) if is_transient(e) => {
                 tracing::warn!(image = %item.image_id, rev = ?item.rev, attempts = item.attempts + 1, error = %e, "SEG not stored in the PACS; will retry");
                 pacs.datastore.outbox_failed(item.id, &e.to_string()).await
+            }
+            Err(e) => {
+                // retrying cannot help (a label off its series' grid, a revision gone): the
+                // row is closed with the reason, the label stays saved locally
+                tracing::error!(image = %item.image_id, rev = ?item.rev, error = %e, "SEG cannot be made; not retried");
+                pacs.datastore
+                    .outbox_done(item.id, &done("failed", &e.to_string()))
+                    .await
             }
         };
         if let Err(e) = recorded {
@@ -90,6 +98,18 @@ pub async fn retry(pacs: &Pacs) -> Vec<(i64, Result<Map<String, Value>, Datastor
         }
     }
     report
+}
+
+/// Whether an attempt may succeed later: the PACS failed (502/504), or a local I/O, database
+/// or task failure.
+fn is_transient(e: &DatastoreError) -> bool {
+    match e {
+        DatastoreError::Remote { status, .. } => *status >= 500,
+        DatastoreError::Invalid(_) | DatastoreError::NotFound(_) | DatastoreError::InvalidId(_) => {
+            false
+        }
+        _ => true,
+    }
 }
 
 /// A `2.25.` UID derived from `seed` (stable across retries).
@@ -124,7 +144,7 @@ async fn send(pacs: &Pacs, item: &OutboxItem) -> Result<Map<String, Value>, Data
         .and_then(Value::as_str)
         .unwrap_or(&series.study_instance_uid)
         .to_string();
-    let limits = pacs.options.image.clone();
+    let limits = pacs.options.image;
     let structures = structures_for(&pacs.structures, &label_info);
     let seed = format!("{}|{}|{:?}|{}", item.image_id, item.tag, item.rev, item.id);
     let uids = (

@@ -61,7 +61,7 @@ impl Pacs {
         let series = self.series_info(cached).await?;
         let structures = self.structures.clone();
         let image = cached.image.clone();
-        let limits = self.options.image.clone();
+        let limits = self.options.image;
         let label = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, DatastoreError> {
             let bytes = std::fs::read(&first)
                 .map_err(|e| DatastoreError::Task(format!("reading the SEG: {e}")))?;

@@ -260,13 +260,20 @@ pub async fn save_label(
     let Some(image) = state.datastore.image(&id).await? else {
         return Err(ApiError::not_found(format!("Image NOT Found: {id}")));
     };
-    // a PACS image is made local (fetched on first use) for the grid check
-    let image_path = if image.remote {
-        state.datastore.image_path(&id).await?
+    // a PACS image is made local (fetched on first use) for the grid check; when the PACS is
+    // down and the series is not cached, the label is still kept (checked when its SEG is made)
+    let ext = if image.remote {
+        match state.datastore.image_path(&id).await {
+            Ok(path) => checked_label(&state, &label, path).await?,
+            Err(DatastoreError::Remote { status, detail }) if status >= 500 => {
+                tracing::warn!(image = %id, %detail, "PACS down: label saved without the grid check");
+                content_ext(&label, "label").await?
+            }
+            Err(e) => return Err(e.into()),
+        }
     } else {
-        image.path
+        checked_label(&state, &label, image.path).await?
     };
-    let ext = checked_label(&state, &label, image_path).await?;
     // with auth on, the revision author is the logged-in user; otherwise the client's id
     let who = Identity::of(&req);
     let author = if who.authenticated {
