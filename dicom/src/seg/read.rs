@@ -5,17 +5,17 @@
 use std::collections::HashMap;
 
 use dicom_core::value::Value;
-use dicom_core::Tag;
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::file::ReadPreamble;
-use dicom_object::{InMemDicomObject, OpenFileOptions};
+use dicom_object::OpenFileOptions;
 use dicom_pixeldata::PixelDecoder;
 
-use super::codes::{codes_for, Code};
+use super::codes::Code;
+use super::matching::{code_of, match_segment};
+use super::placement::{check_grid, group, Grid};
 use super::Structure;
-use crate::attrs::{integer, items, numbers, text};
+use crate::attrs::{integer, items, text};
 use crate::error::{DicomError, Result};
-use crate::geometry::{cross, dot};
 use crate::series::SeriesInfo;
 
 /// The Label Map Segmentation Storage SOP class (DICOM Supplement 243).
@@ -106,250 +106,15 @@ impl DecodedSeg {
     }
 }
 
-fn seg_error(reason: impl Into<String>) -> DicomError {
+pub(super) fn seg_error(reason: impl Into<String>) -> DicomError {
     DicomError::Corrupt {
         name: "segmentation".into(),
         reason: reason.into(),
     }
 }
 
-fn mismatch(reason: impl Into<String>) -> DicomError {
+pub(super) fn mismatch(reason: impl Into<String>) -> DicomError {
     DicomError::SegMismatch(reason.into())
-}
-
-fn code_of(obj: &InMemDicomObject, tag: Tag) -> Option<Code> {
-    let item = items(obj, tag).first()?;
-    Some(Code {
-        scheme: text(item, tags::CODING_SCHEME_DESIGNATOR).unwrap_or_default(),
-        value: text(item, tags::CODE_VALUE)
-            .or_else(|| text(item, tags::LONG_CODE_VALUE))
-            .or_else(|| text(item, tags::URN_CODE_VALUE))?,
-        meaning: text(item, tags::CODE_MEANING).unwrap_or_default(),
-    })
-}
-
-/// Lower case, runs of anything but letters and digits as one `_`, trimmed of `_`:
-/// `"Adrenal gland, left"` → `adrenal_gland_left`.
-fn normalise(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for c in name.chars() {
-        if c.is_alphanumeric() {
-            out.extend(c.to_lowercase());
-        } else if !out.ends_with('_') {
-            out.push('_');
-        }
-    }
-    out.trim_matches('_').to_string()
-}
-
-fn same_code(a: Option<&Code>, b: Option<&Code>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => a.value == b.value && a.scheme.eq_ignore_ascii_case(&b.scheme),
-        _ => false,
-    }
-}
-
-/// Maps a segment onto a structure: its SegmentLabel equal to a structure's name (exactly,
-/// else after [`normalise`]), else its property type and type modifier codes equal to those
-/// of exactly one structure in the SNOMED mapping.
-fn match_segment(
-    label: &str,
-    property_type: Option<&Code>,
-    modifier: Option<&Code>,
-    structures: &[Structure],
-) -> (Option<u8>, &'static str) {
-    if let Some(st) = structures.iter().find(|s| s.name == label) {
-        return (Some(st.value), "label");
-    }
-    let wanted = normalise(label);
-    if !wanted.is_empty() {
-        if let Some(st) = structures.iter().find(|s| normalise(&s.name) == wanted) {
-            return (Some(st.value), "label");
-        }
-    }
-    if let Some(pt) = property_type {
-        let hits: Vec<u8> = structures
-            .iter()
-            .filter(|s| {
-                codes_for(&s.name).is_some_and(|c| {
-                    same_code(Some(&c.property_type), Some(pt))
-                        && same_code(c.type_modifier.as_ref(), modifier)
-                })
-            })
-            .map(|s| s.value)
-            .collect();
-        if let [value] = hits[..] {
-            return (Some(value), "codes");
-        }
-    }
-    (None, "unknown")
-}
-
-/// The item of functional group `group` for frame `frame`: per-frame, else shared.
-fn group(obj: &InMemDicomObject, frame: usize, group: Tag) -> Option<&InMemDicomObject> {
-    items(obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
-        .get(frame)
-        .and_then(|f| items(f, group).first())
-        .or_else(|| {
-            items(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)
-                .first()
-                .and_then(|s| items(s, group).first())
-        })
-}
-
-/// Where frames land on the series: slice positions along the normal and each source
-/// instance (and frame) → slice.
-struct Grid<'a> {
-    series: &'a SeriesInfo,
-    normal: [f64; 3],
-    /// `(position · normal, k)` sorted by the first.
-    along: Vec<(f64, usize)>,
-    by_instance: HashMap<(&'a str, Option<u32>), usize>,
-    tolerance: f64,
-}
-
-impl<'a> Grid<'a> {
-    fn new(series: &'a SeriesInfo) -> Grid<'a> {
-        let o = series.orientation;
-        let normal = cross([o[0], o[1], o[2]], [o[3], o[4], o[5]]);
-        let mut along: Vec<(f64, usize)> = series
-            .slices
-            .iter()
-            .enumerate()
-            .map(|(k, s)| (dot(s.position, normal), k))
-            .collect();
-        along.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let by_instance = series
-            .slices
-            .iter()
-            .enumerate()
-            .map(|(k, s)| ((s.sop_instance_uid.as_str(), s.frame_number), k))
-            .collect();
-        let finest = series.pixel_spacing[0]
-            .min(series.pixel_spacing[1])
-            .min(series.slice_spacing);
-        Grid {
-            series,
-            normal,
-            along,
-            by_instance,
-            tolerance: (0.05 * finest).max(0.01),
-        }
-    }
-
-    /// The slice at ImagePositionPatient `p`, which must coincide with a slice's position.
-    fn slice_at(&self, p: [f64; 3], frame: usize) -> Result<usize> {
-        let s = dot(p, self.normal);
-        let i = self.along.partition_point(|(x, _)| *x < s);
-        let candidates = [i.checked_sub(1), Some(i)];
-        let best = candidates
-            .iter()
-            .flatten()
-            .filter_map(|&i| self.along.get(i))
-            .map(|&(_, k)| {
-                let q = self.series.slices[k].position;
-                let d =
-                    ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2)).sqrt();
-                (d, k)
-            })
-            .min_by(|a, b| a.0.total_cmp(&b.0));
-        match best {
-            Some((d, k)) if d <= self.tolerance => Ok(k),
-            Some((d, _)) => Err(mismatch(format!(
-                "frame {} at ImagePositionPatient {p:?} lies on no slice of the series \
-                 (the nearest is {d:.3} mm away)",
-                frame + 1
-            ))),
-            None => Err(mismatch("the series has no slice")),
-        }
-    }
-
-    /// The slice of frame `frame`: by its PlanePositionSequence, else by the source instance
-    /// its DerivationImageSequence references.
-    fn slice_of(&self, obj: &InMemDicomObject, frame: usize) -> Result<usize> {
-        if let Some(pos) = group(obj, frame, tags::PLANE_POSITION_SEQUENCE) {
-            let p = numbers(pos, tags::IMAGE_POSITION_PATIENT)
-                .filter(|v| v.len() >= 3)
-                .ok_or_else(|| {
-                    seg_error(format!("frame {}: bad ImagePositionPatient", frame + 1))
-                })?;
-            return self.slice_at([p[0], p[1], p[2]], frame);
-        }
-        let source = items(obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
-            .get(frame)
-            .and_then(|f| items(f, tags::DERIVATION_IMAGE_SEQUENCE).first())
-            .and_then(|d| items(d, tags::SOURCE_IMAGE_SEQUENCE).first())
-            .ok_or_else(|| DicomError::MissingAttribute {
-                file: format!("segmentation frame {}", frame + 1),
-                attribute: "PlanePositionSequence or SourceImageSequence",
-            })?;
-        let uid = text(source, tags::REFERENCED_SOP_INSTANCE_UID).unwrap_or_default();
-        let number = integer(source, tags::REFERENCED_FRAME_NUMBER).map(|n| n as u32);
-        self.by_instance
-            .get(&(uid.as_str(), number))
-            .or_else(|| self.by_instance.get(&(uid.as_str(), None)))
-            .copied()
-            .ok_or_else(|| {
-                mismatch(format!(
-                    "frame {} references instance {uid} (frame {number:?}), which is not in \
-                     the series",
-                    frame + 1
-                ))
-            })
-    }
-}
-
-/// Checks that the Segmentation's grid is the series': frame of reference, rows and columns,
-/// orientation and pixel spacing.
-fn check_grid(obj: &InMemDicomObject, series: &SeriesInfo) -> Result<()> {
-    let frame_of_reference =
-        text(obj, tags::FRAME_OF_REFERENCE_UID).ok_or(DicomError::MissingAttribute {
-            file: "segmentation".into(),
-            attribute: "FrameOfReferenceUID",
-        })?;
-    if frame_of_reference != series.frame_of_reference_uid {
-        return Err(mismatch(format!(
-            "its FrameOfReferenceUID {frame_of_reference} is not the series' {}",
-            series.frame_of_reference_uid
-        )));
-    }
-    let (rows, cols) = (
-        integer(obj, tags::ROWS).unwrap_or(0),
-        integer(obj, tags::COLUMNS).unwrap_or(0),
-    );
-    if rows != series.rows as i64 || cols != series.columns as i64 {
-        return Err(mismatch(format!(
-            "its frames are {cols} x {rows}, the series' slices {} x {}",
-            series.columns, series.rows
-        )));
-    }
-    if let Some(o) = group(obj, 0, tags::PLANE_ORIENTATION_SEQUENCE)
-        .and_then(|g| numbers(g, tags::IMAGE_ORIENTATION_PATIENT))
-    {
-        if o.len() < 6
-            || o.iter()
-                .zip(&series.orientation)
-                .any(|(a, b)| (a - b).abs() > 1e-3)
-        {
-            return Err(mismatch(format!(
-                "its ImageOrientationPatient {o:?} is not the series' {:?}",
-                series.orientation
-            )));
-        }
-    }
-    if let Some(s) =
-        group(obj, 0, tags::PIXEL_MEASURES_SEQUENCE).and_then(|g| numbers(g, tags::PIXEL_SPACING))
-    {
-        let off = |a: f64, b: f64| (a - b).abs() > 1e-3 * b.abs().max(1e-3);
-        if s.len() < 2 || off(s[0], series.pixel_spacing[0]) || off(s[1], series.pixel_spacing[1]) {
-            return Err(mismatch(format!(
-                "its PixelSpacing {s:?} is not the series' {:?}",
-                series.pixel_spacing
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// The frames' pixels as one value per pixel (frame after frame): BINARY bits unpacked to
@@ -627,43 +392,4 @@ pub fn read_seg(bytes: &[u8], series: &SeriesInfo, structures: &[Structure]) -> 
         overlapping_voxels: overlapping,
         frames,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn st(value: u8, name: &str) -> Structure {
-        Structure {
-            value,
-            name: name.into(),
-        }
-    }
-
-    #[test]
-    fn segments_match_by_label_then_codes() {
-        let bundle = [st(1, "spleen"), st(3, "kidney_left"), st(2, "kidney_right")];
-        assert_eq!(
-            match_segment("spleen", None, None, &bundle),
-            (Some(1), "label")
-        );
-        assert_eq!(
-            match_segment("Kidney, Left", None, None, &bundle),
-            (Some(3), "label")
-        );
-        let kidney = codes_for("kidney_left").unwrap();
-        let (v, by) = match_segment(
-            "Niere links",
-            Some(&kidney.property_type),
-            kidney.type_modifier.as_ref(),
-            &bundle,
-        );
-        assert_eq!((v, by), (Some(3), "codes"));
-        // the type without the modifier matches neither kidney
-        assert_eq!(
-            match_segment("Niere", Some(&kidney.property_type), None, &bundle),
-            (None, "unknown")
-        );
-        assert_eq!(normalise("  Adrenal gland -- left "), "adrenal_gland_left");
-    }
 }
