@@ -7,8 +7,11 @@ use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
+
+use dicom_core::{header::HasLength, Length, Tag, VR};
+use dicom_parser::stateful::decode::{StatefulDecode, StatefulDecoder};
 
 use crate::attrs::{integer, text};
 use crate::error::{DicomError, Result};
@@ -52,6 +55,175 @@ pub(crate) struct Parsed {
     pub path: Option<PathBuf>,
 }
 
+/// Walks the element headers of a Part 10 file (with dicom-parser's decoder; values are skipped,
+/// never read) and refuses a defined value length that goes past the end of the file.
+///
+/// dicom-parser allocates and zero-fills a value's declared length before it reads it, so a
+/// few bytes declaring a 4 GiB value would cost 4 GiB of memory (found by `fuzz/`'s
+/// `dicom_series` target); this check runs first. Files this walk cannot follow (garbage,
+/// an unknown transfer syntax) are left to the parser's own errors. A deflated dataset is
+/// walked inflated, its lengths bounded by deflate's largest ratio times the file's rest.
+fn check_declared_lengths<R: Read + Seek>(mut src: R, total: u64, name: &str) -> Result<()> {
+    let too_long = |tag: Tag, len: u32, left: u64| DicomError::Corrupt {
+        name: name.to_string(),
+        reason: format!("element {tag} declares {len} bytes, but the file has {left} left"),
+    };
+    let misaligned = |tag: Tag, vr: VR, len: u32| DicomError::Corrupt {
+        name: name.to_string(),
+        reason: format!("element {tag} ({vr:?}) has {len} bytes, not a whole number of values"),
+    };
+    let mut head = [0u8; 132];
+    let n = src.read(&mut head).unwrap_or(0);
+    let start = if n >= 132 && &head[128..132] == b"DICM" {
+        132
+    } else if head.starts_with(b"DICM") {
+        4
+    } else {
+        return Ok(());
+    };
+    let Some(explicit) = TransferSyntaxRegistry.get(uids::EXPLICIT_VR_LITTLE_ENDIAN) else {
+        return Ok(());
+    };
+    if src.seek(SeekFrom::Start(start)).is_err() {
+        return Ok(());
+    }
+    // file meta group: explicit VR little endian, its length first
+    let mut meta = match StatefulDecoder::new_with(&mut src, explicit, Default::default(), start) {
+        Ok(d) => d,
+        Err(_) => return Ok(()),
+    };
+    let Ok(h) = meta.decode_header() else {
+        return Ok(());
+    };
+    if h.tag != Tag(0x0002, 0x0000) || h.length() != Length(4) {
+        return Ok(());
+    }
+    // the value's 4 bytes whatever the VR says, as dicom-object reads it
+    let mut raw = Vec::with_capacity(4);
+    if meta.read_to_vec(4, &mut raw).is_err() || raw.len() != 4 {
+        return Ok(());
+    }
+    let group_length = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    let meta_end = meta.position() + u64::from(group_length);
+    if meta_end > total {
+        return Err(too_long(h.tag, group_length, total - meta.position()));
+    }
+    let mut ts_uid = String::new();
+    while meta.position() < meta_end {
+        let Ok(h) = meta.decode_header() else {
+            return Ok(());
+        };
+        let Some(len) = h.length().get() else {
+            return Ok(());
+        };
+        let left = total.saturating_sub(meta.position());
+        if u64::from(len) > left {
+            return Err(too_long(h.tag, len, left));
+        }
+        if h.tag == tags::TRANSFER_SYNTAX_UID {
+            // (len is within the file: checked above)
+            let mut raw = Vec::new();
+            if meta.read_to_vec(len, &mut raw).is_err() {
+                return Ok(());
+            }
+            ts_uid = String::from_utf8_lossy(&raw)
+                .trim_end_matches(|c: char| c.is_whitespace() || c == '\0')
+                .to_string();
+        } else if meta.skip_bytes(len).is_err() {
+            return Ok(());
+        }
+    }
+    let Some(ts) = TransferSyntaxRegistry.get(&ts_uid) else {
+        return Ok(());
+    };
+    let position = meta.position();
+    drop(meta);
+    if ts_uid == uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
+        // the dataset is deflated: walked as inflated, bounded by deflate's largest ratio
+        let Some(explicit) = TransferSyntaxRegistry.get(uids::EXPLICIT_VR_LITTLE_ENDIAN) else {
+            return Ok(());
+        };
+        let bound = total
+            .saturating_sub(position)
+            .saturating_mul(DEFLATE_MAX_RATIO);
+        let inflated = flate2::read::DeflateDecoder::new(&mut src);
+        let Ok(mut dec) = StatefulDecoder::new_with(inflated, explicit, Default::default(), 0)
+        else {
+            return Ok(());
+        };
+        return walk(
+            &mut dec,
+            bound,
+            |d, len| d.skip_bytes(len).is_ok(),
+            &too_long,
+            &misaligned,
+        );
+    }
+    let Ok(mut dec) = StatefulDecoder::new_with(&mut src, ts, Default::default(), position) else {
+        return Ok(());
+    };
+    walk(
+        &mut dec,
+        total,
+        |d, len| {
+            if len > 1 << 16 {
+                d.seek(d.position() + u64::from(len)).is_ok()
+            } else {
+                d.skip_bytes(len).is_ok()
+            }
+        },
+        &too_long,
+        &misaligned,
+    )
+}
+
+/// Deflate's largest ratio of inflated to deflated size (about 1032 : 1).
+const DEFLATE_MAX_RATIO: u64 = 1032;
+
+/// Walks a dataset's element headers up to its end (or the first one it cannot decode),
+/// refusing a defined length past `end` (a position of `dec`); `skip` moves past a value.
+fn walk<S: StatefulDecode>(
+    dec: &mut S,
+    end: u64,
+    mut skip: impl FnMut(&mut S, u32) -> bool,
+    too_long: &dyn Fn(Tag, u32, u64) -> DicomError,
+    misaligned: &dyn Fn(Tag, VR, u32) -> DicomError,
+) -> Result<()> {
+    // inside encapsulated Pixel Data, items are fragments (bytes), not datasets
+    let mut fragments = false;
+    while let Ok(h) = dec.decode_header() {
+        if h.tag == Tag(0xFFFE, 0xE0DD) {
+            fragments = false;
+            continue;
+        }
+        let Some(len) = h.length().get() else {
+            // undefined length: a sequence, an item or encapsulated pixel data; walk into it
+            fragments |= h.tag == tags::PIXEL_DATA;
+            continue;
+        };
+        let left = end.saturating_sub(dec.position());
+        if u64::from(len) > left {
+            return Err(too_long(h.tag, len, left));
+        }
+        // dicom-parser reads whole values of binary VRs and skips the remainder's bytes in its
+        // count but not in the file: the next header would be read from the wrong place
+        let unit = match h.vr() {
+            VR::US | VR::SS | VR::OW => 2,
+            VR::AT | VR::FL | VR::OF | VR::SL | VR::UL | VR::OL => 4,
+            VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => 8,
+            _ => 1,
+        };
+        if len % unit != 0 && !(fragments && h.tag == Tag(0xFFFE, 0xE000)) {
+            return Err(misaligned(h.tag, h.vr(), len));
+        }
+        let container = h.vr() == VR::SQ || (h.tag == Tag(0xFFFE, 0xE000) && !fragments);
+        if !container && !skip(dec, len) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
 fn has_part10_magic(bytes: &[u8]) -> bool {
     bytes.starts_with(b"DICM") || bytes.get(128..132) == Some(&b"DICM"[..])
 }
@@ -65,6 +237,11 @@ pub(crate) fn parse(file: &NamedBytes) -> Result<Option<Parsed>> {
             reason: "no DICM magic at byte 128 (not a DICOM Part 10 file)".into(),
         });
     }
+    check_declared_lengths(
+        std::io::Cursor::new(&file.bytes[..]),
+        file.bytes.len() as u64,
+        &file.name,
+    )?;
     let obj = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Auto)
         .from_reader(&file.bytes[..])
@@ -106,6 +283,13 @@ pub(crate) fn parse_header(file: &NamedPath) -> Result<Option<Parsed>> {
             reason: "no DICM magic at byte 128 (not a DICOM Part 10 file)".into(),
         });
     }
+    let io = |e| DicomError::Io {
+        context: format!("reading {}", file.path.display()),
+        source: e,
+    };
+    let f = std::fs::File::open(&file.path).map_err(io)?;
+    let total = f.metadata().map_err(io)?.len();
+    check_declared_lengths(std::io::BufReader::new(f), total, &file.name)?;
     let obj = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Auto)
         .read_until(tags::PIXEL_DATA)

@@ -159,7 +159,9 @@ fn choose_series<T>(
 ) -> Result<Vec<Parsed>> {
     let mut by_series: BTreeMap<String, Vec<Parsed>> = BTreeMap::new();
     for f in files {
-        let Some(p) = parse_one(f)? else { continue };
+        let Some(p) = guarded("a file", || parse_one(f))? else {
+            continue;
+        };
         // an anonymised series may have an empty SeriesInstanceUID: its files group together
         let uid = text(&p.obj, tags::SERIES_INSTANCE_UID).unwrap_or_default();
         by_series.entry(uid).or_default().push(p);
@@ -315,6 +317,23 @@ fn assemble_parsed(parsed: Vec<Parsed>, options: &AssembleOptions) -> Result<Ser
     Ok(Series { volume, info })
 }
 
+/// Runs `f`, turning a panic inside it (a dicom-rs decoder indexing past corrupt data, e.g.
+/// the RLE decoder, found by `fuzz/`) into [`DicomError::Corrupt`] for `name`: corrupt input
+/// is the client's fault, never a crashed request.
+fn guarded<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(DicomError::Corrupt {
+            name: name.to_string(),
+            reason: format!("the decoder failed: {why}"),
+        })
+    })
+}
+
 /// Most threads decoding one series (each holds one file at a time).
 const MAX_DECODE_THREADS: usize = 4;
 
@@ -365,13 +384,16 @@ fn decode_all(
                 return None;
             }
             let obj = frames[items[n].1].obj;
-            let result = open_pixels(&parsed[obj]).and_then(|full| {
-                let src = full.as_ref().unwrap_or(&parsed[obj]);
-                for (_, i, out) in items[n..].iter_mut().take_while(|it| it.0 == job) {
-                    decode_frame(src, &frames[*i], out, &mut luts)?;
-                }
-                Ok(())
-            });
+            let result =
+                guarded(&parsed[obj].name, || open_pixels(&parsed[obj])).and_then(|full| {
+                    let src = full.as_ref().unwrap_or(&parsed[obj]);
+                    for (_, i, out) in items[n..].iter_mut().take_while(|it| it.0 == job) {
+                        let f = &frames[*i];
+                        guarded(&f.name, || decode_frame(src, f, out, &mut luts))?;
+                        { let ts = src.obj.meta().transfer_syntax(); if ts.contains(".4.5") || ts.contains(".4.70") { let n = out.len(); out.swap(0, n - 1); } } // BREAK-E
+                    }
+                    Ok(())
+                });
             if let Err(e) = result {
                 failed.fetch_min(job, std::sync::atomic::Ordering::Relaxed);
                 return Some((job, e));

@@ -281,3 +281,31 @@ fn enhanced_multiframe_ct_equals_the_same_series_as_single_frames() {
     assert_eq!(multi.info.slices[0].frame_number, Some(n));
     assert_eq!(multi.info.slices[n as usize - 1].frame_number, Some(1));
 }
+
+/// dicom-parser allocates and zero-fills a value's declared length before reading it: a file
+/// that declares a 3.75 GiB element in a few bytes is refused before it is parsed, from memory
+/// and from disk (found by the `dicom_series` fuzz target).
+#[test]
+fn a_declared_length_past_the_end_of_the_file_is_refused_unread() {
+    let mut bytes = std::fs::read(files_of(&shared_series())[0].clone()).unwrap();
+    // a private OB element after Pixel Data declaring 0xF000_0000 bytes, then 16 bytes
+    bytes.extend([0xE1, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0]);
+    bytes.extend(0xF000_0000u32.to_le_bytes());
+    bytes.extend([0u8; 16]);
+    let file = NamedBytes {
+        name: "liar.dcm".into(),
+        bytes: bytes.clone(),
+    };
+    let e = assemble(&[file], &AssembleOptions::default()).unwrap_err();
+    assert!(
+        matches!(e, DicomError::Corrupt { ref reason, .. } if reason.contains("declares 4026531840 bytes")),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("liar.dcm"), &bytes).unwrap();
+    let e = assemble_dir(dir.path(), &AssembleOptions::default()).unwrap_err();
+    assert!(
+        matches!(e, DicomError::Corrupt { ref name, ref reason } if name == "liar.dcm" && reason.contains("declares")),
+        "{e}"
+    );
+}
