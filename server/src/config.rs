@@ -151,7 +151,8 @@ pub struct DicomWebArgs {
     /// Path prefix of STOW-RS resources under the service root.
     #[arg(long, env = "MONAI_LABEL_STOW_PREFIX", default_value = "")]
     pub stow_prefix: String,
-    /// Retrieve frame by frame instead of by series (not implemented: retrievals then fail).
+    /// Retrieve a series' metadata and then its frames instead of whole instances (for PACS
+    /// gateways that serve frames only).
     #[arg(long, env = "MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME", default_value = "false", value_parser = parse_bool, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub dicomweb_fetch_by_frame: bool,
     /// QIDO-RS filter of the image listing: `Modality=CT&StudyDate=2026...` or a JSON object
@@ -428,5 +429,64 @@ mod tests {
         assert!(pattern_to_ext("*").is_err());
         assert!(parse_bool("maybe").is_err());
         assert!(parse_bool("On").unwrap());
+    }
+
+    fn dicomweb_args(extra: &[&str]) -> DicomWebArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            dw: DicomWebArgs,
+        }
+        let mut argv = vec!["x"];
+        argv.extend_from_slice(extra);
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().dw
+    }
+
+    #[test]
+    fn dicomweb_settings() {
+        use ferrolabel_dicomweb::{Auth, FetchMode};
+        assert!(is_url("http://pacs:8042/dicom-web") && is_url("HTTPS://pacs/rs"));
+        assert!(!is_url("/data/studies") && !is_url("studies"));
+        let a = dicomweb_args(&[
+            "--dicomweb-username",
+            "u",
+            "--dicomweb-password",
+            "p",
+            "--wado-prefix",
+            "wado",
+            "--dicomweb-search-filter",
+            r#"{"Modality": "CT", "StudyDate": "2026"}"#,
+            "--dicomweb-fetch-by-frame",
+            "--dicomweb-cache-path",
+            "/c",
+        ]);
+        let c = a.client_config("http://pacs:8042/dicom-web/").unwrap();
+        assert_eq!(c.base_url, "http://pacs:8042/dicom-web");
+        assert_eq!(
+            c.auth,
+            Auth::Basic {
+                username: "u".into(),
+                password: "p".into()
+            }
+        );
+        assert_eq!(c.wado_prefix, "wado");
+        assert_eq!(c.search_filter.len(), 2);
+        assert_eq!(c.fetch_mode, FetchMode::Frame);
+        assert_eq!(
+            a.cache_path("http://pacs:8042/dicom-web"),
+            PathBuf::from("/c")
+        );
+        let b = dicomweb_args(&["--dicomweb-token", "t"]);
+        let c = b.client_config("https://pacs/dicom-web").unwrap();
+        assert_eq!(c.auth, Auth::Bearer("t".into()));
+        assert!(b
+            .cache_path("https://pacs:443/dicom-web")
+            .ends_with("dicomweb/pacs_443_dicom-web"));
+        let both = dicomweb_args(&["--dicomweb-token", "t", "--dicomweb-username", "u"]);
+        assert!(both.client_config("http://pacs/dicom-web").is_err());
+        assert!(dicomweb_args(&[]).client_config("ftp://pacs").is_err());
+        assert!(dicomweb_args(&["--dicomweb-search-filter", "Modality"])
+            .client_config("http://pacs/dicom-web")
+            .is_err());
     }
 }
