@@ -390,7 +390,6 @@ fn decode_all(
                     for (_, i, out) in items[n..].iter_mut().take_while(|it| it.0 == job) {
                         let f = &frames[*i];
                         guarded(&f.name, || decode_frame(src, f, out, &mut luts))?;
-                        { let ts = src.obj.meta().transfer_syntax(); if ts.contains(".4.5") || ts.contains(".4.70") { let n = out.len(); out.swap(0, n - 1); } } // BREAK-E
                     }
                     Ok(())
                 });
