@@ -473,6 +473,20 @@ fn read_seg_refuses_other_grids_and_non_segmentations() {
     // nor are bytes that are not DICOM
     let e = read_seg(b"hello", &sa.info, &liver).unwrap_err();
     assert!(matches!(e, DicomError::NotDicom { .. }), "{e}");
+    // truncated SEGs, and one declaring a 3.75 GiB Pixel Data, are Corrupt (not a panic, not
+    // an allocation of the declared size)
+    for cut in [200, bytes.len() / 2, bytes.len() - 3] {
+        let e = read_seg(&bytes[..cut], &sa.info, &liver).unwrap_err();
+        assert!(matches!(e, DicomError::Corrupt { .. }), "cut at {cut}: {e}");
+    }
+    let at = bytes
+        .windows(8)
+        .rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0])
+        .unwrap();
+    let mut huge = bytes.clone();
+    huge[at + 8..at + 12].copy_from_slice(&0xF000_0000u32.to_le_bytes());
+    let e = read_seg(&huge, &sa.info, &liver).unwrap_err();
+    assert!(matches!(e, DicomError::Corrupt { .. }), "{e}");
 }
 
 #[test]

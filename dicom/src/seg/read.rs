@@ -6,8 +6,6 @@ use std::collections::HashMap;
 
 use dicom_core::value::Value;
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::file::ReadPreamble;
-use dicom_object::OpenFileOptions;
 use dicom_pixeldata::PixelDecoder;
 
 use super::codes::Code;
@@ -16,6 +14,8 @@ use super::placement::{check_grid, group, Grid};
 use super::Structure;
 use crate::attrs::{integer, items, text};
 use crate::error::{DicomError, Result};
+use crate::input::NamedBytes;
+use crate::parse::parse;
 use crate::series::SeriesInfo;
 
 /// The Label Map Segmentation Storage SOP class (DICOM Supplement 243).
@@ -198,18 +198,13 @@ fn frame_values(
 /// MaximumFractionalValue. In a LABELMAP, PixelPaddingValue (default 0) is background and
 /// every other pixel value must be a described SegmentNumber.
 pub fn read_seg(bytes: &[u8], series: &SeriesInfo, structures: &[Structure]) -> Result<DecodedSeg> {
-    let is_part10 = bytes.starts_with(b"DICM") || bytes.get(128..132) == Some(&b"DICM"[..]);
-    if !is_part10 {
-        return Err(DicomError::NotDicom {
-            name: "segmentation".into(),
-            reason: "no DICM magic at byte 128 (not a DICOM Part 10 file)".into(),
-        });
-    }
-    let parsed = OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Auto)
-        .from_reader(bytes)
-        .map_err(|e| seg_error(e.to_string()))?;
-    let obj = &parsed;
+    // the parser's checks (declared lengths walked first: a SEG from a PACS is untrusted)
+    let parsed = parse(&NamedBytes {
+        name: "segmentation".into(),
+        bytes: bytes.to_vec(),
+    })?
+    .ok_or_else(|| seg_error("a DICOMDIR, not a segmentation"))?;
+    let obj = &parsed.obj;
     let class = text(obj, tags::SOP_CLASS_UID).unwrap_or_default();
     if class != uids::SEGMENTATION_STORAGE && class != LABEL_MAP_SEGMENTATION_STORAGE {
         return Err(DicomError::NotSegmentation(format!(
