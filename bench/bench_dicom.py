@@ -11,7 +11,8 @@
 (b) SEG writing: a 104-structure label map on that grid (16 structures per slice: a 4x4 in-plane
     grid inside the body, changing every 40 slices; the bundle's 104 names) written as a BINARY SEG
     by ferrolabel (`dicom_bench seg`) and by highdicom's Segmentation (BINARY, no compression,
-    empty frames omitted, given the label map itself);
+    empty frames omitted, given the label map itself), and as a LABELMAP SEG by ferrolabel
+    (highdicom 0.22 has no LABELMAP);
     printed: time ratio and file sizes. highdicom takes minutes.
 
 Writes bench-out/dicom.json. Not part of CI. Build first:
@@ -228,8 +229,9 @@ def main():
             label_map(vol).tofile(labels_path)
             del vol
             r_ours = run_json([BENCH_BIN, "seg", series, labels_path, names_path, work])
-            print(f"SEG ferrolabel BINARY: {r_ours['binary']['seconds']:.2f} s, "
-                  f"{r_ours['binary']['bytes'] / 2**20:.1f} MiB", flush=True)
+            for kind in ("binary", "labelmap"):
+                print(f"SEG ferrolabel {kind.upper()}: {r_ours[kind]['seconds']:.2f} s, "
+                      f"{r_ours[kind]['bytes'] / 2**20:.1f} MiB", flush=True)
             r_hd = run_json([py, "-c", HIGHDICOM_SEG, series, labels_path, names_path,
                              os.path.join(work, "highdicom.dcm")])
             print(f"SEG highdicom BINARY: {r_hd['seconds']:.2f} s, {r_hd['bytes'] / 2**20:.1f} MiB, "

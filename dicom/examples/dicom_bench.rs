@@ -7,13 +7,14 @@
 //! dicom_bench seg SERIES_DIR LABELS_U8 NAMES_JSON OUT_DIR
 //!     the series assembled (not timed), then the SEG of the label map (raw u8, x fastest, on
 //!     the series' grid; NAMES_JSON a list of structure names for values 1..=n) written:
-//!     {"binary": {"seconds", "bytes", "frames"}} (the file saved as OUT_DIR/binary.dcm)
+//!     {"binary": {"seconds", "bytes"}, "labelmap": {"seconds", "bytes"}} (the files saved as
+//!     OUT_DIR/binary.dcm and OUT_DIR/labelmap.dcm)
 //! ```
 
 use std::path::Path;
 use std::time::Instant;
 
-use ferrolabel_dicom::seg::{write_binary_seg, SegOptions, Structure};
+use ferrolabel_dicom::seg::{write_binary_seg, write_labelmap_seg, SegOptions, Structure};
 use ferrolabel_dicom::{assemble_dir, AssembleOptions};
 
 fn vm_hwm_bytes() -> u64 {
@@ -66,15 +67,26 @@ fn main() {
                     name: n.clone(),
                 })
                 .collect();
-            let start = Instant::now();
-            let seg = write_binary_seg(&series.info, &labels, &structures, &SegOptions::default())
-                .unwrap_or_else(|e| fail(e));
-            let seconds = start.elapsed().as_secs_f64();
-            let out = Path::new(&args[5]).join("binary.dcm");
-            std::fs::write(&out, &seg).unwrap_or_else(|e| fail(e));
+            let options = SegOptions::default();
+            let mut out = Vec::new();
+            for (kind, write) in [
+                ("binary", write_binary_seg as fn(_, _, _, _) -> _),
+                ("labelmap", write_labelmap_seg),
+            ] {
+                let start = Instant::now();
+                let seg =
+                    write(&series.info, &labels, &structures, &options).unwrap_or_else(|e| fail(e));
+                let seconds = start.elapsed().as_secs_f64();
+                let path = Path::new(&args[5]).join(format!("{kind}.dcm"));
+                std::fs::write(&path, &seg).unwrap_or_else(|e| fail(e));
+                out.push(format!(
+                    "\"{kind}\": {{\"seconds\": {seconds}, \"bytes\": {}}}",
+                    seg.len()
+                ));
+            }
             println!(
-                "{{\"binary\": {{\"seconds\": {seconds}, \"bytes\": {}}}, \"vm_hwm_bytes\": {}}}",
-                seg.len(),
+                "{{{}, \"vm_hwm_bytes\": {}}}",
+                out.join(", "),
                 vm_hwm_bytes()
             );
         }
