@@ -274,6 +274,43 @@ fn pacs_datastore_round_trip() {
     let (_, stats) = s.get_json("/datastore/?output=stats");
     assert_eq!(stats["completed"], 1, "{stats}");
 
+    // SEG out for a PACS image: the stored label, and an inference result, both on its series
+    let r = s
+        .http
+        .get(s.url(&format!(
+            "/datastore/label?label={}&tag=final&format=dicom_seg",
+            small.series
+        )))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let seg = r.bytes().unwrap();
+    same_labels(
+        &read_seg(&seg, &small_info, &structures()).unwrap().labels,
+        &small_map,
+        "the stored label as a SEG",
+    );
+    let form = reqwest::blocking::multipart::Form::new().text("params", "{}");
+    let r = s
+        .http
+        .post(s.url(&format!("{INFER}?image={}&output=dicom_seg", small.series)))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let ct = r.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(ct.starts_with("application/dicom"), "{ct}");
+    let decoded = read_seg(&r.bytes().unwrap(), &small_info, &structures()).unwrap();
+    assert_eq!(
+        decoded.labels.len(),
+        small_map.len(),
+        "the SEG lies on the series' grid"
+    );
+    lap("SEG out");
+
     // a final label: stored locally and as a SEG in Orthanc that decodes to its voxels
     let header = image.header.clone().unwrap();
     let first = label_on(&image, 0);
