@@ -17,6 +17,9 @@ use crate::attrs::{integer, text};
 use crate::error::{DicomError, Result};
 use crate::input::{NamedBytes, NamedPath};
 
+/// JPEG Extended (processes 2 and 4).
+const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+
 /// The transfer syntaxes whose pixel data this build decodes (all with pure-Rust codecs).
 pub const SUPPORTED_TRANSFER_SYNTAXES: &[(&str, &str)] = &[
     (uids::IMPLICIT_VR_LITTLE_ENDIAN, "Implicit VR Little Endian"),
@@ -378,6 +381,18 @@ pub(crate) fn check_image(p: &Parsed) -> Result<()> {
             "{}: {samples} samples per pixel, {photometric} (expected one grey-level sample)",
             p.name
         )));
+    }
+    // lossy JPEG is decoded at 8 bits only (jpeg-decoder); 12-bit Extended (process 4) is
+    // refused by name rather than as a decoding failure
+    let stored = integer(&p.obj, tags::BITS_STORED).unwrap_or(0);
+    if ts == JPEG_EXTENDED && stored > 8 {
+        return Err(DicomError::UnsupportedTransferSyntax {
+            uid: ts,
+            name: format!(
+                "JPEG Extended with {stored} bits stored (only 8-bit lossy JPEG is decoded)"
+            ),
+            file: p.name.clone(),
+        });
     }
     let bits = integer(&p.obj, tags::BITS_ALLOCATED).unwrap_or(0);
     if bits != 8 && bits != 16 {
