@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{runtime, shared_series_with_uids, store, write_small_series, Orthanc, Written};
+use common::{
+    runtime, shared_series_with_uids, store, write_small_series, Orthanc, OrthancClient, Written,
+};
 use ferrolabel_dicom::{assemble_paths, AssembleOptions};
 use ferrolabel_dicomweb::{DicomWebClient, FetchMode};
 

@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    runtime, shared_series_with_uids, store, write_small_series, Orthanc, Written, PASSWORD,
+    runtime, shared_series_with_uids, store, write_small_series, Orthanc, OrthancClient, Written,
+    PASSWORD,
 };
 use dicom_dictionary_std::tags;
 use ferrolabel_dicom::seg::{write_binary_seg, SegOptions, Structure};

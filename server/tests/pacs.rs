@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ferrolabel_dicom::seg::{read_seg, write_binary_seg, SegOptions, Structure};
 use ferrolabel_dicom::{assemble_dir, AssembleOptions, SeriesInfo};
 use ferrolabel_imaging::{encode_label_nifti, read_nifti_bytes, DataType, Header, Limits, Volume};
-use pacs_support::{shared_series_with_uids, write_small_series, Orthanc, PacsServer};
+use pacs_support::{shared_series_with_uids, write_small_series, Orthanc, PacsOrthanc, PacsServer};
 use serde_json::{json, Value};
 
 const INFER: &str = "/infer/wholeBody_ct_segmentation";

@@ -54,7 +54,7 @@ fn proxy_relays_qido_wado_stow_and_errors_of_a_real_orthanc() {
     }
     let bundle = common::bundle_without_weights();
     let app = common::repo().join("apps/wholebody");
-    let root = orthanc.dicomweb_root();
+    let root = orthanc.base_url();
     let s = PacsServer::start(
         common::BIN,
         &app,

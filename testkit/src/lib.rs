@@ -1,0 +1,19 @@
+//! Test-only support shared by the DICOMweb tests (`dicomweb/tests/`) and the server's PACS and
+//! proxy tests (`server/tests/pacs.rs`, `server/tests/proxy.rs`): a real Orthanc (Debian's
+//! `orthanc` and `orthanc-dicomweb` packages) started on loopback with a generated
+//! configuration and killed by a Drop guard ([`Orthanc`]), and small DICOM series to load into
+//! it ([`write_small_series`], [`ct_slice`], [`shared_series_with_uids`]).
+//!
+//! Without Orthanc, [`Orthanc::start`] prints why and returns `None` on a developer machine, but
+//! panics under `CI=true` (`scripts/setup-system.sh` installs it): the tests never skip in CI.
+//!
+//! This crate is test support only: it is `publish = false` and must only ever be a
+//! `[dev-dependencies]` entry, never a normal dependency of any crate of the workspace.
+
+mod orthanc;
+mod series;
+
+pub use orthanc::{free_port, in_ci, orthanc_install, stow_body, Orthanc, PASSWORD, USER};
+pub use series::{
+    ct_slice, new_uid, repo_root, shared_series_with_uids, write_small_series, SmallSeries, Written,
+};
