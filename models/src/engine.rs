@@ -240,14 +240,16 @@ impl Worker {
         if background {
             self.reset_background_progress();
         }
-        match job {
+        let answer: Box<dyn FnOnce()> = match job {
             Job::Infer { req, reply } => {
                 let result = self.segment(&req).map(|mut s| {
                     record.finished_at = self.background_windows();
                     s.engine = record;
                     s
                 });
-                let _ = reply.send(result);
+                Box::new(move || {
+                    let _ = reply.send(result);
+                })
             }
             Job::Uncertainty { req, reply } => {
                 let result = self.uncertainty(&req).map(|mut u| {
@@ -255,17 +257,24 @@ impl Worker {
                     u.engine = record;
                     u
                 });
-                let _ = reply.send(result);
+                Box::new(move || {
+                    let _ = reply.send(result);
+                })
             }
             Job::Load { res, reply } => {
-                let _ = reply.send(self.network(res).map(|_| ()));
+                let result = self.network(res).map(|_| ());
+                Box::new(move || {
+                    let _ = reply.send(result);
+                })
             }
-        }
+        };
         if background {
             self.reset_background_progress();
         }
+        // counted before the answer goes out: a caller holding its answer sees the job completed
         self.shared.running.fetch_sub(1, Ordering::SeqCst);
         self.shared.completed.fetch_add(1, Ordering::SeqCst);
+        answer();
     }
 
     fn segment(&self, req: &InferRequest) -> Result<Segmentation> {
