@@ -13,8 +13,6 @@ use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use futures_util::{StreamExt, TryStreamExt};
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use reqwest::Method;
 use serde_json::Value;
 
 use crate::client::{check_uid, DicomWebClient, RetrievedFiles};
@@ -27,7 +25,7 @@ const SOP_CLASS_UID: &str = "00080016";
 const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
 /// NumberOfFrames.
 const NUMBER_OF_FRAMES: &str = "00280008";
-use crate::multipart::{boundary_of, Event, Splitter};
+use crate::multipart::Event;
 
 /// WADO-RS Accept for frames: bulk data in the stored transfer syntax.
 const ACCEPT_FRAMES: &str =
@@ -152,19 +150,7 @@ impl DicomWebClient {
                 list.join(",")
             ),
         );
-        let req = self
-            .request(Method::GET, &url)
-            .header(ACCEPT, ACCEPT_FRAMES)
-            .timeout(self.config.retrieve_timeout);
-        let mut resp = self.send(&url, req).await?;
-        let ct = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let boundary = boundary_of(&ct).map_err(|e| DicomWebError::bad(&url, e))?;
-        let mut splitter = Splitter::new(&boundary);
+        let (mut resp, mut splitter) = self.get_multipart(&url, ACCEPT_FRAMES).await?;
         let mut parts: Vec<(Option<String>, Vec<u8>)> = Vec::new();
         let mut total = 0u64;
         while let Some(chunk) = resp

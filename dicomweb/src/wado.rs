@@ -40,19 +40,7 @@ impl DicomWebClient {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|e| DicomWebError::io(format!("creating {}", dir.display()), e))?;
-        let req = self
-            .request(Method::GET, &url)
-            .header(ACCEPT, ACCEPT_DICOM)
-            .timeout(self.config.retrieve_timeout);
-        let mut resp = self.send(&url, req).await?;
-        let ct = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let boundary = boundary_of(&ct).map_err(|e| DicomWebError::bad(&url, e))?;
-        let mut splitter = Splitter::new(&boundary);
+        let (mut resp, mut splitter) = self.get_multipart(&url, ACCEPT_DICOM).await?;
         let mut out = RetrievedFiles {
             paths: Vec::new(),
             bytes: 0,
@@ -123,6 +111,27 @@ impl DicomWebClient {
             return Err(DicomWebError::bad(&url, "the series has no instances"));
         }
         Ok(out)
+    }
+
+    /// GETs a WADO-RS resource with `accept` (within the retrieval timeout) and returns the
+    /// answer with a splitter for its `multipart/related` body.
+    pub(crate) async fn get_multipart(
+        &self,
+        url: &str,
+        accept: &str,
+    ) -> Result<(reqwest::Response, Splitter)> {
+        let req = self
+            .request(Method::GET, url)
+            .header(ACCEPT, accept)
+            .timeout(self.config.retrieve_timeout);
+        let resp = self.send(url, req).await?;
+        let ct = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let boundary = boundary_of(ct).map_err(|e| DicomWebError::bad(url, e))?;
+        Ok((resp, Splitter::new(&boundary)))
     }
 
     /// WADO-RS + assembly: retrieves a series into a temporary folder (removed afterwards) and
