@@ -4,21 +4,12 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{affine_diff, python, run_py, s, shared_series, sitk_read};
+use common::{affine_diff, files_of, python, run_py, s, shared_series, sitk_read};
 use ferrolabel_dicom::{
     assemble, assemble_dir, assemble_zip, read_paths, AssembleOptions, DicomError, NamedBytes,
 };
-
-fn files_of(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    v.sort();
-    v
-}
 
 fn write_series(py: &Path, dir: &Path, args: &[&str]) {
     let mut all = vec!["write-series", s(dir)];

@@ -18,7 +18,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{affine_diff, in_ci, python, run_py, s, sitk_read};
+use common::{affine_diff, files_of, in_ci, python, run_py, s, sitk_read};
 use dicom_dictionary_std::tags;
 use ferrolabel_dicom::{assemble_paths, AssembleOptions, DicomError, Series};
 
@@ -45,15 +45,6 @@ fn dcmcjpeg() -> Option<PathBuf> {
     );
     eprintln!("skipping: no dcmcjpeg on PATH (apt-get install dcmtk)");
     None
-}
-
-fn files_of(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    v.sort();
-    v
 }
 
 /// Writes a 64×64×6 series into `dir` with `dicom_reference.py write-series`.
