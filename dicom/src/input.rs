@@ -68,92 +68,26 @@ fn limit(msg: String) -> DicomError {
     DicomError::LimitExceeded(msg)
 }
 
-/// Checks a set of in-memory files against the count and size limits.
-pub fn check_files(files: &[NamedBytes], limits: &InputLimits) -> Result<()> {
-    if files.len() > limits.max_files {
+/// The count and size limits, shared by files in memory and on disk: `sizes` yields each
+/// file's name and length (or the error of finding it out); the total is checked as it grows,
+/// so nothing past the file that breaks a limit is looked at.
+fn check_sizes<'a>(
+    count: usize,
+    sizes: impl Iterator<Item = Result<(&'a str, u64)>>,
+    limits: &InputLimits,
+) -> Result<()> {
+    if count > limits.max_files {
         return Err(limit(format!(
-            "{} files, more than the limit of {}",
-            files.len(),
+            "{count} files, more than the limit of {}",
             limits.max_files
         )));
     }
     let mut total = 0u64;
-    for f in files {
-        let n = f.bytes.len() as u64;
-        if n > limits.max_file_bytes {
-            return Err(limit(format!(
-                "{} has {n} bytes, more than the limit of {}",
-                f.name, limits.max_file_bytes
-            )));
-        }
-        total = total.saturating_add(n);
-    }
-    if total > limits.max_total_bytes {
-        return Err(limit(format!(
-            "the files hold {total} bytes, more than the limit of {}",
-            limits.max_total_bytes
-        )));
-    }
-    Ok(())
-}
-
-/// Checks files on disk against the count and size limits (by their metadata, before
-/// anything is read).
-pub fn check_paths(files: &[NamedPath], limits: &InputLimits) -> Result<()> {
-    if files.len() > limits.max_files {
-        return Err(limit(format!(
-            "{} files, more than the limit of {}",
-            files.len(),
-            limits.max_files
-        )));
-    }
-    let mut total = 0u64;
-    for f in files {
-        let len = std::fs::metadata(&f.path)
-            .map_err(|e| DicomError::Io {
-                context: format!("reading {}", f.path.display()),
-                source: e,
-            })?
-            .len();
+    for size in sizes {
+        let (name, len) = size?;
         if len > limits.max_file_bytes {
             return Err(limit(format!(
-                "{} has {len} bytes, more than the limit of {}",
-                f.name, limits.max_file_bytes
-            )));
-        }
-        total = total.saturating_add(len);
-        if total > limits.max_total_bytes {
-            return Err(limit(format!(
-                "the files hold more than the limit of {} bytes",
-                limits.max_total_bytes
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Reads files from disk (each checked against the limits before it is read).
-pub fn read_paths<P: AsRef<Path>>(paths: &[P], limits: &InputLimits) -> Result<Vec<NamedBytes>> {
-    if paths.len() > limits.max_files {
-        return Err(limit(format!(
-            "{} files, more than the limit of {}",
-            paths.len(),
-            limits.max_files
-        )));
-    }
-    let mut out = Vec::with_capacity(paths.len());
-    let mut total = 0u64;
-    for p in paths {
-        let p = p.as_ref();
-        let io = |e| DicomError::Io {
-            context: format!("reading {}", p.display()),
-            source: e,
-        };
-        let len = std::fs::metadata(p).map_err(io)?.len();
-        if len > limits.max_file_bytes {
-            return Err(limit(format!(
-                "{} has {len} bytes, more than the limit of {}",
-                p.display(),
+                "{name} has {len} bytes, more than the limit of {}",
                 limits.max_file_bytes
             )));
         }
@@ -164,14 +98,51 @@ pub fn read_paths<P: AsRef<Path>>(paths: &[P], limits: &InputLimits) -> Result<V
                 limits.max_total_bytes
             )));
         }
-        let bytes = std::fs::read(p).map_err(io)?;
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| p.display().to_string());
-        out.push(NamedBytes { name, bytes });
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Checks a set of in-memory files against the count and size limits.
+pub fn check_files(files: &[NamedBytes], limits: &InputLimits) -> Result<()> {
+    let sizes = files
+        .iter()
+        .map(|f| Ok((f.name.as_str(), f.bytes.len() as u64)));
+    check_sizes(files.len(), sizes, limits)
+}
+
+/// Checks files on disk against the count and size limits (by their metadata, before
+/// anything is read).
+pub fn check_paths(files: &[NamedPath], limits: &InputLimits) -> Result<()> {
+    let sizes = files.iter().map(|f| {
+        let meta = std::fs::metadata(&f.path).map_err(|e| DicomError::Io {
+            context: format!("reading {}", f.path.display()),
+            source: e,
+        })?;
+        Ok((f.name.as_str(), meta.len()))
+    });
+    check_sizes(files.len(), sizes, limits)
+}
+
+/// Reads files from disk (all checked against the limits by their metadata before any is read).
+pub fn read_paths<P: AsRef<Path>>(paths: &[P], limits: &InputLimits) -> Result<Vec<NamedBytes>> {
+    let files: Vec<NamedPath> = paths
+        .iter()
+        .map(|p| NamedPath::from_path(p.as_ref()))
+        .collect();
+    check_paths(&files, limits)?;
+    files
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(&f.path).map_err(|e| DicomError::Io {
+                context: format!("reading {}", f.path.display()),
+                source: e,
+            })?;
+            Ok(NamedBytes {
+                name: f.name,
+                bytes,
+            })
+        })
+        .collect()
 }
 
 /// Whether `bytes` start like a zip archive (a local file header or an empty archive).
