@@ -15,6 +15,7 @@ pub mod batch;
 pub mod epistemic;
 mod error;
 pub mod infer;
+pub mod jobs;
 pub mod report;
 pub mod scoring;
 pub mod strategy;
