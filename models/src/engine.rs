@@ -19,6 +19,7 @@ use crate::error::{ModelsError, Result};
 use crate::inferer::{BlendMode, PadMode, SlidingWindow};
 use crate::network::{weights, SegResNet};
 use crate::pipeline::{mc_dropout_entropy, segment, McDropout, Segmentation, Uncertainty};
+use crate::probability::{class_probability, ClassProbability, ProbabilitySettings, VoxelBox};
 use ferrolabel_imaging::Volume;
 pub use queue::JobRecord;
 use queue::{Queued, Queues};
@@ -96,6 +97,24 @@ pub struct UncertaintyRequest {
     pub cancel: Arc<AtomicBool>,
 }
 
+/// One class-probability request: the softmax of one class on a box of the input grid, from
+/// the windows covering that box only (see [`crate::probability`]).
+#[derive(Debug, Clone)]
+pub struct ProbabilityRequest {
+    /// The image.
+    pub volume: Arc<Volume>,
+    /// Which weights and spacing.
+    pub resolution: Resolution,
+    /// The box of the input grid, `[lo, hi)` per axis.
+    pub roi: VoxelBox,
+    /// The class (channel) index.
+    pub class: usize,
+    /// Queue priority.
+    pub priority: Priority,
+    /// Set to cancel the job between two windows.
+    pub cancel: Arc<AtomicBool>,
+}
+
 enum Job {
     Infer {
         req: InferRequest,
@@ -108,6 +127,10 @@ enum Job {
     Load {
         res: Resolution,
         reply: oneshot::Sender<Result<()>>,
+    },
+    Probability {
+        req: ProbabilityRequest,
+        reply: oneshot::Sender<Result<ClassProbability>>,
     },
 }
 
@@ -165,6 +188,7 @@ fn job_priority(job: &Job) -> Priority {
     match job {
         Job::Infer { req, .. } => req.priority,
         Job::Uncertainty { req, .. } => req.priority,
+        Job::Probability { req, .. } => req.priority,
         Job::Load { .. } => Priority::Interactive,
     }
 }
@@ -261,6 +285,16 @@ impl Worker {
                     let _ = reply.send(result);
                 })
             }
+            Job::Probability { req, reply } => {
+                let result = self.probability(&req).map(|mut p| {
+                    record.finished_at = self.background_windows();
+                    p.engine = record;
+                    p
+                });
+                Box::new(move || {
+                    let _ = reply.send(result);
+                })
+            }
             Job::Load { res, reply } => {
                 let result = self.network(res).map(|_| ());
                 Box::new(move || {
@@ -324,6 +358,37 @@ impl Worker {
             &loaded.net,
             &req.volume,
             &req.mc,
+            self.opts.device,
+            self.opts.amp,
+            &mut observer,
+        )
+    }
+
+    fn probability(&self, req: &ProbabilityRequest) -> Result<ClassProbability> {
+        let span = tracing::info_span!(
+            "engine_probability",
+            res = ?req.resolution,
+            class = req.class,
+            roi = ?req.roi
+        );
+        let _g = span.enter();
+        if req.cancel.load(Ordering::SeqCst) {
+            return Err(ModelsError::Cancelled);
+        }
+        let loaded = self.network(req.resolution)?;
+        let settings = ProbabilitySettings {
+            pixdim: req.resolution.pixdim(),
+            roi: 96,
+            overlap: self.bundle.sw_overlap,
+            sw_batch_size: self.bundle.sw_batch_size.max(1),
+        };
+        let mut observer = self.window_observer(req.priority, req.cancel.clone());
+        class_probability(
+            &loaded.net,
+            &req.volume,
+            &req.roi,
+            req.class,
+            &settings,
             self.opts.device,
             self.opts.amp,
             &mut observer,
@@ -435,6 +500,15 @@ impl Engine {
         let (tx, rx) = oneshot::channel();
         let priority = req.priority;
         self.enqueue(Job::Uncertainty { req, reply: tx }, priority)?;
+        rx.await
+            .map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
+    }
+
+    /// Queues a class-probability job and waits for its answer (async).
+    pub async fn probability(&self, req: ProbabilityRequest) -> Result<ClassProbability> {
+        let (tx, rx) = oneshot::channel();
+        let priority = req.priority;
+        self.enqueue(Job::Probability { req, reply: tx }, priority)?;
         rx.await
             .map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
     }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod inferer;
 pub mod network;
 pub mod pipeline;
+pub mod probability;
 pub mod train;
 pub mod transforms;
 
