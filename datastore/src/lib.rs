@@ -10,7 +10,9 @@
 //! * immutable label revisions under `<studies>/.ferrolabel/revisions/<tag>/<id>/<rev><ext>`;
 //! * the session store ([`Sessions`]);
 //! * the append-only audit log of label and image writes ([`audit`]);
-//! * images that live in a PACS and the outbox of what goes back to it ([`remote`]).
+//! * images that live in a PACS and the outbox of what goes back to it ([`remote`]);
+//! * the jobs table of the scheduler: queued and running background jobs, their leases,
+//!   heartbeats and attempts ([`jobs`]).
 //!
 //! It must not depend on torch or on HTTP: the server crate maps [`DatastoreError`] variants to
 //! status codes and the protocol's quirks; this crate implements the semantics.
@@ -41,6 +43,7 @@ pub mod files;
 pub mod ids;
 pub mod images;
 pub mod import;
+pub mod jobs;
 pub mod labels;
 mod monai_json;
 pub mod reconcile;
@@ -56,6 +59,7 @@ pub use ids::{
     validate_session_id, validate_tag, DEFAULT_EXTENSIONS, FINAL_TAG, ORIGINAL_TAG,
 };
 pub use images::{DatastoreStatus, ImageRecord};
+pub use jobs::{Heartbeat, JobOutcome, JobRow, JobState, JobUpdate, NewJob};
 pub use labels::{LabelRecord, RevisionRecord};
 pub use monai_json::{DEFAULT_DESCRIPTION, DEFAULT_NAME};
 pub use remote::{OutboxItem, RemoteImage, RemoteSource, SyncStats};
