@@ -576,7 +576,7 @@ async fn two_handles_claim_every_job_exactly_once() {
     for t in tasks {
         t.await.unwrap();
     }
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(
         ledger.overlaps.is_empty(),
         "two live leases in a lane: {:?}",
