@@ -84,6 +84,18 @@ fn class_of(v: u8, o: &GraphCutOptions) -> Class {
     }
 }
 
+/// [`Error::NoScribbles`] when the volume holds neither scribble value anywhere.
+fn check_not_empty(scribbles: &[u8], o: &GraphCutOptions) -> Result<()> {
+    let (f, b) = (o.scribbles.foreground, o.scribbles.background);
+    if scribbles.iter().any(|&v| v == f || v == b) {
+        return Ok(());
+    }
+    Err(Error::NoScribbles {
+        foreground: f,
+        background: b,
+    })
+}
+
 /// Capacities `(source, sink)` of a scribbled voxel.
 fn seed_caps(class: Class, seeds: Seeds) -> (f32, f32) {
     match (class, seeds) {
@@ -188,7 +200,8 @@ fn cut_box(
 /// without one): 1 foreground, 0 background.
 ///
 /// Errors: sizes that do not match the grid, bad options, a ROI outside the grid, a non-finite
-/// intensity, and [`Error::NoScribbles`] when the ROI (or grid) holds neither scribble value.
+/// intensity, and [`Error::NoScribbles`] when the scribbles volume holds neither scribble value
+/// (a ROI without scribbles inside is fine: its outside is background, its centre foreground).
 pub fn histogram_graphcut(
     image: &[f32],
     scribbles: &[u8],
@@ -210,15 +223,10 @@ pub fn histogram_graphcut(
     let full = roi.is_full(grid);
 
     // scribble classes inside the box
+    check_not_empty(scribbles, o)?;
     let mut class: Vec<Class> = roi_indices(grid, &roi)
         .map(|g| class_of(scribbles[g], o))
         .collect();
-    if class.iter().all(|&c| c == Class::None) {
-        return Err(Error::NoScribbles {
-            foreground: o.scribbles.foreground,
-            background: o.scribbles.background,
-        });
-    }
     if o.roi.is_some() && !class.contains(&Class::Foreground) {
         // MONAI Label's fallback: a foreground cube [c-5, c+5) at the ROI centre
         let rd = roi.dims();
@@ -312,7 +320,8 @@ pub fn histogram_graphcut(
 /// Returns the labels of the ROI: 1 = the structure.
 ///
 /// Errors: sizes, options, the ROI, non-finite intensities, probabilities outside `[0, 1]`,
-/// and [`Error::NoScribbles`] when the ROI holds neither scribble value.
+/// and [`Error::NoScribbles`] when the scribbles volume holds neither scribble value (a ROI
+/// without scribbles inside gives the model's own cut there).
 pub fn probability_graphcut(
     image: &[f32],
     prob_fg: &[f32],
@@ -347,15 +356,10 @@ pub fn probability_graphcut(
             value: p,
         });
     }
+    check_not_empty(scribbles, opts)?;
     let class: Vec<Class> = roi_indices(grid, &roi)
         .map(|g| class_of(scribbles[g], opts))
         .collect();
-    if class.iter().all(|&c| c == Class::None) {
-        return Err(Error::NoScribbles {
-            foreground: opts.scribbles.foreground,
-            background: opts.scribbles.background,
-        });
-    }
     let scaler = Scaler::new(image, opts.intensity)?;
     let caps: Vec<(f32, f32)> = class
         .iter()

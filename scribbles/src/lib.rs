@@ -218,10 +218,10 @@ pub struct ScribbleValues {
 
 impl ScribbleValues {
     /// MONAI Label's defaults for a model with `num_labels` labels: background `num_labels + 1`,
-    /// foreground `num_labels + 2` (2 and 3 with no labels); a request's `label_info` entries named
+    /// foreground `num_labels + 2` (2 and 3 with no labels; capped at 254 and 255); a request's `label_info` entries named
     /// `background_scribbles` / `foreground_scribbles` override them.
     pub fn monai_default(num_labels: usize) -> ScribbleValues {
-        let bg = (num_labels + 1).min(254) as u8;
+        let bg = (num_labels.max(1) + 1).min(254) as u8;
         ScribbleValues {
             background: bg,
             foreground: bg + 1,
