@@ -80,8 +80,6 @@ fn bad_capacities_are_refused() {
     let mut neg = ok.clone();
     neg[3] = -1.0;
     let short = vec![1.0f32; 7];
-    let caps = |s: &'static [f32]| s;
-    let _ = caps;
     let e = maxflow_grid(
         &grid,
         &GridCapacities {

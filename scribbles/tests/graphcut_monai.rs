@@ -1,13 +1,15 @@
-//! `histogram_graphcut` against MONAI Label 0.8.5's own Histogram+GraphCut steps run in Python
-//! (`tests/python/monai_histogram_ref.py`: MONAI's ScaleIntensityRange, monailabel.scribbles.utils'
-//! histogram likelihood and Equation-7 unary, numpymaxflow's cut) on synthetic volumes with
-//! scribbles and on a real CT crop: the labels must be equal voxel for voxel.
+//! `histogram_graphcut` and `probability_graphcut` against MONAI Label 0.8.5's own scribbles
+//! steps run in Python (`tests/python/monai_scribbles_ref.py`: MONAI's ScaleIntensityRange,
+//! monailabel.scribbles.utils' histogram likelihood and Equation-7 unary, numpymaxflow's cut) on
+//! synthetic volumes with scribbles and on a real CT crop: the labels must be equal voxel for
+//! voxel. For the probability cut MONAI Label's steps get the model probability as `[1 - p, p]`
+//! (its ISeg use of the same unary and cut).
 
 mod common;
 
 use ferrolabel_scribbles::{
-    histogram_graphcut, GraphCutOptions, Grid3, HistogramOptions, Intensity, Roi, ScribbleValues,
-    Seeds,
+    histogram_graphcut, probability_graphcut, GraphCutOptions, Grid3, HistogramOptions, Intensity,
+    Roi, ScribbleValues, Seeds,
 };
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -18,6 +20,8 @@ struct Case {
     image: Vec<f32>,
     scribbles: Vec<u8>,
     opts: HistogramOptions,
+    /// A model's foreground probability: cut with `probability_graphcut` instead.
+    prob: Option<Vec<f32>>,
 }
 
 fn inside_ellipsoid(p: [usize; 3], c: [f32; 3], r: [f32; 3]) -> bool {
@@ -96,6 +100,7 @@ fn cases() -> Vec<Case> {
         image: image.clone(),
         scribbles: scribbles.clone(),
         opts: HistogramOptions::default(),
+        prob: None,
     });
     // a weak pairwise term: the histograms decide most voxels
     let mut opts = HistogramOptions::default();
@@ -106,6 +111,7 @@ fn cases() -> Vec<Case> {
         image,
         scribbles,
         opts,
+        prob: None,
     });
 
     let (image, scribbles) = synthetic(2, dims, sv, true);
@@ -121,6 +127,7 @@ fn cases() -> Vec<Case> {
         image,
         scribbles,
         opts,
+        prob: None,
     });
 
     let (image, scribbles) = synthetic(3, dims, sv, false);
@@ -135,6 +142,7 @@ fn cases() -> Vec<Case> {
         image,
         scribbles,
         opts,
+        prob: None,
     });
 
     let sv105 = ScribbleValues::monai_default(104);
@@ -154,6 +162,7 @@ fn cases() -> Vec<Case> {
         image,
         scribbles,
         opts,
+        prob: None,
     });
 
     // the real CT: liver strokes as foreground, strokes in the spleen, stomach and fat as background
@@ -187,15 +196,58 @@ fn cases() -> Vec<Case> {
         image: hu.clone(),
         scribbles: scribbles.clone(),
         opts,
+        prob: None,
     });
     opts.cut.lamda = 0.15;
     v.push(Case {
         name: "real_ct_lamda0.15",
         dims,
-        image: hu,
+        image: hu.clone(),
         scribbles,
         opts,
+        prob: None,
     });
+
+    // a model that leaks from the liver (5) into the stomach (6); background strokes in the
+    // stomach, a few foreground strokes in the liver
+    let prob: Vec<f32> = seg
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| match l {
+            5 => 0.9,
+            6 => 0.6 + 0.1 * ((i % 7) as f32 / 7.0),
+            1 => 0.2,
+            _ => 0.03,
+        })
+        .collect();
+    let scribbles: Vec<u8> = seg
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            let (x, z) = (i % dims[0], i / (dims[0] * dims[1]));
+            match l {
+                6 if z % 4 == 1 && x % 3 == 0 => sv.background,
+                5 if z == 15 && x % 10 == 0 => sv.foreground,
+                _ => 0,
+            }
+        })
+        .collect();
+    for lamda in [1.0, 0.3] {
+        let mut opts = HistogramOptions::default();
+        opts.cut.lamda = lamda;
+        v.push(Case {
+            name: if lamda == 1.0 {
+                "real_ct_model_leak"
+            } else {
+                "real_ct_model_leak_lamda0.3"
+            },
+            dims,
+            image: hu.clone(),
+            scribbles: scribbles.clone(),
+            opts,
+            prob: Some(prob.clone()),
+        });
+    }
     v
 }
 
@@ -209,6 +261,9 @@ fn same_labels_as_monai_label() {
     let mut params = Vec::new();
     for c in &cases {
         common::write_f32(&dir.path().join(format!("{}.image.f32", c.name)), &c.image);
+        if let Some(p) = &c.prob {
+            common::write_f32(&dir.path().join(format!("{}.prob.f32", c.name)), p);
+        }
         std::fs::write(
             dir.path().join(format!("{}.scribbles.u8", c.name)),
             &c.scribbles,
@@ -227,6 +282,7 @@ fn same_labels_as_monai_label() {
             "name": c.name, "dims": c.dims, "roi": roi, "bg": o.scribbles.background,
             "fg": o.scribbles.foreground, "num_bins": c.opts.num_bins, "lamda": o.lamda,
             "sigma": o.sigma, "window": [a_min, a_max],
+            "likelihood": if c.prob.is_some() { "probability" } else { "histogram" },
         }));
     }
     std::fs::write(
@@ -234,11 +290,17 @@ fn same_labels_as_monai_label() {
         json!({ "cases": params }).to_string(),
     )
     .unwrap();
-    common::run_py(&python, "monai_histogram_ref.py", dir.path());
+    common::run_py(&python, "monai_scribbles_ref.py", dir.path());
 
     for c in &cases {
         let grid = Grid3::new(c.dims, [1.0; 3]).unwrap();
-        let ours = histogram_graphcut(&c.image, &c.scribbles, &grid, &c.opts).unwrap();
+        let cut = |opts: &HistogramOptions| match &c.prob {
+            None => histogram_graphcut(&c.image, &c.scribbles, &grid, opts).unwrap(),
+            Some(p) => {
+                probability_graphcut(&c.image, p, &c.scribbles, None, &grid, &opts.cut).unwrap()
+            }
+        };
+        let ours = cut(&c.opts);
         let theirs = common::read_u8(&dir.path().join(format!("{}.labels.u8", c.name)));
         assert_eq!(theirs.len(), grid.len());
         let roi = ours.roi;
@@ -286,7 +348,7 @@ fn same_labels_as_monai_label() {
         if c.opts.cut.lamda <= 2.0 {
             let mut hard = c.opts;
             hard.cut.seeds = Seeds::Hard;
-            let h = histogram_graphcut(&c.image, &c.scribbles, &grid, &hard).unwrap();
+            let h = cut(&hard);
             assert_eq!(h, ours, "{}: hard seeds changed the cut", c.name);
         }
     }

@@ -12,8 +12,9 @@ the ROI handling of AddBackgroundScribblesFromROId and _normalise_logits (scipy.
 with numpy as scipy computes it: exp(x - max) / sum).
 
 Reads params.json ({"cases": [{"name", "dims", "roi" (null or [i0, i1, j0, j1, k0, k1]), "bg", "fg",
-"num_bins", "lamda", "sigma", "window": [a_min, a_max]}]}), <name>.image.f32 and <name>.scribbles.u8
-(x fastest); writes <name>.labels.u8 (x fastest, whole grid).
+"num_bins", "lamda", "sigma", "window": [a_min, a_max], "likelihood": "histogram" (default) or
+"probability"}]}), <name>.image.f32, <name>.scribbles.u8 and for "probability" <name>.prob.f32 (the
+foreground probability) (x fastest); writes <name>.labels.u8 (x fastest, whole grid).
 """
 
 import json
@@ -62,8 +63,13 @@ def run(d, case):
     scale = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)
     image = np.asarray(scale(torch.from_numpy(image)), dtype=np.float32)
 
-    prob = make_likelihood_image_histogram(image, scribbles, bg, fg, num_bins=case["num_bins"])
-    prob = normalise_logits(prob)  # MakeLikelihoodFromScribblesHistogramd(normalise=True)
+    if case.get("likelihood", "histogram") == "histogram":
+        prob = make_likelihood_image_histogram(image, scribbles, bg, fg, num_bins=case["num_bins"])
+        prob = normalise_logits(prob)  # MakeLikelihoodFromScribblesHistogramd(normalise=True)
+    else:
+        # a model's foreground probability as the likelihood (MONAI Label's ISeg use of these steps)
+        p_fg = np.fromfile(d / f"{name}.prob.f32", dtype="<f4").reshape(dims, order="F")[None]
+        prob = np.concatenate([1.0 - p_fg, p_fg], axis=0)
     prob = normalise_logits(prob)  # MakeISegUnaryd
     unary = make_iseg_unary(prob, scribbles, scribbles_bg_label=bg, scribbles_fg_label=fg)
     labels = maxflow(image, unary, lamda=case["lamda"], sigma=case["sigma"])
