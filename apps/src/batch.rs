@@ -2,8 +2,13 @@
 //! label (tag `original` unless `label_tag` says otherwise), one image after another.
 //!
 //! Every image runs as a [`Priority::Background`] engine job, so an interactive `/infer`
-//! waits at most one sliding window; a stop ([`crate::tasks::TaskQueue::stop`]) cancels the
-//! current image between two windows and keeps the labels already saved.
+//! waits at most one sliding window; a stop (`DELETE /batch/infer`, `DELETE /tasks/{id}`) cancels
+//! the current image between two windows and keeps the labels already saved.
+//!
+//! A batch is a scheduler job ([`crate::jobs`]): its image list is fixed at submission, and every
+//! label it stores records the job's id in its info (`job`). An attempt taken up again after a
+//! restart skips the images whose label already carries that id, so each image is labelled
+//! exactly once whatever moment the previous process died at.
 //!
 //! Request params (the JSON body, merged over the query's `images`):
 //!
@@ -26,7 +31,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{AppError, Result};
 use crate::infer::{param_bool, InferPlan};
-use crate::tasks::TaskHandle;
+use crate::jobs::JobHandle;
 use crate::WholeBodyApp;
 
 /// Resolves an image selection: `all`, `labeled`, `unlabeled` (sorted ids) or a list of ids
@@ -128,21 +133,68 @@ pub async fn plan(
     })
 }
 
-/// Runs a batch, reporting progress to `task`; returns the sync result.
+impl BatchPlan {
+    /// The plan of a submitted batch job (its images already chosen).
+    pub fn from_task(
+        app: &WholeBodyApp,
+        model: &str,
+        images: &[String],
+        params: &Map<String, Value>,
+    ) -> Result<BatchPlan> {
+        let mut infer = app.plan_infer(model, params)?;
+        infer.save_label = param_bool(params, "save_label")?.unwrap_or(true);
+        Ok(BatchPlan {
+            model: model.to_string(),
+            images: images.to_vec(),
+            infer,
+        })
+    }
+}
+
+/// The sync result entry of an image whose label this job (`job`) already stored, if any.
+async fn done_by(ds: &Datastore, batch: &BatchPlan, id: &str, job: &str) -> Result<Option<Value>> {
+    if !batch.infer.save_label {
+        return Ok(None);
+    }
+    let tag = &batch.infer.label_tag;
+    let Some(label) = ds.label(id, tag).await? else {
+        return Ok(None);
+    };
+    if label.info.get("job").and_then(Value::as_str) != Some(job) {
+        return Ok(None);
+    }
+    let params = label
+        .info
+        .get("params")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    Ok(Some(json!({"label": id, "tag": tag, "params": params})))
+}
+
+/// Runs a batch, reporting progress to `task`; returns the sync result. Images whose label
+/// this job already stored (an earlier attempt) are not run again.
 pub async fn run(
     app: &WholeBodyApp,
     ds: &Datastore,
     batch: &BatchPlan,
-    task: &TaskHandle,
+    task: &JobHandle,
 ) -> Result<Value> {
     let total = batch.images.len();
     let mut result = Map::new();
     let mut failed = 0;
+    let job = task.id();
     for (n, id) in batch.images.iter().enumerate() {
         if task.is_cancelled() {
             return Err(AppError::Cancelled);
         }
         task.progress(n, total, Some(id));
+        if task.attempt() > 1 {
+            if let Some(v) = done_by(ds, batch, id, &job).await? {
+                task.log(format!("{id}: labelled by an earlier attempt"));
+                result.insert(id.clone(), v);
+                continue;
+            }
+        }
         match run_one(app, ds, batch, id, task).await {
             Ok(v) => {
                 task.log(format!("{id}: done ({}/{total})", n + 1));
@@ -166,7 +218,7 @@ async fn run_one(
     ds: &Datastore,
     batch: &BatchPlan,
     id: &str,
-    task: &TaskHandle,
+    task: &JobHandle,
 ) -> Result<Value> {
     let path = ds.image_path(id).await?;
     let out = app
@@ -180,7 +232,7 @@ async fn run_one(
     let params = Value::Object(out.params);
     let tag = &batch.infer.label_tag;
     if batch.infer.save_label {
-        let info = json!({"model": batch.model, "params": params});
+        let info = json!({"model": batch.model, "params": params, "job": task.id()});
         ds.save_label(
             id,
             tag,

@@ -69,6 +69,20 @@ pub enum AppError {
     /// A background task panicked or was cancelled (500).
     #[error("background task failed: {0}")]
     Task(String),
+    /// No job has this id (404).
+    #[error("No task {0:?}")]
+    JobNotFound(String),
+    /// The job has already ended (409).
+    #[error("{0}")]
+    JobEnded(String),
+    /// A job failed; `status` is what its error maps to (its own 4xx, or 500).
+    #[error("{detail}")]
+    JobFailed {
+        /// The status of the job's error.
+        status: u16,
+        /// The job's error.
+        detail: String,
+    },
     /// File I/O failed (500).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -88,7 +102,10 @@ impl AppError {
             | AppError::BadWeights(_) => 422,
             AppError::ModelNotFound(_)
             | AppError::StrategyNotFound(_)
-            | AppError::MethodNotFound(_) => 404,
+            | AppError::MethodNotFound(_)
+            | AppError::JobNotFound(_) => 404,
+            AppError::JobEnded(_) => 409,
+            AppError::JobFailed { status, .. } => *status,
             AppError::WeightsMissing { .. } => 503,
             AppError::Busy(_) => 429,
             // nobody is listening any more; 499 is nginx's "client closed request"

@@ -22,8 +22,8 @@ use serde_json::{json, Map, Value};
 use crate::batch::select_images;
 pub use crate::epistemic::{ensure_epistemic, score_epistemic, EpistemicOptions};
 use crate::error::{blocking, AppError, Result};
+use crate::jobs::JobHandle;
 use crate::report::label_bytes;
-use crate::tasks::TaskHandle;
 use crate::WholeBodyApp;
 
 /// The scoring methods.
@@ -174,17 +174,50 @@ pub fn validate(
     Ok(())
 }
 
+/// The per-image results an earlier attempt of this job saved for `method` (the checkpoint's
+/// `partial`), so a restarted run scores only the images not yet scored.
+fn partial(task: &JobHandle, method: ScoringMethod) -> Map<String, Value> {
+    task.checkpoint()
+        .and_then(|c| {
+            let p = c.get("partial")?;
+            (p.get("method")?.as_str()? == method.name())
+                .then(|| p.get("items")?.as_object().cloned())?
+        })
+        .unwrap_or_default()
+}
+
+/// Records `items` (this method's per-image results so far) in the job's checkpoint, next to
+/// the results of the methods already finished.
+fn save_partial(task: &JobHandle, method: ScoringMethod, items: &Map<String, Value>) {
+    let results = task
+        .checkpoint()
+        .and_then(|c| c.get("results").cloned())
+        .unwrap_or_else(|| json!({}));
+    task.save_checkpoint(json!({
+        "results": results,
+        "partial": {"method": method.name(), "items": items},
+    }));
+}
+
 /// Runs a scoring method over the datastore, reporting progress to `task`; returns the sync
-/// result (see the module table). A stop ends the run after the current image.
+/// result (see the module table). A stop ends the run after the current image; images scored
+/// by an earlier attempt of the job (its checkpoint) are not scored again.
 pub async fn run(
     app: &WholeBodyApp,
     ds: &Datastore,
     method: ScoringMethod,
     params: &Map<String, Value>,
-    task: &TaskHandle,
+    task: &JobHandle,
 ) -> Result<Value> {
     let limits = *app.limits();
-    let mut result = Map::new();
+    let mut result = partial(task, method);
+    let scored_before = result.len();
+    if scored_before > 0 {
+        task.log(format!(
+            "{}: {scored_before} image(s) scored by an earlier attempt",
+            method.name()
+        ));
+    }
     match method {
         ScoringMethod::Dice => {
             let y = tag_param(params, "y", FINAL_TAG)?;
@@ -195,6 +228,9 @@ pub async fn run(
                     return Err(AppError::Cancelled);
                 }
                 task.progress(n, ids.len(), Some(id));
+                if result.contains_key(id) {
+                    continue;
+                }
                 let (Some(a), Some(b)) = (ds.label(id, &y).await?, ds.label(id, &y_pred).await?)
                 else {
                     continue;
@@ -219,6 +255,7 @@ pub async fn run(
                         ds.update_image_info(id, patch, None).await?;
                         task.log(format!("dice {id}: {d:.6}"));
                         result.insert(id.clone(), json!(d));
+                        save_partial(task, method, &result);
                     }
                     Err(e) => task.log(format!("dice {id} skipped: {e}")),
                 }
@@ -233,6 +270,9 @@ pub async fn run(
                     return Err(AppError::Cancelled);
                 }
                 task.progress(n, ids.len(), Some(id));
+                if result.contains_key(id) {
+                    continue;
+                }
                 let mut per_tag = Map::new();
                 for tag in &tags {
                     let Some(rec) = ds.label(id, tag).await? else {
@@ -257,6 +297,7 @@ pub async fn run(
                 }
                 if !per_tag.is_empty() {
                     result.insert(id.clone(), Value::Object(per_tag));
+                    save_partial(task, method, &result);
                 }
             }
             task.progress(ids.len(), ids.len(), None);
@@ -270,6 +311,9 @@ pub async fn run(
                     return Err(AppError::Cancelled);
                 }
                 task.progress(n, ids.len(), Some(id));
+                if result.contains_key(id) {
+                    continue;
+                }
                 let (entropy, ts) =
                     score_epistemic(app, ds, id, &opts, Priority::Background, task.cancel_flag())
                         .await?;
@@ -278,6 +322,7 @@ pub async fn run(
                     id.clone(),
                     json!({"epistemic_entropy": entropy, "epistemic_ts": ts}),
                 );
+                save_partial(task, method, &result);
             }
             task.progress(ids.len(), ids.len(), None);
         }

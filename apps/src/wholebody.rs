@@ -24,7 +24,6 @@ use crate::infer::{self, InferOutput, InferPlan};
 use crate::report;
 use crate::scoring::ScoringMethod;
 use crate::strategy::Strategy;
-use crate::tasks::TaskQueue;
 
 /// The name of the model and of its trainer.
 pub const MODEL_NAME: &str = "wholeBody_ct_segmentation";
@@ -66,9 +65,9 @@ pub struct WholeBodyApp {
     device_names: Vec<String>,
     limits: Limits,
     strategies: Vec<Strategy>,
-    scoring_tasks: TaskQueue,
-    batch_tasks: TaskQueue,
     trainer: crate::train::Trainer,
+    /// Class probabilities of the scribbles models (`crate::scribbles`).
+    pub(crate) scribbles_cache: crate::scribbles::ProbabilityCache,
 }
 
 fn conf_flag(conf: &BTreeMap<String, String>, key: &str) -> bool {
@@ -137,9 +136,8 @@ impl WholeBodyApp {
             device_names,
             limits: opts.limits,
             strategies,
-            scoring_tasks: TaskQueue::new("Scoring"),
-            batch_tasks: TaskQueue::new("Batch_infer"),
             trainer,
+            scribbles_cache: Default::default(),
         })
     }
 
@@ -161,16 +159,6 @@ impl WholeBodyApp {
     /// Whether `name` is one of this app's models.
     pub fn has_model(&self, name: &str) -> bool {
         name == MODEL_NAME
-    }
-
-    /// The scoring tasks (one at a time).
-    pub fn scoring_tasks(&self) -> &TaskQueue {
-        &self.scoring_tasks
-    }
-
-    /// The batch-inference tasks (one at a time).
-    pub fn batch_tasks(&self) -> &TaskQueue {
-        &self.batch_tasks
     }
 
     /// The trainer (`/train/`).
@@ -287,6 +275,10 @@ impl WholeBodyApp {
                 )
             })
             .collect();
+        let mut models = Map::new();
+        models.insert(MODEL_NAME.into(), self.model_info());
+        let devices = json!(self.device_names);
+        models.extend(crate::scribbles::models_info(&self.label_map(), &devices));
         json!({
             "name": self.name,
             "description": format!(
@@ -296,7 +288,7 @@ impl WholeBodyApp {
             ),
             "version": self.version,
             "labels": self.labels.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-            "models": { MODEL_NAME: self.model_info() },
+            "models": models,
             "trainers": {MODEL_NAME: self.trainer.info()},
             "strategies": strategies,
             "scoring": ScoringMethod::ALL

@@ -48,6 +48,10 @@ pub struct ServerArgs {
     /// Inference requests that may wait for the engine; more are answered 429.
     #[arg(long, default_value_t = 4, env = "FERROLABEL_INFER_QUEUE")]
     pub infer_queue: usize,
+    /// Job lease, in seconds: a background job (batch, scoring, training) whose server died is
+    /// taken up again this long after its last heartbeat (docs/jobs.md).
+    #[arg(long, env = "FERROLABEL_JOB_LEASE", default_value_t = 30)]
+    pub job_lease: u64,
     /// Largest accepted image, in voxels (default 512 x 512 x 2048).
     #[arg(long, env = "FERROLABEL_MAX_VOXELS")]
     pub max_voxels: Option<u64>,

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use ferrolabel_apps::jobs::Scheduler;
 use ferrolabel_apps::WholeBodyApp;
 use ferrolabel_datastore::{Datastore, Sessions};
 
@@ -13,6 +14,8 @@ use crate::error::ApiError;
 pub struct AppState {
     /// The served app (models, strategies, engine).
     pub app: Arc<WholeBodyApp>,
+    /// The job scheduler (batch inference, scoring, training, periodic sweeps).
+    pub jobs: Scheduler,
     /// The studies datastore.
     pub datastore: Datastore,
     /// The session store; `None` when sessions are disabled.

@@ -35,6 +35,8 @@ pub(crate) struct Live {
     pub(crate) kind: String,
     pub(crate) attempt: i64,
     pub(crate) cancel: Arc<AtomicBool>,
+    /// A stop was requested (`DELETE`), as opposed to a shutdown or a lost lease.
+    pub(crate) stopped: AtomicBool,
     pub(crate) state: Mutex<LiveState>,
 }
 
@@ -56,6 +58,7 @@ impl Live {
             kind,
             attempt,
             cancel: Arc::new(AtomicBool::new(false)),
+            stopped: AtomicBool::new(false),
             state: Mutex::new(LiveState {
                 details: d,
                 progress,
@@ -68,6 +71,17 @@ impl Live {
     pub(crate) fn lock(&self) -> MutexGuard<'_, LiveState> {
         // a panic while holding the lock leaves plain fields behind: keep going
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks a requested stop and sets the cancel flag.
+    pub(crate) fn request_stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was requested.
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
     }
 
     pub(crate) fn log(&self, line: String) {
@@ -146,6 +160,22 @@ impl JobHandle {
                 Vec::new(),
                 None,
                 None,
+            )),
+        }
+    }
+
+    /// A handle as a later attempt sees it: attempt `attempt`, with `checkpoint` saved by an
+    /// earlier one (tests of resumable jobs).
+    #[doc(hidden)]
+    pub fn with_checkpoint(kind: &str, attempt: i64, checkpoint: Value) -> JobHandle {
+        JobHandle {
+            live: Arc::new(Live::new(
+                crate::jobs::new_id(),
+                kind.to_string(),
+                attempt,
+                Vec::new(),
+                None,
+                Some(checkpoint),
             )),
         }
     }

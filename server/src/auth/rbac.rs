@@ -68,6 +68,9 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/scoring", USER),
     rule("POST", "/scoring", ANNOTATOR),
     rule("DELETE", "/scoring", ANNOTATOR),
+    // the job queue: anyone may look; stopping a job takes an admin (it may be anyone's)
+    rule("GET", "/tasks", USER),
+    rule("DELETE", "/tasks", ADMIN),
     // datastore
     rule("GET", "/datastore", USER),
     rule("PUT", "/datastore", ANNOTATOR),

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::{Context, Result};
+use ferrolabel_apps::jobs::{PeriodicFn, Scheduler, SchedulerOptions};
 use ferrolabel_apps::{AppOptions, WholeBodyApp};
 use ferrolabel_datastore::{Datastore, DatastoreOptions, Sessions};
 use ferrolabel_imaging::Limits;
 use ferrolabel_models::EngineOptions;
+use serde_json::json;
 
 use crate::auth::{Auth, AuthLayer, AuthOptions};
 use crate::config::ServerArgs;
@@ -73,8 +75,8 @@ fn auth_and_tls(args: &ServerArgs) -> Result<(Option<Arc<Auth>>, Option<rustls::
 }
 
 /// With `--studies http(s)://.../dicom-web`: opens the PACS datastore, lists the PACS's series
-/// once before serving (a PACS that is down is logged; the last listing stays), retries unsent
-/// SEGs, and keeps doing both every sync interval.
+/// once before serving (a PACS that is down is logged; the last listing stays) and retries
+/// unsent SEGs; the scheduler's periodic `pacs_sync` job does both every sync interval.
 async fn open_pacs(
     settings: &crate::config::Settings,
     datastore: &Datastore,
@@ -112,16 +114,49 @@ async fn open_pacs(
         "DICOMweb datastore"
     );
     crate::pacs::sync_once(&pacs).await;
-    let every = Duration::from_secs(local.sync_interval);
-    let background = pacs.clone();
-    actix_web::rt::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        loop {
-            tick.tick().await;
-            crate::pacs::sync_once(&background).await;
-        }
-    });
     Ok(Some(pacs))
+}
+
+/// The periodic jobs of this server: the session and token sweeps, and the PACS sync.
+fn periodic_jobs(
+    settings: &crate::config::Settings,
+    sessions: Option<Sessions>,
+    auth: Option<Arc<Auth>>,
+    pacs: Option<Arc<crate::pacs::Pacs>>,
+) -> Vec<(String, Duration, PeriodicFn)> {
+    let mut jobs: Vec<(String, Duration, PeriodicFn)> = Vec::new();
+    if let Some(s) = sessions {
+        let f: PeriodicFn = Arc::new(move || {
+            let s = s.clone();
+            Box::pin(async move {
+                let n = s.remove_expired().await?;
+                if n > 0 {
+                    tracing::info!(removed = n, "expired sessions removed");
+                }
+                Ok(json!({ "removed": n }))
+            })
+        });
+        jobs.push(("session_sweep".into(), SESSION_SWEEP, f));
+    }
+    if let Some(a) = auth {
+        let f: PeriodicFn = Arc::new(move || {
+            let a = a.clone();
+            Box::pin(async move { Ok(json!({ "removed": a.sweep() })) })
+        });
+        jobs.push(("token_sweep".into(), SESSION_SWEEP, f));
+    }
+    if let (Some(p), Some(local)) = (pacs, &settings.pacs) {
+        let f: PeriodicFn = Arc::new(move || {
+            let p = p.clone();
+            Box::pin(async move { Ok(crate::pacs::sync_once(&p).await) })
+        });
+        jobs.push((
+            "pacs_sync".into(),
+            Duration::from_secs(local.sync_interval),
+            f,
+        ));
+    }
+    jobs
 }
 
 /// Runs the server until it is stopped (Ctrl-C / SIGTERM).
@@ -198,19 +233,6 @@ async fn serve(
         ),
         None => None,
     };
-    if let Some(s) = sessions.clone() {
-        actix_web::rt::spawn(async move {
-            let mut tick = tokio::time::interval(SESSION_SWEEP);
-            loop {
-                tick.tick().await;
-                match s.remove_expired().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(removed = n, "expired sessions removed"),
-                    Err(e) => tracing::warn!(error = %e, "session sweep failed"),
-                }
-            }
-        });
-    }
     match std::env::current_exe() {
         Ok(exe) => app.trainer().set_worker_exe(exe),
         Err(e) => {
@@ -218,7 +240,20 @@ async fn serve(
         }
     }
     let app = Arc::new(app);
+    let periodic = periodic_jobs(&settings, sessions.clone(), auth.clone(), pacs.clone());
+    let jobs = Scheduler::start(
+        app.clone(),
+        datastore.clone(),
+        SchedulerOptions {
+            lease: Duration::from_secs(args.job_lease.max(1)),
+            ..SchedulerOptions::default()
+        },
+        periodic,
+    )
+    .await
+    .context("cannot start the job scheduler")?;
     let state = web::Data::new(AppState {
+        jobs: jobs.clone(),
         app: app.clone(),
         datastore: datastore.clone(),
         sessions,
@@ -231,13 +266,6 @@ async fn serve(
             token_ttl_s = a.token_ttl().as_secs(),
             "authentication on"
         );
-        actix_web::rt::spawn(async move {
-            let mut tick = tokio::time::interval(SESSION_SWEEP);
-            loop {
-                tick.tick().await;
-                a.sweep();
-            }
-        });
     }
     let cors_origins = settings.cors_origins.clone();
     let audit_store = datastore.clone();
@@ -295,10 +323,9 @@ async fn serve(
         });
     }
     server.run().await.context("server failed")?;
-    // a training worker must not outlive the server that watches it
-    if app.trainer().stop().is_some() {
-        tracing::info!("training stopped: the server is shutting down");
-    }
+    // running jobs are handed back (a training worker must not outlive the server that watches
+    // it); the next start continues them
+    jobs.shutdown().await;
     datastore.close().await;
     tracing::info!("server stopped");
     Ok(())

@@ -169,17 +169,24 @@ impl Pacs {
 
 /// One round of the PACS's periodic work: re-list its series, then retry unsent SEGs
 /// ([`outbox::retry`]). Failures are logged; the next round tries again.
-pub async fn sync_once(pacs: &Arc<Pacs>) {
-    match pacs.sync_listing().await {
-        Ok(stats) => tracing::info!(
-            added = stats.added,
-            updated = stats.updated,
-            removed = stats.removed,
-            "PACS series listed"
-        ),
-        Err(e) => tracing::warn!(error = %e, "PACS listing failed; keeping the last one"),
-    }
+pub async fn sync_once(pacs: &Arc<Pacs>) -> serde_json::Value {
+    let listing = match pacs.sync_listing().await {
+        Ok(stats) => {
+            tracing::info!(
+                added = stats.added,
+                updated = stats.updated,
+                removed = stats.removed,
+                "PACS series listed"
+            );
+            serde_json::json!({"added": stats.added, "updated": stats.updated, "removed": stats.removed})
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "PACS listing failed; keeping the last one");
+            serde_json::json!({"error": e.to_string()})
+        }
+    };
     outbox::retry(pacs).await;
+    serde_json::json!({ "listing": listing })
 }
 
 /// A QIDO-RS series as a remote image: id = SeriesInstanceUID, info with what the listing said.

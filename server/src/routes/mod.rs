@@ -19,7 +19,9 @@ pub mod proxy;
 pub mod report;
 pub mod root;
 pub mod scoring;
+pub mod scribbles;
 pub mod session;
+pub mod tasks;
 pub mod train;
 
 use std::collections::HashMap;
@@ -168,6 +170,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/train/curve", "GET").route(web::get().to(train::curve)))
         .service(resource("/train/{model}", "POST").route(web::post().to(train::start_one)))
+        .service(resource("/tasks/", "GET").route(web::get().to(tasks::list)))
+        .service(
+            resource("/tasks/{id}", "GET, DELETE")
+                .route(web::get().to(tasks::get))
+                .route(web::delete().to(tasks::cancel)),
+        )
         .service(resource("/logs/", "GET").route(web::get().to(logs::logs)))
         .service(resource("/model/info/{model}", "GET").route(web::get().to(model::info)))
         .service(

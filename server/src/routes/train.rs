@@ -1,7 +1,8 @@
 //! `/train/` (docs/protocol.md §10): start, watch and stop training; the training curve.
 //!
-//! * `POST /train/{model}?run_sync=false` with an optional JSON body (the trainer options; a
-//!   `model` key overrides the path): 429 while a training runs, 404 for an unknown model,
+//! * `POST /train/{model}?run_sync=false&enqueue=false` with an optional JSON body (the trainer
+//!   options; a `model` key overrides the path): 429 while a training runs (unless
+//!   `enqueue=true`: then it waits its turn), 404 for an unknown model,
 //!   422 for bad options or when no image has a `final` label; otherwise the task object (or,
 //!   with `run_sync=true`, the run's outcome once it ends).
 //! * `POST /train/` (deprecated): every trainer → `{model: {"result": task, "detail": null}}`.
@@ -9,33 +10,28 @@
 //! * `GET /train/curve`: loss and validation Dice per epoch of the last run, as an SVG image
 //!   (a ferrolabel addition; 404 before the first epoch).
 //!
-//! The run itself is a worker process ([`ferrolabel_apps::train`]); handlers only start it,
-//! read its state or kill it.
+//! The run is a scheduler job ([`ferrolabel_apps::jobs`]) whose work is a worker process
+//! ([`ferrolabel_apps::train`]); handlers only submit it, read its state or stop it.
 
-use std::time::Duration;
+use actix_web::{web, HttpRequest, HttpResponse};
+use ferrolabel_apps::jobs::spec::TRAIN;
+use ferrolabel_apps::MODEL_NAME;
+use serde_json::{json, Value};
 
-use actix_web::{web, HttpResponse};
-use ferrolabel_apps::train::pairs_from_datalist;
-use ferrolabel_apps::{AppError, MODEL_NAME};
-use serde_json::{json, Map, Value};
-
-use crate::error::{joined, ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult};
 use crate::response;
-use crate::routes::scoring::{json_params, task_status};
-use crate::routes::{q_bool, QueryMap};
+use crate::routes::tasks::{json_params, kind_status, kind_stop, submit_options};
+use crate::routes::QueryMap;
 use crate::state::AppState;
 
 /// `GET /train/`.
 pub async fn status(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
-    task_status(state.app.trainer().tasks(), &query)
+    kind_status(&state, TRAIN, &query).await
 }
 
 /// `DELETE /train/`: the stopped task, or `null` when nothing runs.
 pub async fn stop(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
-    Ok(match state.app.trainer().stop() {
-        Some(t) => response::json(t),
-        None => response::null(),
-    })
+    kind_stop(&state, TRAIN).await
 }
 
 /// `GET /train/curve`.
@@ -51,78 +47,40 @@ pub async fn curve(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
 
 /// `POST /train/{model}`.
 pub async fn start_one(
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: QueryMap,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
+    let opts = submit_options(&req, &query)?;
     let params = json_params(payload).await?;
     let model = match params.get("model") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => path.into_inner(),
     };
-    let run_sync = q_bool(&query, "run_sync", false)?;
-    let task = start(&state, &model, params).await?;
-    if run_sync {
-        return Ok(response::json(wait(&state, &task).await));
-    }
-    Ok(response::json(task))
+    Ok(response::json(
+        state.jobs.train(&model, params, opts).await?,
+    ))
 }
 
 /// `POST /train/` (deprecated): every trainer.
 pub async fn start_all(
+    req: HttpRequest,
     state: web::Data<AppState>,
     query: QueryMap,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
+    let mut opts = submit_options(&req, &query)?;
+    // MONAI Label queues each trainer's task
+    opts.enqueue = true;
     let params = json_params(payload).await?;
-    let run_sync = q_bool(&query, "run_sync", false)?;
     let model = match params.get("model") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => MODEL_NAME.to_string(),
     };
-    let task = start(&state, &model, params).await?;
-    let result = if run_sync {
-        wait(&state, &task).await
-    } else {
-        task
-    };
+    let result = state.jobs.train(&model, params, opts).await?;
     Ok(response::json(
         json!({ MODEL_NAME: {"result": result, "detail": null} }),
     ))
-}
-
-async fn start(
-    state: &web::Data<AppState>,
-    model: &str,
-    params: Map<String, Value>,
-) -> ApiResult<Value> {
-    if !state.app.has_model(model) {
-        return Err(AppError::ModelNotFound(model.to_string()).into());
-    }
-    if state.app.trainer().tasks().running().is_some() {
-        return Err(AppError::Busy("Train Task is Already Running".into()).into());
-    }
-    let pairs = pairs_from_datalist(state.datastore.datalist_local().await?);
-    let app = state.app.clone();
-    let task =
-        joined(tokio::task::spawn_blocking(move || app.trainer().start(&params, pairs)).await)??;
-    Ok(task)
-}
-
-/// Waits until the task `task` ends and answers its final object (`run_sync=true`).
-async fn wait(state: &web::Data<AppState>, task: &Value) -> Value {
-    let id = task.get("id").cloned().unwrap_or(Value::Null);
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let tasks = state.app.trainer().tasks();
-        let current = tasks.all().into_iter().find(|t| t.get("id") == Some(&id));
-        match current {
-            Some(t) if t.get("end_ts").is_some() && tasks.running().is_none() => {
-                return t.get("result").cloned().unwrap_or(t);
-            }
-            Some(_) => continue,
-            None => return Value::Null,
-        }
-    }
 }
