@@ -19,7 +19,6 @@ pub mod jobs;
 pub mod report;
 pub mod scoring;
 pub mod strategy;
-pub mod tasks;
 pub mod train;
 pub mod validate;
 pub mod wholebody;
