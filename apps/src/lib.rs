@@ -18,6 +18,7 @@ pub mod infer;
 pub mod jobs;
 pub mod report;
 pub mod scoring;
+pub mod scribbles;
 pub mod strategy;
 pub mod train;
 pub mod validate;

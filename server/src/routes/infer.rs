@@ -37,10 +37,10 @@ enum Output {
 
 /// Sets the cancel flag when dropped before [`CancelOnDrop::disarm`] (i.e. when actix drops the
 /// handler because the client disconnected).
-struct CancelOnDrop(Option<Arc<AtomicBool>>);
+pub(crate) struct CancelOnDrop(pub(crate) Option<Arc<AtomicBool>>);
 
 impl CancelOnDrop {
-    fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.0 = None;
     }
 }
@@ -55,7 +55,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// Where the input image comes from.
-enum Input {
+pub(crate) enum Input {
     /// A datastore image (results may be saved as labels).
     Datastore(String, PathBuf),
     /// An uploaded file or session image (never saved).
@@ -98,6 +98,9 @@ async fn run(
     check_body_type(&req)?;
     let mut form = read_form(&req, payload, limits(&state)).await?;
     let params = form.json_object("params")?;
+    if crate::routes::scribbles::is_scribbles_model(&model) {
+        return crate::routes::scribbles::run(state, &model, &query, form, params).await;
+    }
     let plan = state.app.plan_infer(&model, &params)?;
     let upload = form.take_file("file");
 
@@ -231,7 +234,7 @@ fn check_body_type(req: &HttpRequest) -> ApiResult<()> {
 
 /// Finds the input image of a request without an uploaded file: a live session, else the
 /// datastore id from `?image=` (or the `image` param).
-async fn resolve(
+pub(crate) async fn resolve(
     state: &AppState,
     query: &QueryMap,
     params: &serde_json::Map<String, Value>,
