@@ -1,12 +1,13 @@
 //! Boykov–Kolmogorov max-flow / min-cut on a 6-connected 3-D grid.
 //!
-//! Why our own: the crates on crates.io that compute max-flow (`pathfinding`'s Edmonds–Karp and
-//! Dinic-like solvers, `petgraph`-based ones, small push-relabel crates) work on general
-//! adjacency structures with integer or generic capacities and cost far more memory and time per
-//! voxel than a grid needs; none implements Boykov–Kolmogorov, the algorithm built for and
-//! measured on these vision grids (and the one `numpymaxflow`, which MONAI Label uses, runs).
-//! A grid lets the solver keep no edge lists at all: a node's six neighbours are index offsets,
-//! residual capacities are six `f32` per voxel, and the search trees are two bytes per voxel.
+//! Why our own: no crate fits. The Rust max-flow solvers (`rs-graph`'s Dinic / Edmonds–Karp /
+//! push-relabel, `ac-library-rs`'s Dinic, `pathfinding`'s Edmonds–Karp) take integer or `Ord`
+//! capacities (so no `f32`, no infinite hard constraints) on general adjacency lists, and
+//! `scirs2-ndimage`'s graph cut is 2-D with a hash map of edges; none implements
+//! Boykov–Kolmogorov, the algorithm built for and measured on these vision grids (and the one
+//! numpymaxflow, which MONAI Label uses, runs). A grid lets the solver keep no edge lists at all:
+//! a node's six neighbours are index offsets, residual capacities are six `f32` per voxel, and
+//! the search trees take a few bytes per voxel (about 40 bytes per voxel in all).
 //!
 //! The algorithm is the one of Boykov & Kolmogorov, "An experimental comparison of
 //! min-cut/max-flow algorithms for energy minimization in vision" (PAMI 2004): a search tree

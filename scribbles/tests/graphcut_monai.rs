@@ -124,6 +124,15 @@ fn cases() -> Vec<Case> {
     v.push(Case {
         name: "roi",
         dims,
+        image: image.clone(),
+        scribbles: scribbles.clone(),
+        opts,
+        prob: None,
+    });
+    opts.cut.lamda = 0.2;
+    v.push(Case {
+        name: "roi_lamda0.2",
+        dims,
         image,
         scribbles,
         opts,
