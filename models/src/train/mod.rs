@@ -12,5 +12,5 @@ pub mod trainer;
 
 pub use data::{Pair, PrepareOptions};
 pub use trainer::{
-    train, EpochRecord, TrainConfig, TrainEvent, TrainJob, TrainObserver, TrainOutcome,
+    run_seed, train, EpochRecord, TrainConfig, TrainEvent, TrainJob, TrainObserver, TrainOutcome,
 };

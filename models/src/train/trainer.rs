@@ -55,6 +55,18 @@ pub struct TrainConfig {
     pub cache_size: usize,
     /// Deterministic preprocessing.
     pub prepare: PrepareOptions,
+    /// Epochs an earlier, interrupted attempt of this run already finished: the loop runs
+    /// epochs `start_epoch + 1 ..= max_epochs` (validation keeps its schedule, epoch numbers
+    /// continue). Only the weights carry over (start from that attempt's best checkpoint via
+    /// [`TrainJob::init_weights`]); the optimiser state (AdamW moments, the loss scale) starts
+    /// afresh and the crop positions follow a seed derived from `seed` and `start_epoch`, so a
+    /// resumed run is not bit-identical to an uninterrupted one.
+    pub start_epoch: usize,
+    /// The best metric the earlier attempt reached: a new checkpoint is written only when an
+    /// epoch beats it.
+    pub best_metric: Option<f64>,
+    /// The epoch of [`TrainConfig::best_metric`].
+    pub best_epoch: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -78,6 +90,9 @@ impl Default for TrainConfig {
                 sigma: 0.4,
                 classes: 105,
             },
+            start_epoch: 0,
+            best_metric: None,
+            best_epoch: None,
         }
     }
 }
@@ -203,8 +218,20 @@ impl Model {
     }
 }
 
+/// The seed of a run's random crops and dropout: `seed` for a fresh run, a value derived
+/// from it and the epochs already done for a resumed one (so a resumed run does not replay
+/// the crops of its first epochs).
+pub fn run_seed(seed: u64, start_epoch: usize) -> u64 {
+    if start_epoch == 0 {
+        seed
+    } else {
+        seed.wrapping_add((start_epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+}
+
 /// Runs a training job. `obs` sees every event; a stop request ends the run at the next sample
-/// or window boundary (the last checkpoint written stays in place).
+/// or window boundary (the last checkpoint written stays in place). A job whose
+/// [`TrainConfig::start_epoch`] is set continues an interrupted run (see there).
 pub fn train(job: &TrainJob, obs: &mut dyn TrainObserver) -> Result<TrainOutcome> {
     let cfg = &job.config;
     if job.train.is_empty() {
@@ -225,13 +252,27 @@ pub fn train(job: &TrainJob, obs: &mut dyn TrainObserver) -> Result<TrainOutcome
             cfg.roi
         )));
     }
+    let start = cfg.start_epoch;
+    let mut outcome = TrainOutcome {
+        epochs: start.min(cfg.max_epochs),
+        stopped: false,
+        best_metric: cfg.best_metric,
+        best_epoch: cfg.best_epoch,
+        validated_on_holdout: !job.val.is_empty(),
+    };
+    if start >= cfg.max_epochs {
+        return Ok(outcome);
+    }
+    // the initialisation of a from-scratch network depends on `seed` only, resumed or not
     tch::manual_seed(cfg.seed as i64);
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut vs = VarStore::new(device);
     let net = SegResNet::new(&vs.root(), &job.network);
     if let Some(p) = &job.init_weights {
         weights::load_strict(&mut vs, p)?;
     }
+    let seed = run_seed(cfg.seed, start);
+    tch::manual_seed(seed as i64);
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut order: Vec<String> = vs.variables().keys().cloned().collect();
     order.sort();
     let model = Model {
@@ -259,15 +300,8 @@ pub fn train(job: &TrainJob, obs: &mut dyn TrainObserver) -> Result<TrainOutcome
         iterations_per_epoch: steps,
         parameters: SegResNet::num_parameters(&model.vs),
     });
-    let mut outcome = TrainOutcome {
-        epochs: 0,
-        stopped: false,
-        best_metric: None,
-        best_epoch: None,
-        validated_on_holdout: holdout,
-    };
     let mut indices: Vec<usize> = (0..job.train.len()).collect();
-    for epoch in 1..=cfg.max_epochs {
+    for epoch in start + 1..=cfg.max_epochs {
         let _span = info_span!("train_epoch", epoch).entered();
         let t_epoch = Instant::now();
         indices.shuffle(&mut rng);
