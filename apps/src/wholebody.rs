@@ -278,7 +278,11 @@ impl WholeBodyApp {
         let mut models = Map::new();
         models.insert(MODEL_NAME.into(), self.model_info());
         let devices = json!(self.device_names);
-        models.extend(crate::scribbles::models_info(&self.label_map(), &devices));
+        models.extend(crate::scribbles::models_info(
+            &self.label_map(),
+            &devices,
+            self.default_resolution().is_high(),
+        ));
         json!({
             "name": self.name,
             "description": format!(

@@ -212,6 +212,10 @@ fn scribbles_models() {
         info["models"]["Histogram+GraphCut"]["config"]["num_bins"],
         64
     );
+    assert_eq!(
+        info["models"]["Model+GraphCut"]["config"]["highres"],
+        json!([true, false])
+    );
 
     let up = upload();
     let upload_nii = || {

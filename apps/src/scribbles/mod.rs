@@ -50,14 +50,20 @@ pub struct ScribblesUpload {
     pub ext: String,
 }
 
-/// The `/info/` entries of the scribbles models (`type: "scribbles"`, the bundle's labels).
-pub fn models_info(labels: &Map<String, Value>, devices: &Value) -> Map<String, Value> {
+/// The `/info/` entries of the scribbles models (`type: "scribbles"`, the bundle's labels);
+/// `highres` is the bundle's default resolution, offered first for `Model+GraphCut`.
+pub fn models_info(
+    labels: &Map<String, Value>,
+    devices: &Value,
+    highres: bool,
+) -> Map<String, Value> {
     Method::ALL
         .iter()
         .map(|m| {
             let mut config = json!({"lamda": 1.0, "sigma": 0.1});
-            if *m == Method::Histogram {
-                config["num_bins"] = 64.into();
+            match m {
+                Method::Histogram => config["num_bins"] = 64.into(),
+                Method::Model => config["highres"] = json!([highres, !highres]),
             }
             config["device"] = devices.clone();
             (
