@@ -200,6 +200,8 @@ async fn lapsed_lease_is_taken_up_by_another_runner() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = open(tmp.path()).await;
     ds.insert_job(&job("j", "x", 0), T0).await.unwrap();
+    // a lane-mate, queued behind j: claimable only while no lease in lane x is live
+    ds.insert_job(&job("k", "x", 0), T0 + 1).await.unwrap();
     assert_eq!(claim(&ds, "r1", T0).await.as_deref(), Some("j"));
     let saved = JobUpdate {
         checkpoint: Some(json!({"done": ["img1"]})),
@@ -225,7 +227,7 @@ async fn lapsed_lease_is_taken_up_by_another_runner() {
             .owned
     );
     assert_eq!(ds.get_job("j").await.unwrap(), before, "nothing changed");
-    // live until lease_until inclusive, then r2 takes it up
+    // live until lease_until inclusive (its lane stays busy: k waits), then r2 takes j up
     assert_eq!(claim(&ds, "r2", T0 + 5 + LEASE).await, None);
     let again = ds
         .claim_job("r2", LEASE, T0 + 6 + LEASE, &[])
