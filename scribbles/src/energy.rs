@@ -75,41 +75,27 @@ impl Scaler {
     }
 }
 
-/// Bin edges `k / num_bins` as numpy's `linspace(0, 1, num_bins + 1)` computes them
-/// (`k * (1 / num_bins)`, last edge exactly 1).
-pub(crate) fn bin_edges(num_bins: usize) -> Vec<f64> {
+/// Bin edges `k / num_bins` as numpy's `histogram(a, bins, range=(0, 1))` makes them for a
+/// `float32` image: `linspace(0, 1, num_bins + 1)` (`k * (1 / num_bins)` in `f64`, last edge
+/// exactly 1) cast to `f32`. MONAI Label's look-up (`digitize` with these edges) uses the same.
+pub(crate) fn bin_edges(num_bins: usize) -> Vec<f32> {
     let step = 1.0 / num_bins as f64;
-    let mut e: Vec<f64> = (0..=num_bins).map(|k| k as f64 * step).collect();
+    let mut e: Vec<f32> = (0..=num_bins).map(|k| (k as f64 * step) as f32).collect();
     e[num_bins] = 1.0;
     e
 }
 
-/// Histogram bin of a `[0, 1]` value for counting (numpy's `histogram`: `f64` edges, last bin
-/// closed).
+/// Bin of a `[0, 1]` value: the last edge (of the first `num_bins`) at or below it, the last
+/// bin closed, as numpy's `histogram` counts and `digitize(v, edges[:-1]) - 1` looks up.
 #[inline]
-pub(crate) fn count_bin(v: f32, edges: &[f64]) -> usize {
+pub(crate) fn bin_of(v: f32, edges: &[f32]) -> usize {
     let nb = edges.len() - 1;
-    let x = v as f64;
-    let mut k = ((x * nb as f64) as usize).min(nb - 1);
-    if x < edges[k] {
-        k -= 1;
-    } else if k + 1 < nb && x >= edges[k + 1] {
-        k += 1;
-    }
-    k
-}
-
-/// Histogram bin of a `[0, 1]` value for the likelihood look-up (numpy's
-/// `digitize(v, edges32[:-1]) - 1` with the edges cast to `f32`).
-#[inline]
-pub(crate) fn lookup_bin(v: f32, edges32: &[f32]) -> usize {
-    // number of edges (without the last) <= v, minus one; v >= 0 so it is at least 0
-    let nb = edges32.len() - 1;
+    // a first guess, then exact comparisons against the f32 edges
     let mut k = ((v as f64 * nb as f64) as usize).min(nb - 1);
-    while k > 0 && v < edges32[k] {
+    while k > 0 && v < edges[k] {
         k -= 1;
     }
-    while k + 1 < nb && v >= edges32[k + 1] {
+    while k + 1 < nb && v >= edges[k + 1] {
         k += 1;
     }
     k
@@ -184,9 +170,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bins_match_numpy_edges() {
+    fn bins_match_numpy() {
+        // (num_bins, f32 bits, the bin numpy 1.26's histogram and digitize give): values just
+        // above an f32 edge where `floor(v * num_bins)` is one too low, found with numpy
+        let cases: &[(usize, u32, usize)] = &[
+            (6, 1062557013, 5),
+            (10, 1060320051, 7),
+            (10, 1063675494, 9),
+            (12, 1054168405, 5),
+            (12, 1058362709, 7),
+            (12, 1062557013, 10),
+            (50, 1017370378, 1),
+            (50, 1025758986, 2),
+            (50, 1031127695, 3),
+            (50, 1034147594, 4),
+            (50, 1039516303, 6),
+            (50, 1042536202, 8),
+        ];
+        for &(nb, bits, k) in cases {
+            let v = f32::from_bits(bits);
+            assert_eq!(bin_of(v, &bin_edges(nb)), k, "{v} in {nb} bins");
+        }
         let e = bin_edges(64);
-        let e32: Vec<f32> = e.iter().map(|&x| x as f32).collect();
         for &(v, k) in &[
             (0.0f32, 0usize),
             (1.0, 63),
@@ -194,8 +199,7 @@ mod tests {
             (0.499_999_97, 31),
             (1.0 / 64.0, 1),
         ] {
-            assert_eq!(count_bin(v, &e), k, "count {v}");
-            assert_eq!(lookup_bin(v, &e32), k, "lookup {v}");
+            assert_eq!(bin_of(v, &e), k, "{v}");
         }
     }
 

@@ -1,9 +1,7 @@
 //! The two scribble graph cuts: histogram likelihoods (MONAI Label's `Histogram+GraphCut`) and
 //! model probabilities.
 
-use crate::energy::{
-    bin_edges, count_bin, likelihood_table, lookup_bin, unary, Pairwise, Scaler, EPS,
-};
+use crate::energy::{bin_edges, bin_of, likelihood_table, unary, Pairwise, Scaler, EPS};
 use crate::maxflow::{maxflow_grid, GridCapacities};
 use crate::{Error, GraphCutOptions, Grid3, HistogramOptions, Result, Roi, RoiLabels, Seeds};
 
@@ -40,6 +38,12 @@ fn check_options(o: &GraphCutOptions) -> Result<()> {
         return Err(Error::Option(format!(
             "sigma {} must be finite and > 0",
             o.sigma
+        )));
+    }
+    if !(0.0..=1.0).contains(&o.histogram_weight) {
+        return Err(Error::Option(format!(
+            "histogram_weight {} must be in [0, 1]",
+            o.histogram_weight
         )));
     }
     if o.scribbles.foreground == o.scribbles.background {
@@ -251,7 +255,6 @@ pub fn histogram_graphcut(
     let scaler = Scaler::new(image, o.intensity)?;
     let nb = opts.num_bins;
     let edges = bin_edges(nb);
-    let edges32: Vec<f32> = edges.iter().map(|&e| e as f32).collect();
     let mut bg = vec![0u64; nb];
     let mut fg = vec![0u64; nb];
     let mut occupied = vec![false; nb];
@@ -263,19 +266,18 @@ pub fn histogram_graphcut(
             let row_in = rz.contains(&z) && ry.contains(&y);
             for x in 0..grid.dims[0] {
                 let v = scaler.apply(image[grid.index(x, y, z)]);
-                let kc = count_bin(v, &edges);
-                let kl = lookup_bin(v, &edges32);
-                occupied[kl] = true;
+                let k = bin_of(v, &edges);
+                occupied[k] = true;
                 if row_in && rx.contains(&x) {
-                    box_bins.push(kl);
+                    box_bins.push(k);
                     match class[i] {
-                        Class::Foreground => fg[kc] += 1,
-                        Class::Background => bg[kc] += 1,
+                        Class::Foreground => fg[k] += 1,
+                        Class::Background => bg[k] += 1,
                         Class::None => {}
                     }
                     i += 1;
                 } else {
-                    bg[kc] += 1;
+                    bg[k] += 1;
                 }
             }
         }
@@ -361,12 +363,22 @@ pub fn probability_graphcut(
         .map(|g| class_of(scribbles[g], opts))
         .collect();
     let scaler = Scaler::new(image, opts.intensity)?;
+    let w = opts.histogram_weight;
+    let pooled = (w > 0.0).then(|| stroke_histograms(grid, &roi, image, &scaler, &class, prob_fg));
     let caps: Vec<(f32, f32)> = class
         .iter()
         .zip(prob_fg)
-        .map(|(&c, &p)| match c {
-            Class::None => unary(1.0 - p, p),
-            c => seed_caps(c, Seeds::Hard),
+        .enumerate()
+        .map(|(i, (&c, &p))| match (c, &pooled) {
+            (Class::None, None) => unary(1.0 - p, p),
+            (Class::None, Some((bins, llr))) => {
+                let pm = p.clamp(EPS, 1.0 - EPS) as f64;
+                let l =
+                    (1.0 - w as f64) * (pm / (1.0 - pm)).ln() + w as f64 * llr[bins[i] as usize];
+                let pf = 1.0 / (1.0 + (-l).exp());
+                unary((1.0 - pf) as f32, pf as f32)
+            }
+            (c, _) => seed_caps(c, Seeds::Hard),
         })
         .collect();
     let outside = match outside {
@@ -382,4 +394,42 @@ pub fn probability_graphcut(
         outside,
         &pairwise(grid, opts),
     )
+}
+
+/// Per box voxel its histogram bin (64 bins over `[0, 1]`), and per bin the log-likelihood ratio
+/// `ln(h_fg / h_bg)` of the strokes' histograms (one pseudo-count per bin); a class without
+/// strokes takes the unscribbled voxels the model gives it (`p >= 0.5` foreground).
+fn stroke_histograms(
+    grid: &Grid3,
+    roi: &Roi,
+    image: &[f32],
+    scaler: &Scaler,
+    class: &[Class],
+    prob_fg: &[f32],
+) -> (Vec<u16>, Vec<f64>) {
+    const BINS: usize = 64;
+    let edges = bin_edges(BINS);
+    let bins: Vec<u16> = roi_indices(grid, roi)
+        .map(|g| bin_of(scaler.apply(image[g]), &edges) as u16)
+        .collect();
+    let has = |k: Class| class.contains(&k);
+    let (fg_strokes, bg_strokes) = (has(Class::Foreground), has(Class::Background));
+    let (mut fg, mut bg) = ([0u64; BINS], [0u64; BINS]);
+    for (i, (&c, &p)) in class.iter().zip(prob_fg).enumerate() {
+        let k = bins[i] as usize;
+        let model_fg = c == Class::None && p >= 0.5;
+        let model_bg = c == Class::None && p < 0.5;
+        if c == Class::Foreground || (!fg_strokes && model_fg) {
+            fg[k] += 1;
+        }
+        if c == Class::Background || (!bg_strokes && model_bg) {
+            bg[k] += 1;
+        }
+    }
+    let norm = |h: &[u64; BINS]| -> Vec<f64> {
+        let total: f64 = h.iter().map(|&c| c as f64 + 1.0).sum();
+        h.iter().map(|&c| (c as f64 + 1.0) / total).collect()
+    };
+    let (hf, hb) = (norm(&fg), norm(&bg));
+    (bins, (0..BINS).map(|k| (hf[k] / hb[k]).ln()).collect())
 }

@@ -282,6 +282,13 @@ pub struct GraphCutOptions {
     pub spacing_weighted: bool,
     /// Where to cut; `None` = the whole grid. See each function for what happens outside it.
     pub roi: Option<Roi>,
+    /// [`probability_graphcut`] only: weight `w` in `[0, 1]` of the strokes' own intensity
+    /// histograms pooled with the model's probability,
+    /// `logit P(fg) = (1 - w) logit p_model + w ln(h_fg / h_bg)` (64 bins, one pseudo-count
+    /// each; a class without strokes in the ROI takes the voxels the model gives it instead).
+    /// With it, strokes reach every voxel that looks like them, not only their neighbourhood.
+    /// 0 (default): the model alone.
+    pub histogram_weight: f32,
 }
 
 impl Default for GraphCutOptions {
@@ -296,6 +303,7 @@ impl Default for GraphCutOptions {
             scribbles: ScribbleValues::default(),
             seeds: Seeds::Soft,
             spacing_weighted: false,
+            histogram_weight: 0.0,
             roi: None,
         }
     }
