@@ -95,6 +95,8 @@ pub(crate) struct Inner {
     /// Lanes of periodic jobs in the table that this process has no code for.
     pub(crate) foreign_periodic_lanes: Vec<String>,
     pub(crate) wake: Notify,
+    /// Notified when the runner has taken a job.
+    pub(crate) claimed: Notify,
     pub(crate) ended: Notify,
     pub(crate) shutting_down: AtomicBool,
     errors: Mutex<Vec<(String, u16, String)>>,
@@ -228,6 +230,7 @@ impl Scheduler {
             periodic: Mutex::new(fns),
             foreign_periodic_lanes,
             wake: Notify::new(),
+            claimed: Notify::new(),
             ended: Notify::new(),
             shutting_down: AtomicBool::new(false),
             errors: Mutex::new(Vec::new()),
@@ -385,12 +388,6 @@ impl Scheduler {
     /// Every task of `kind` (oldest first), or of every kind; `state` keeps one state only.
     pub async fn list(&self, kind: Option<&str>, state: Option<JobState>) -> Result<Vec<Value>> {
         let rows = self.inner.ds.list_jobs(kind, view::LIST_LIMIT).await?;
-        let rows = if kind.is_some() {
-            // positions and estimates need the whole queue of the lane: it is the kind's
-            rows
-        } else {
-            rows
-        };
         let mut all = self.views(rows).await?;
         if let Some(s) = state {
             all.retain(|v| v["state"] == s.as_str());

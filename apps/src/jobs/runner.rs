@@ -22,6 +22,9 @@ use crate::error::AppError;
 /// dead runners running out).
 const POLL: Duration = Duration::from_millis(500);
 
+/// Attempts after which a job that was taken up again (its process died each time) fails.
+const MAX_ATTEMPTS: i64 = 5;
+
 /// The runner loop; returns once shutdown was requested and every job here has ended.
 pub(crate) async fn run(inner: Arc<Inner>) {
     loop {
@@ -59,7 +62,10 @@ async fn claim_while_room(inner: &Arc<Inner>) {
             .claim_job(&inner.runner_id, inner.lease_ms(), now_ms(), &exclude)
             .await;
         match claimed {
-            Ok(Some(row)) => start(inner, row),
+            Ok(Some(row)) => {
+                start(inner, row);
+                inner.claimed.notify_waiters();
+            }
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim a job");
@@ -97,6 +103,11 @@ fn start(inner: &Arc<Inner>, row: JobRow) {
     let job = async move {
         let beat = tokio::spawn(heartbeat(inner.clone(), live.clone()));
         let outcome = match serde_json::from_value::<TaskSpec>(row.params.clone()) {
+            // a job whose process died this often is what kills it: stop trying
+            Ok(_) if row.attempts > MAX_ATTEMPTS => Err(AppError::Task(format!(
+                "given up after {} attempts: the server died during each",
+                row.attempts - 1
+            ))),
             Ok(spec) => {
                 let periodic = match &spec {
                     TaskSpec::Periodic { name } => inner.periodic_fn(name),

@@ -5,7 +5,9 @@
 //! request says `enqueue=true`, in which case the job waits its turn (`SUBMITTED`); a queued
 //! job does not count as running.
 
-use ferrolabel_datastore::NewJob;
+use std::time::Duration;
+
+use ferrolabel_datastore::{JobState, NewJob};
 use serde_json::{Map, Value};
 
 use super::spec::{kind_title, TaskSpec};
@@ -14,6 +16,10 @@ use crate::error::{AppError, Result};
 use crate::scoring::{self, ScoringMethod};
 use crate::train::pairs_from_datalist;
 use crate::{batch, MODEL_NAME};
+
+/// How long a submission into a free lane waits for the runner to take the job, so that the
+/// answer says `RUNNING` (a job queued behind another answers `SUBMITTED` at once).
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
 
 /// How a job is submitted.
 #[derive(Debug, Clone, Default)]
@@ -133,6 +139,35 @@ impl Scheduler {
         }
     }
 
+    /// Whether a job of `kind` is queued, running, or stopped but still winding down (then a
+    /// new one has to wait: 429 without `enqueue`).
+    async fn busy(&self, kind: &str) -> Result<bool> {
+        let now = now_ms();
+        Ok(self
+            .inner
+            .ds
+            .list_jobs(Some(kind), super::view::LIST_LIMIT)
+            .await?
+            .iter()
+            .any(|r| matches!(r.state, JobState::Queued | JobState::Running) || r.lease_live(now)))
+    }
+
+    /// Waits (at most [`CLAIM_WAIT`]) until job `id` has left the queue.
+    async fn until_claimed(&self, id: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            let claimed = self.inner.claimed.notified();
+            let state = self.inner.ds.get_job(id).await?.map(|r| r.state);
+            if state != Some(JobState::Queued) {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = claimed => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(()),
+            }
+        }
+    }
+
     /// Queues `spec` (429 when its kind runs and `enqueue` is off) and answers the task object,
     /// or with `run_sync` the outcome (a stopped job answers its task object).
     async fn submit(
@@ -143,7 +178,8 @@ impl Scheduler {
         opts: Submit,
     ) -> Result<Value> {
         let kind = spec.kind();
-        if !opts.enqueue && self.running_row(kind).await?.is_some() {
+        let busy = self.busy(kind).await?;
+        if busy && !opts.enqueue {
             return Err(AppError::Busy(format!(
                 "{} Task is Already Running",
                 kind_title(kind)
@@ -171,6 +207,10 @@ impl Scheduler {
         tracing::info!(job = %row.id, kind, "job queued");
         self.inner.wake.notify_one();
         if !opts.run_sync {
+            if !busy {
+                // its lane is free: answer once the runner has taken it (RUNNING)
+                self.until_claimed(&row.id).await?;
+            }
             return self.task(&row.id).await;
         }
         match self.wait(&row.id).await {
