@@ -362,3 +362,34 @@ fn bad_inputs_are_refused() {
         Err(Error::Grid(_))
     ));
 }
+
+#[test]
+fn spacing_weighting_weakens_long_edges() {
+    // two voxels along z, 4 mm apart (x and y 1 mm): the first is a foreground scribble, the
+    // second prefers background by 0.5. Unweighted the edge costs lamda = 1 and pulls it to the
+    // foreground; weighted by 1 mm / 4 mm it costs 0.25 and the voxel stays background.
+    let grid = Grid3::new([1, 1, 2], [1.0, 1.0, 4.0]).unwrap();
+    let image = vec![0.0f32; 2];
+    let scribbles = vec![FG, 0];
+    let p = 1.0 / (1.0 + 0.5f32.exp());
+    let prob = vec![0.5, p];
+    let cut = |spacing_weighted| {
+        let o = GraphCutOptions {
+            spacing_weighted,
+            ..GraphCutOptions::default()
+        };
+        probability_graphcut(&image, &prob, &scribbles, None, &grid, &o)
+            .unwrap()
+            .labels
+    };
+    assert_eq!(cut(false), vec![1, 1]);
+    assert_eq!(cut(true), vec![1, 0]);
+    // along x, the finest spacing, the weight stays 1 either way
+    let grid = Grid3::new([2, 1, 1], [1.0, 1.0, 4.0]).unwrap();
+    let o = GraphCutOptions {
+        spacing_weighted: true,
+        ..GraphCutOptions::default()
+    };
+    let r = probability_graphcut(&image, &prob, &scribbles, None, &grid, &o).unwrap();
+    assert_eq!(r.labels, vec![1, 1]);
+}
