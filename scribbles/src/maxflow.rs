@@ -55,9 +55,16 @@ const SINK: u8 = 2;
 
 /// Max-flow / min-cut of a 6-connected grid graph (Boykov–Kolmogorov).
 ///
-/// Errors: a capacity slice whose length is not the grid's, a negative or NaN capacity, an
-/// infinite pairwise capacity, or a voxel with both terminal capacities infinite.
+/// Errors: a grid of `u32::MAX` voxels or more, a capacity slice whose length is not the grid's,
+/// a negative or NaN capacity, an infinite pairwise capacity, or a voxel with both terminal
+/// capacities infinite.
 pub fn maxflow_grid(grid: &Grid3, caps: &GridCapacities<'_>) -> Result<Cut> {
+    if grid.len() >= u32::MAX as usize {
+        return Err(Error::Grid(format!(
+            "size {:?} has too many voxels",
+            grid.dims
+        )));
+    }
     grid.check_len("source capacities", caps.source.len())?;
     grid.check_len("sink capacities", caps.sink.len())?;
     for (a, e) in caps.edges.iter().enumerate() {
