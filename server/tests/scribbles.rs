@@ -216,6 +216,10 @@ fn scribbles_models() {
         info["models"]["Model+GraphCut"]["config"]["highres"],
         json!([true, false])
     );
+    assert_eq!(
+        info["models"]["Model+GraphCut"]["config"]["histogram_weight"],
+        0.5
+    );
 
     let up = upload();
     let upload_nii = || {

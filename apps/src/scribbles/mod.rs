@@ -63,7 +63,10 @@ pub fn models_info(
             let mut config = json!({"lamda": 1.0, "sigma": 0.1});
             match m {
                 Method::Histogram => config["num_bins"] = 64.into(),
-                Method::Model => config["highres"] = json!([highres, !highres]),
+                Method::Model => {
+                    config["histogram_weight"] = json!(params::DEFAULT_HISTOGRAM_WEIGHT);
+                    config["highres"] = json!([highres, !highres]);
+                }
             }
             config["device"] = devices.clone();
             (
@@ -407,6 +410,7 @@ fn correct(
             &grid,
             &GraphCutOptions {
                 seeds: Seeds::Hard,
+                histogram_weight: plan.histogram_weight,
                 ..opts
             },
         ),
