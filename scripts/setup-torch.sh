@@ -10,9 +10,11 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${FERROLABEL_CACHE:-$HOME/.cache/ferrolabel}"
 py="${PYTHON:-python3}"
 req="$here/scripts/requirements-torch.txt"
+# test-only packages (no golden fixture depends on them)
+req_test="$here/scripts/requirements-test.txt"
 pyver="$("$py" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')"
 venv="$cache/venv-torch2.13.0-py$pyver"
-want="$(cat "$req" | sha256sum | cut -c1-16)"
+want="$(cat "$req" "$req_test" | sha256sum | cut -c1-16)"
 mkdir -p "$cache"
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup-torch: creating $venv" >&2
@@ -21,7 +23,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ "$(cat "$venv/.requirements" 2>/dev/null)" != "$want" ]; then
   echo "setup-torch: installing $req into $venv" >&2
-  "$venv/bin/pip" install --quiet --cache-dir "$cache/pip" -r "$req"
+  "$venv/bin/pip" install --quiet --cache-dir "$cache/pip" -r "$req" -r "$req_test"
   # the official client only: its own dependency list pulls a full server stack
   "$venv/bin/pip" install --quiet --cache-dir "$cache/pip" --no-deps monailabel==0.8.5
   echo "$want" > "$venv/.requirements"
