@@ -298,15 +298,22 @@ fn a_worker_does_not_outlive_a_killed_server() {
                "roi_size": 32}),
     );
     assert_eq!(r.status(), 200);
-    let task: Value = r.json().unwrap();
-    let line = task["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .find(|l| l.starts_with("worker pid "))
-        .expect("the task names its worker")
-        .to_string();
+    // the job answers once the scheduler took it; its worker starts right after
+    let worker_line = |task: &Value| {
+        task["details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find(|l| l.starts_with("worker pid "))
+            .map(str::to_string)
+    };
+    wait_until(
+        "the task to name its worker",
+        Duration::from_secs(60),
+        || worker_line(&s.get_json("/train/").1).is_some(),
+    );
+    let line = worker_line(&s.get_json("/train/").1).expect("the task names its worker");
     let pid: u32 = line["worker pid ".len()..]
         .split(':')
         .next()
