@@ -9,6 +9,9 @@ use common::{boundary_of, detail, parse_multipart, small_ct_bytes, Opts, Server}
 use ferrolabel_imaging::{encode_nifti_f32, read_volume_bytes, Limits};
 use serde_json::{json, Value};
 
+/// A bad request: what it is, its params, its `label` part and a word its detail must hold.
+type BadCase<'a> = (&'a str, Value, Option<(&'a str, Vec<u8>)>, &'a str);
+
 /// The grid of `small_ct_bytes`.
 const DIMS: [usize; 3] = [48, 48, 24];
 const AFFINE: [[f64; 4]; 4] = [
@@ -306,7 +309,7 @@ fn scribbles_models() {
     let mut outside_only = no_scribbles.clone();
     outside_only[idx(2, 2, 22)] = FG;
     outside_only[idx(45, 45, 1)] = BG;
-    let cases: Vec<(&str, Value, Option<(&str, Vec<u8>)>, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "wrong size",
             params(json!({})),
