@@ -73,7 +73,7 @@ fn tiny_bundle(root: &Path) -> Bundle {
 
 fn params() -> Map<String, Value> {
     json!({"highres": false, "max_epochs": 2, "val_interval": 1, "train_batch_size": 1,
-           "roi_size": 32, "val_roi_size": 64, "init_LR": 0.01, "pretrained": false,
+           "roi_size": 32, "val_roi_size": 32, "init_LR": 0.01, "pretrained": false,
            "amp": false, "val_split": 0, "cache_size": 1})
     .as_object()
     .unwrap()
@@ -310,6 +310,7 @@ fn main() {
         }
         let t0 = Instant::now();
         print!("test {name} ... ");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
         test(&s);
         println!("ok ({:.1} s)", t0.elapsed().as_secs_f64());
         ran += 1;
