@@ -267,3 +267,310 @@ pub(crate) fn with_queue(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row of `kind` (its own lane) in `state`, inserted `seq`-th, created at `t0`; no
+    /// attempts yet.
+    fn row(id: &str, kind: &str, state: JobState, seq: i64) -> JobRow {
+        JobRow {
+            seq,
+            id: id.into(),
+            kind: kind.into(),
+            lane: kind.into(),
+            priority: 0,
+            state,
+            params: json!({"task": "scoring", "methods": ["dice"], "all": false, "params": {}}),
+            request: json!({"model": "wholebody"}),
+            progress: None,
+            checkpoint: None,
+            details: Vec::new(),
+            result: None,
+            error: None,
+            owner: None,
+            lease_owner: None,
+            lease_until: None,
+            heartbeat_at: None,
+            attempts: 0,
+            history: json!([]),
+            cancel_requested: false,
+            not_before: None,
+            every_ms: None,
+            created_at: T0,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    const T0: i64 = 1_700_000_000_000;
+
+    /// A batch of `n` images.
+    fn batch(id: &str, state: JobState, seq: i64, n: usize) -> JobRow {
+        let images: Vec<String> = (0..n).map(|i| format!("img{i}")).collect();
+        let mut r = row(id, BATCH, state, seq);
+        r.params = json!({"task": "batch_infer", "model": "wholebody", "images": images,
+                          "params": {}});
+        r
+    }
+
+    const BATCH: &str = super::super::spec::BATCH_INFER;
+
+    /// `r` running its first attempt since `start`.
+    fn running(mut r: JobRow, start: i64) -> JobRow {
+        r.state = JobState::Running;
+        r.attempts = 1;
+        r.started_at = Some(start);
+        r.lease_owner = Some("runner-a".into());
+        r.lease_until = Some(start + 30_000);
+        r.history = json!([{"attempt": 1, "runner": "runner-a", "started_at": start,
+                            "ended_at": null, "end": null}]);
+        r
+    }
+
+    fn by_id<'a>(views: &'a [Value], id: &str) -> &'a Value {
+        views
+            .iter()
+            .find(|v| v["id"] == id)
+            .expect("a view per row")
+    }
+
+    fn views(rows: &[JobRow], rates: &[(&str, f64)], now: i64) -> Vec<Value> {
+        let rates = rates.iter().map(|(k, r)| (k.to_string(), *r)).collect();
+        with_queue(rows, &HashMap::new(), &rates, now)
+    }
+
+    #[test]
+    fn positions_per_lane_running_first_then_priority_then_seq() {
+        let now = T0 + 60_000;
+        let mut high = batch("high", JobState::Queued, 5, 3);
+        high.priority = 5;
+        let mut periodic = row("periodic:sweep", "periodic", JobState::Queued, 0);
+        periodic.every_ms = Some(60_000);
+        periodic.not_before = Some(now + 1000);
+        let rows = vec![
+            periodic,
+            batch("old-done", JobState::Done, 1, 3),
+            running(batch("run", JobState::Running, 2, 3), T0),
+            batch("first", JobState::Queued, 3, 3),
+            row("score", "scoring", JobState::Queued, 4),
+            high,
+            batch("second", JobState::Queued, 6, 3),
+            batch("stopped", JobState::Stopped, 7, 3),
+            batch("failed", JobState::Error, 8, 3),
+        ];
+        let v = views(&rows, &[], now);
+        // one view per row, in the rows' order
+        let ids: Vec<&str> = v.iter().map(|t| t["id"].as_str().unwrap()).collect();
+        let want: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, want);
+        assert_eq!(by_id(&v, "run")["position"], 0);
+        assert_eq!(by_id(&v, "high")["position"], 1, "higher priority first");
+        assert_eq!(by_id(&v, "first")["position"], 2);
+        assert_eq!(by_id(&v, "second")["position"], 3);
+        assert_eq!(by_id(&v, "score")["position"], 1, "its own lane");
+        for ended in ["old-done", "stopped", "failed", "periodic:sweep"] {
+            let t = by_id(&v, ended);
+            assert!(t.get("position").is_none(), "{ended}: {t}");
+            assert!(t.get("estimate").is_none(), "{ended}: {t}");
+        }
+    }
+
+    #[test]
+    fn estimates_from_own_pace_then_rate_times_images() {
+        // the real clock: `seconds_left` counts from it
+        let now = super::super::now_ms();
+        let start = now - 20_000;
+        let mut run = running(batch("run", JobState::Running, 1, 10), start);
+        run.progress = Some(json!({"done": 2, "total": 10, "current": "img2"}));
+        let rows = vec![
+            run,
+            batch("next", JobState::Queued, 2, 5),
+            row("score", "scoring", JobState::Queued, 3),
+        ];
+        // 3 s per image measured on finished batches; nothing measured for scoring
+        let v = views(&rows, &[(BATCH, 3.0)], now);
+        // 2 of 10 in 20 s: 10 s an image, 8 left → ends 80 s from now
+        let e = &by_id(&v, "run")["estimate"];
+        assert_eq!(e["start_ts"], ts(start), "{e}");
+        assert_eq!(e["end_ts"], ts(now + 80_000), "{e}");
+        let left = e["seconds_left"].as_f64().unwrap();
+        assert!((60.0..=80.0).contains(&left), "{e}");
+        // the next batch starts when the running one ends and lasts 3 s × 5 images
+        let e = &by_id(&v, "next")["estimate"];
+        assert_eq!(e["start_ts"], ts(now + 80_000), "{e}");
+        assert_eq!(e["end_ts"], ts(now + 95_000), "{e}");
+        // no rate for its kind: null, but a position all the same
+        let s = by_id(&v, "score");
+        assert!(s["estimate"].is_null(), "{s}");
+        assert_eq!(s["position"], 1);
+    }
+
+    #[test]
+    fn estimates_unknown_pace_are_null_and_so_are_those_behind() {
+        let now = T0 + 20_000;
+        // running, no progress yet and no rate: unknown end, so the queued one is unknown too
+        let rows = vec![
+            running(batch("run", JobState::Running, 1, 10), T0),
+            batch("next", JobState::Queued, 2, 5),
+        ];
+        let v = views(&rows, &[], now);
+        assert!(by_id(&v, "run")["estimate"].is_null());
+        assert!(by_id(&v, "next")["estimate"].is_null());
+        assert_eq!(by_id(&v, "next")["position"], 1);
+        // with a rate and no progress: rate × images less the time it has run
+        let v = views(&rows, &[(BATCH, 3.0)], now);
+        let e = &by_id(&v, "run")["estimate"];
+        assert_eq!(e["end_ts"], ts(now + 10_000), "{e}");
+        assert_eq!(by_id(&v, "next")["estimate"]["end_ts"], ts(now + 25_000));
+        // a rate but no units for the running job (scoring, no progress yet): its end is
+        // unknown, so nothing behind it gets an estimate even where its own length is known
+        let mut next = row("next", "scoring", JobState::Queued, 2);
+        next.progress = Some(json!({"done": 0, "total": 4}));
+        let rows = vec![
+            running(row("run", "scoring", JobState::Running, 1), T0),
+            next,
+        ];
+        let v = views(&rows, &[("scoring", 2.0)], now);
+        assert!(by_id(&v, "run")["estimate"].is_null());
+        let n = by_id(&v, "next");
+        assert!(n["estimate"].is_null(), "{n}");
+    }
+
+    #[test]
+    fn estimates_live_progress_wins_over_the_rows() {
+        let now = T0 + 20_000;
+        let run = running(batch("run", JobState::Running, 1, 10), T0);
+        // the row has no progress yet; the job here has done 4 of 10 (5 s an image)
+        let progress = Some(json!({"done": 4, "total": 10}));
+        let live = Live::new("run".into(), BATCH.into(), 1, vec![], progress, None);
+        let live: HashMap<String, Arc<Live>> = [("run".to_string(), Arc::new(live))].into();
+        let v = with_queue(&[run], &live, &HashMap::new(), now);
+        assert_eq!(v[0]["estimate"]["end_ts"], ts(now + 30_000), "{}", v[0]);
+        assert_eq!(v[0]["progress"]["done"], 4);
+    }
+
+    #[test]
+    fn rate_of_finished_is_seconds_per_unit_of_last_attempts() {
+        assert_eq!(rate_of_finished(&[]), None);
+        // 10 images in 20 s; its first attempt started earlier and died: only the last counts
+        let mut a = batch("a", JobState::Done, 1, 10);
+        a.started_at = Some(T0);
+        a.history = json!([
+            {"attempt": 1, "runner": "x", "started_at": T0, "ended_at": T0 + 5_000,
+             "end": "lease expired"},
+            {"attempt": 2, "runner": "y", "started_at": T0 + 100_000, "ended_at": T0 + 120_000,
+             "end": "done"},
+        ]);
+        a.finished_at = Some(T0 + 120_000);
+        assert_eq!(rate_of_finished(std::slice::from_ref(&a)), Some(2.0));
+        // 5 images in 40 s: (20 + 40) s over 15 images
+        let mut b = batch("b", JobState::Done, 2, 5);
+        b.started_at = Some(T0);
+        b.finished_at = Some(T0 + 40_000);
+        // a row without an end or without units adds nothing
+        let mut c = batch("c", JobState::Done, 3, 7);
+        c.started_at = Some(T0);
+        let mut d = row("d", "periodic", JobState::Done, 4);
+        d.params = json!({"task": "periodic", "name": "sweep"});
+        d.started_at = Some(T0);
+        d.finished_at = Some(T0 + 9_000);
+        assert_eq!(rate_of_finished(&[a, b, c, d.clone()]), Some(4.0));
+        assert_eq!(rate_of_finished(&[d]), None);
+        // training: per epoch (max_epochs, default 50)
+        let mut t = row("t", "train", JobState::Done, 5);
+        t.params = json!({"task": "train", "params": {"max_epochs": "4"}});
+        t.started_at = Some(T0);
+        t.finished_at = Some(T0 + 8_000);
+        assert_eq!(rate_of_finished(std::slice::from_ref(&t)), Some(2.0));
+        t.params = json!({"task": "train", "params": {}});
+        assert_eq!(rate_of_finished(&[t]), Some(8.0 / 50.0));
+    }
+
+    #[test]
+    fn task_object_statuses_and_fields() {
+        for (state, status) in [
+            (JobState::Queued, "SUBMITTED"),
+            (JobState::Running, "RUNNING"),
+            (JobState::Done, "DONE"),
+            (JobState::Error, "ERROR"),
+            (JobState::Stopped, "STOPPED"),
+        ] {
+            let mut r = batch("j", state, 1, 2);
+            r.finished_at = state.is_ended().then_some(T0 + 9_000);
+            r.result = Some(json!({"n": 2}));
+            let t = task_object(&r, None, None);
+            assert_eq!(t["status"], status, "{t}");
+            assert_eq!(t["state"], state.as_str(), "{t}");
+            assert_eq!(t["kind"], BATCH);
+            assert_eq!(t["request"], json!({"model": "wholebody"}));
+            assert_eq!(t["created_ts"], ts(T0));
+            // not started: start_ts is the creation time
+            assert_eq!(t["start_ts"], ts(T0));
+            assert_eq!(t.get("end_ts").is_some(), state.is_ended(), "{t}");
+            assert_eq!(t.get("result").is_some(), state == JobState::Done, "{t}");
+            // details never empty, even before the job has logged anything
+            assert_eq!(t["details"], json!(["Batch_infer task queued"]), "{t}");
+            // no queue info: no position, no estimate
+            assert!(t.get("position").is_none() && t.get("estimate").is_none());
+        }
+        let mut r = running(batch("j", JobState::Running, 1, 2), T0 + 1_000);
+        r.details = vec!["from the row".into()];
+        r.owner = Some("alice".into());
+        r.error = Some("boom".into());
+        let t = task_object(&r, None, None);
+        assert_eq!(t["details"], json!(["from the row"]));
+        assert_eq!(t["start_ts"], ts(T0 + 1_000));
+        assert_eq!(t["owner"], "alice");
+        assert_eq!(t["error"], "boom");
+        assert_eq!(t["attempts"], 1);
+        // a job running here: its live details and progress win
+        let live = Live::new(
+            "j".into(),
+            BATCH.into(),
+            1,
+            vec!["live line".into()],
+            Some(json!({"done": 1, "total": 2})),
+            None,
+        );
+        let t = task_object(&r, Some(&live), None);
+        assert_eq!(t["details"], json!(["live line"]));
+        assert_eq!(t["progress"], json!({"done": 1, "total": 2}));
+    }
+
+    #[test]
+    fn task_object_history_timestamps() {
+        let mut r = batch("j", JobState::Running, 1, 2);
+        r.attempts = 2;
+        r.started_at = Some(T0);
+        r.history = json!([
+            {"attempt": 1, "runner": "a", "started_at": T0, "ended_at": T0 + 30_000,
+             "end": "lease expired"},
+            {"attempt": 2, "runner": "b", "started_at": T0 + 45_000, "ended_at": null,
+             "end": null},
+        ]);
+        let t = task_object(&r, None, None);
+        assert_eq!(
+            t["history"],
+            json!([
+                {"attempt": 1, "runner": "a", "start_ts": ts(T0), "end_ts": ts(T0 + 30_000),
+                 "end": "lease expired"},
+                {"attempt": 2, "runner": "b", "start_ts": ts(T0 + 45_000)},
+            ])
+        );
+        // a periodic job shows its period and, while it waits, its next run
+        let mut p = row("periodic:x", "periodic", JobState::Queued, 2);
+        p.every_ms = Some(90_000);
+        p.not_before = Some(T0 + 90_000);
+        p.result = Some(json!({"swept": 3}));
+        let t = task_object(&p, None, None);
+        assert_eq!(t["every_s"], 90.0);
+        assert_eq!(t["next_run_ts"], ts(T0 + 90_000));
+        assert_eq!(
+            t["result"],
+            json!({"swept": 3}),
+            "a periodic job keeps its last result"
+        );
+    }
+}
