@@ -34,6 +34,9 @@ pub(crate) struct Live {
     pub(crate) id: String,
     pub(crate) kind: String,
     pub(crate) attempt: i64,
+    /// `progress.done` when this attempt started (work of earlier attempts), so the pace of
+    /// this attempt is measured on its own work.
+    pub(crate) start_done: f64,
     pub(crate) cancel: Arc<AtomicBool>,
     /// A stop was requested (`DELETE`), as opposed to a shutdown or a lost lease.
     pub(crate) stopped: AtomicBool,
@@ -53,10 +56,15 @@ impl Live {
         while d.len() > MAX_DETAILS {
             d.pop_front();
         }
+        let start_done = progress
+            .as_ref()
+            .and_then(|p| p.get("done")?.as_f64())
+            .unwrap_or(0.0);
         Live {
             id,
             kind,
             attempt,
+            start_done,
             cancel: Arc::new(AtomicBool::new(false)),
             stopped: AtomicBool::new(false),
             state: Mutex::new(LiveState {

@@ -22,8 +22,10 @@ use crate::error::AppError;
 /// dead runners running out).
 const POLL: Duration = Duration::from_millis(500);
 
-/// Attempts after which a job that was taken up again (its process died each time) fails.
-const MAX_ATTEMPTS: i64 = 5;
+/// Attempts ended by a dead server (a lapsed lease) after which a job fails instead of being
+/// taken up again: the job itself may be what kills the server. Hand-backs at a graceful
+/// shutdown (`"released"`) do not count.
+const MAX_CRASHES: usize = 5;
 
 /// The runner loop; returns once shutdown was requested and every job here has ended.
 pub(crate) async fn run(inner: Arc<Inner>) {
@@ -86,11 +88,20 @@ fn start(inner: &Arc<Inner>, row: JobRow) {
         row.checkpoint.clone(),
     ));
     let handle = JobHandle { live: live.clone() };
+    let ends: Vec<&str> = row
+        .history
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("end")?.as_str())
+        .collect();
+    let crashes = ends.iter().filter(|e| **e == "lease expired").count();
     if row.attempts > 1 {
-        handle.log(format!(
-            "attempt {}: taken up again (the previous runner's lease ran out)",
-            row.attempts
-        ));
+        let why = match ends.last() {
+            Some(&"released") => "its server was shut down",
+            _ => "its server died: the lease ran out",
+        };
+        handle.log(format!("attempt {}: taken up again ({why})", row.attempts));
     } else {
         handle.log(format!(
             "{} task started",
@@ -104,9 +115,8 @@ fn start(inner: &Arc<Inner>, row: JobRow) {
         let beat = tokio::spawn(heartbeat(inner.clone(), live.clone()));
         let outcome = match serde_json::from_value::<TaskSpec>(row.params.clone()) {
             // a job whose process died this often is what kills it: stop trying
-            Ok(_) if row.attempts > MAX_ATTEMPTS => Err(AppError::Task(format!(
-                "given up after {} attempts: the server died during each",
-                row.attempts - 1
+            Ok(_) if crashes >= MAX_CRASHES => Err(AppError::Task(format!(
+                "given up: the server died during {crashes} attempts of this job"
             ))),
             Ok(spec) => {
                 let periodic = match &spec {
@@ -219,11 +229,10 @@ async fn finish(inner: &Arc<Inner>, live: &Arc<Live>, outcome: crate::Result<Val
     let now = now_ms();
     let result = if shutting_down && matches!(state, JobOutcome::Stopped) && !live.stop_requested()
     {
-        // a server shutting down hands the job back: its lease ends now (a 1 ms lease), so the
-        // next start takes it up at once as a new attempt
+        // a server shutting down hands the job back: the next start takes it up at once
         inner
             .ds
-            .heartbeat_job(&live.id, &inner.runner_id, 1, now, &update)
+            .release_job(&live.id, &inner.runner_id, &update, now)
             .await
             .map(|_| ())
     } else {

@@ -187,10 +187,13 @@ fn last_attempt_start(r: &JobRow) -> Option<i64> {
         .or(r.started_at)
 }
 
-/// Milliseconds left for a running job: its own pace so far, else its kind's rate.
+/// Milliseconds left for a running job: the pace of this attempt on its own work so far
+/// (`start_done`: what earlier attempts had done, known for a job running here), else its
+/// kind's rate.
 fn running_left(
     row: &JobRow,
     progress: Option<&Value>,
+    start_done: Option<f64>,
     rate: Option<f64>,
     now: i64,
 ) -> Option<i64> {
@@ -199,8 +202,14 @@ fn running_left(
         .unwrap_or(0.0);
     let total = progress.and_then(|p| p.get("total")?.as_f64());
     let started = last_attempt_start(row)?;
-    if let (Some(total), true) = (total, done > 0.0) {
-        let per = (now - started).max(0) as f64 / done;
+    let base = match start_done {
+        Some(b) => b,
+        // a first attempt running elsewhere did all of its work itself
+        None if row.attempts <= 1 => 0.0,
+        None => f64::INFINITY,
+    };
+    if let (Some(total), true) = (total, done - base > 0.0) {
+        let per = (now - started).max(0) as f64 / (done - base);
         return Some((per * (total - done).max(0.0)) as i64);
     }
     let whole = rate? * units(row)? * 1000.0;
@@ -231,11 +240,12 @@ pub(crate) fn with_queue(
         for r in jobs {
             let rate = rates.get(&r.kind).copied();
             let (pos, start, len) = if r.state == JobState::Running {
-                let progress = live
-                    .get(&r.id)
+                let here = live.get(&r.id);
+                let progress = here
                     .and_then(|l| l.lock().progress.clone())
                     .or_else(|| r.progress.clone());
-                let left = running_left(r, progress.as_ref(), rate, now);
+                let start_done = here.map(|l| l.start_done);
+                let left = running_left(r, progress.as_ref(), start_done, rate, now);
                 (0, last_attempt_start(r), left)
             } else {
                 position += 1;
@@ -444,7 +454,8 @@ mod tests {
         let run = running(batch("run", JobState::Running, 1, 10), T0);
         // the row has no progress yet; the job here has done 4 of 10 (5 s an image)
         let progress = Some(json!({"done": 4, "total": 10}));
-        let live = Live::new("run".into(), BATCH.into(), 1, vec![], progress, None);
+        let live = Live::new("run".into(), BATCH.into(), 1, vec![], None, None);
+        live.lock().progress = progress;
         let live: HashMap<String, Arc<Live>> = [("run".to_string(), Arc::new(live))].into();
         let v = with_queue(&[run], &live, &HashMap::new(), now);
         assert_eq!(v[0]["estimate"]["end_ts"], ts(now + 30_000), "{}", v[0]);

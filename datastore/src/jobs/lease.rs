@@ -216,6 +216,56 @@ impl Datastore {
         tx.commit().await?;
         Ok(Some(job))
     }
+
+    /// Hands job `id` back without ending it (its runner is shutting down): only if `runner`
+    /// holds the lease, writes `update`, closes the attempt as `"released"`, clears the lease
+    /// and queues the job again (a job stopped on request stays stopped), so the next runner
+    /// takes it up at once instead of waiting for the lease to run out.
+    pub async fn release_job(
+        &self,
+        id: &str,
+        runner: &str,
+        update: &JobUpdate,
+        now_ms: i64,
+    ) -> Result<Option<JobRow>> {
+        let (progress, checkpoint, details) = update_columns(update)?;
+        let mut tx = self.begin_write().await?;
+        let Some(cur) =
+            sqlx::query("SELECT state, history FROM jobs WHERE id = ? AND lease_owner = ?")
+                .bind(id)
+                .bind(runner)
+                .fetch_optional(&mut *tx)
+                .await?
+        else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let state: String = cur.try_get("state")?;
+        let state = if state == JobState::Running.as_str() {
+            JobState::Queued.as_str().to_string()
+        } else {
+            state
+        };
+        let mut history = parse_history(&cur.try_get::<String, _>("history")?)?;
+        close_attempt(&mut history, now_ms, "released");
+        let sql = format!(
+            "UPDATE jobs SET state = ?, progress = COALESCE(?, progress), \
+             checkpoint = COALESCE(?, checkpoint), details = COALESCE(?, details), history = ?, \
+             lease_owner = NULL, lease_until = NULL WHERE id = ? RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(state)
+            .bind(progress)
+            .bind(checkpoint)
+            .bind(details)
+            .bind(history_json(history)?)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let job = job_of_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(job))
+    }
 }
 
 /// Releases the lapsed leases of stopped jobs, closing their attempt as `"lease expired"`.
