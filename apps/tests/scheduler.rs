@@ -86,7 +86,11 @@ async fn a_panicking_job_fails_alone_and_periodic_jobs_repeat() {
     jobs.shutdown().await;
     let after = runs.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(runs.load(Ordering::SeqCst), after, "a job ran after the shutdown");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        after,
+        "a job ran after the shutdown"
+    );
     let left = ds.list_jobs(Some("periodic"), 10).await.unwrap();
     assert!(
         left.iter()
