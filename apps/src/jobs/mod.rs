@@ -275,17 +275,21 @@ impl Scheduler {
         }
     }
 
+    /// The row of job `id` (404 when unknown).
+    async fn row(&self, id: &str) -> Result<ferrolabel_datastore::JobRow> {
+        self.inner
+            .ds
+            .get_job(id)
+            .await?
+            .ok_or_else(|| AppError::JobNotFound(id.to_string()))
+    }
+
     /// Waits until job `id` has ended and its lane is free: `Ok(result)` when it is done,
     /// [`AppError::Cancelled`] when it was stopped, its error otherwise.
     pub async fn wait(&self, id: &str) -> Result<Value> {
         loop {
             let ended = self.inner.ended.notified();
-            let row = self
-                .inner
-                .ds
-                .get_job(id)
-                .await?
-                .ok_or_else(|| AppError::JobNotFound(id.to_string()))?;
+            let row = self.row(id).await?;
             if row.state.is_ended() && row.lease_owner.is_none() {
                 return match row.state {
                     JobState::Done => Ok(row.result.unwrap_or(Value::Null)),
@@ -310,12 +314,7 @@ impl Scheduler {
     /// windows, images or training steps). Answers the task object; 404 for an unknown id, 409
     /// for a job that has already ended.
     pub async fn cancel(&self, id: &str) -> Result<Value> {
-        let before = self
-            .inner
-            .ds
-            .get_job(id)
-            .await?
-            .ok_or_else(|| AppError::JobNotFound(id.to_string()))?;
+        let before = self.row(id).await?;
         if before.state.is_ended() {
             return Err(AppError::JobEnded(format!(
                 "task {id} has already ended ({})",
@@ -363,12 +362,7 @@ impl Scheduler {
         if let Some(v) = self.views(rows).await?.into_iter().find(|v| v["id"] == id) {
             return Ok(v);
         }
-        let row = self
-            .inner
-            .ds
-            .get_job(id)
-            .await?
-            .ok_or_else(|| AppError::JobNotFound(id.to_string()))?;
+        let row = self.row(id).await?;
         Ok(view::task_object(
             &row,
             self.inner.live(id).as_deref(),
