@@ -46,6 +46,8 @@ pub(crate) struct QueueInfo {
     pub(crate) position: usize,
     /// Estimated start and end (ms), when measured rates allow.
     pub(crate) estimate: Option<(i64, i64)>,
+    /// The time the estimate was made at (ms), which `seconds_left` counts from.
+    pub(crate) now: i64,
 }
 
 /// The task object of `row`; `live` (the job runs here) has the freshest details and progress.
@@ -110,7 +112,7 @@ pub(crate) fn task_object(row: &JobRow, live: Option<&Live>, queue: Option<Queue
                 Some((start, end)) => json!({
                     "start_ts": ts(start),
                     "end_ts": ts(end),
-                    "seconds_left": ((end - super::now_ms()).max(0) as f64 / 1000.0).round(),
+                    "seconds_left": ((end - q.now).max(0) as f64 / 1000.0).round(),
                 }),
                 None => Value::Null,
             },
@@ -263,6 +265,7 @@ pub(crate) fn with_queue(
                 QueueInfo {
                     position: pos,
                     estimate,
+                    now,
                 },
             );
         }
