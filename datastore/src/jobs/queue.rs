@@ -10,31 +10,14 @@ impl Datastore {
     /// positive is [`DatastoreError::Invalid`].
     pub async fn insert_job(&self, job: &NewJob, now_ms: i64) -> Result<JobRow> {
         check_new(job)?;
-        let sql = format!(
-            "INSERT INTO jobs (id, kind, lane, priority, state, params, request, owner, \
-             not_before, every_ms, created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) \
-             RETURNING {COLUMNS}"
-        );
-        let row = sqlx::query(&sql)
-            .bind(&job.id)
-            .bind(&job.kind)
-            .bind(&job.lane)
-            .bind(job.priority)
-            .bind(serde_json::to_string(&job.params)?)
-            .bind(serde_json::to_string(&job.request)?)
-            .bind(&job.owner)
-            .bind(job.not_before)
-            .bind(job.every_ms)
-            .bind(now_ms)
-            .fetch_one(self.pool())
+        self.insert_row(job, job.not_before, "", now_ms)
             .await
             .map_err(|e| match e {
-                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                DatastoreError::Db(sqlx::Error::Database(d)) if d.is_unique_violation() => {
                     DatastoreError::Conflict(format!("job {:?} exists", job.id))
                 }
-                e => e.into(),
-            })?;
-        job_of_row(&row)
+                e => e,
+            })
     }
 
     /// Registers a periodic job: inserted queued when its id is absent (not before
@@ -48,11 +31,29 @@ impl Datastore {
                 job.id
             )));
         }
+        let on_conflict =
+            "ON CONFLICT(id) DO UPDATE SET every_ms = excluded.every_ms, params = excluded.params";
+        self.insert_row(
+            job,
+            Some(job.not_before.unwrap_or(now_ms)),
+            on_conflict,
+            now_ms,
+        )
+        .await
+    }
+
+    /// The one `INSERT` of a queued job (`on_conflict`: an upsert clause, or empty).
+    async fn insert_row(
+        &self,
+        job: &NewJob,
+        not_before: Option<i64>,
+        on_conflict: &str,
+        now_ms: i64,
+    ) -> Result<JobRow> {
         let sql = format!(
             "INSERT INTO jobs (id, kind, lane, priority, state, params, request, owner, \
              not_before, every_ms, created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT(id) DO UPDATE SET every_ms = excluded.every_ms, params = excluded.params \
-             RETURNING {COLUMNS}"
+             {on_conflict} RETURNING {COLUMNS}"
         );
         let row = sqlx::query(&sql)
             .bind(&job.id)
@@ -62,7 +63,7 @@ impl Datastore {
             .bind(serde_json::to_string(&job.params)?)
             .bind(serde_json::to_string(&job.request)?)
             .bind(&job.owner)
-            .bind(job.not_before.unwrap_or(now_ms))
+            .bind(not_before)
             .bind(job.every_ms)
             .bind(now_ms)
             .fetch_one(self.pool())
