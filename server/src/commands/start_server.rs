@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, HttpServer};
 use anyhow::{Context, Result};
 use ferrolabel_apps::jobs::{PeriodicFn, Scheduler, SchedulerOptions};
 use ferrolabel_apps::{AppOptions, WholeBodyApp};
@@ -13,10 +13,8 @@ use ferrolabel_imaging::Limits;
 use ferrolabel_models::EngineOptions;
 use serde_json::json;
 
-use crate::auth::{Auth, AuthLayer, AuthOptions};
+use crate::auth::{Auth, AuthOptions};
 use crate::config::ServerArgs;
-use crate::error::ApiError;
-use crate::routes;
 use crate::state::AppState;
 
 /// How often expired sessions are removed.
@@ -267,32 +265,7 @@ async fn serve(
             "authentication on"
         );
     }
-    let cors_origins = settings.cors_origins.clone();
-    let audit_store = datastore.clone();
-    let server = HttpServer::new(move || {
-        let cors = routes::Cors::new(cors_origins.clone());
-        let guard = AuthLayer::new(auth.clone(), audit_store.clone());
-        let auth_routes = auth.clone();
-        App::new()
-            .app_data(state.clone())
-            .app_data(web::QueryConfig::default().error_handler(|e, _| {
-                ApiError::unprocessable(format!("invalid query string: {e}")).into()
-            }))
-            .app_data(
-                web::PathConfig::default()
-                    .error_handler(|_, _| ApiError::not_found("Not Found").into()),
-            )
-            .configure(routes::configure)
-            .configure(move |cfg| {
-                if let Some(a) = auth_routes {
-                    routes::auth::configure(cfg, a);
-                }
-            })
-            .default_service(web::to(routes::not_found))
-            .wrap_fn(move |req, srv| guard.handle(req, srv))
-            .wrap_fn(move |req, srv| cors.handle(req, srv))
-            .wrap_fn(|req, srv| routes::log_request(req, srv))
-    })
+    let server = HttpServer::new(move || crate::create_app(state.clone(), auth.clone()))
     .workers(workers);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let server = match tls {
