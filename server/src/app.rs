@@ -35,7 +35,8 @@ pub fn create_app(
             ApiError::unprocessable(format!("invalid query string: {e}")).into()
         }))
         .app_data(
-            web::PathConfig::default().error_handler(|_, _| ApiError::not_found("Not Found").into()),
+            web::PathConfig::default()
+                .error_handler(|_, _| ApiError::not_found("Not Found").into()),
         )
         .configure(routes::configure)
         .configure(move |cfg| {

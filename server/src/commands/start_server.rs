@@ -265,8 +265,8 @@ async fn serve(
             "authentication on"
         );
     }
-    let server = HttpServer::new(move || crate::create_app(state.clone(), auth.clone()))
-    .workers(workers);
+    let server =
+        HttpServer::new(move || crate::create_app(state.clone(), auth.clone())).workers(workers);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let server = match tls {
         Some(tls) => server.bind_rustls_0_23((args.host.as_str(), args.port), tls),
