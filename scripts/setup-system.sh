@@ -4,9 +4,11 @@
 #   dcmtk: dcmcjpeg, the JPEG encoder of the JPEG series in dicom/tests/jpeg.rs
 #   orthanc, orthanc-dicomweb: the PACS (Orthanc + its DICOMweb plugin) that dicomweb/tests/orthanc.rs
 #     starts on loopback with a generated configuration
+#   chromium, chromium-driver: the headless browser of tests/conformance/test_openapi.py (/docs)
+#     and tests/conformance/test_dashboard.py (/ui/), driven by selenium
 # Add a package here when a test starts one (and say which test in a comment).
 set -euo pipefail
-want=(dicom3tools dcmtk orthanc orthanc-dicomweb)
+want=(dicom3tools dcmtk orthanc orthanc-dicomweb chromium chromium-driver)
 missing=()
 for p in "${want[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
