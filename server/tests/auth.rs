@@ -355,7 +355,7 @@ fn roles_tokens_and_audit_with_auth_on() {
         assert_eq!(st, 401, "{m} {p} without a token");
     }
 
-    // next sample without a client_id records the logged-in user (spec §3.6)
+    // next sample without a client_id records the logged-in user (docs/protocol.md §11.1)
     let r = s
         .http
         .post(s.url("/activelearning/first"))

@@ -1,11 +1,11 @@
-"""Auth mode (spec §13) driven by the official monailabel client: it detects auth with
-`GET /auth/`, logs in with `POST /auth/token` (OAuth2 password form), checks the token with
+"""Auth mode (docs/protocol.md §9, docs/auth.md) driven by the official monailabel client: it
+detects auth with `GET /auth/`, logs in with `POST /auth/token` (OAuth2 password form), checks the token with
 `GET /auth/token/valid` and then works with `Authorization: Bearer <token>`. The server runs
 over HTTPS with a self-signed certificate made by `openssl` (the client uses an unverified TLS
 context); without `openssl` it runs over plain HTTP, except under CI=true where it fails.
 
 ferrolabel only: MONAI Label's own auth mode needs a Keycloak realm (and, as shipped, refuses
-every token, spec §13)."""
+every token, docs/protocol.md §9)."""
 import http.client
 import json
 import os

@@ -1,5 +1,5 @@
-//! Authentication and authorisation, MONAI Label style (spec §1.6, §2, §13), the audit log of
-//! writes, and TLS.
+//! Authentication and authorisation, MONAI Label style (docs/protocol.md §2 and §9,
+//! docs/auth.md), the audit log of writes, and TLS.
 //!
 //! Off by default. Then every request runs as the built-in `admin` (all four roles) and
 //! `/auth/` answers 404, which is how the clients detect that auth is off. With

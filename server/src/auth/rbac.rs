@@ -1,4 +1,5 @@
-//! Who may call what: the role table, keyed by method and path prefix (spec §2 and §13).
+//! Who may call what: the role table, keyed by method and path prefix (docs/protocol.md §9.2,
+//! docs/auth.md).
 //!
 //! [`access`] picks, among the rules whose method matches, the one with the **longest** path
 //! prefix that matches the request path (a prefix matches the path itself and anything below
@@ -46,7 +47,7 @@ const USER: Access = Access::Role(Role::User);
 const ANNOTATOR: Access = Access::Role(Role::Annotator);
 const ADMIN: Access = Access::Role(Role::Admin);
 
-/// The role table: MONAI Label's `RBAC(...)` dependency of every endpoint (spec §2).
+/// The role table: MONAI Label's `RBAC(...)` dependency of every endpoint (docs/protocol.md §9.2).
 pub const RULES: &[Rule] = &[
     // unprotected even with auth on
     rule("GET", "/", Public),
