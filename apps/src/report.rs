@@ -49,10 +49,7 @@ pub struct Report {
 
 /// Volume of one voxel of `vol`, in millilitres.
 pub fn voxel_volume_ml(vol: &Volume) -> f64 {
-    let a = &vol.affine;
-    let det = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
-        - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
-        + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
+    let det = ferrolabel_imaging::mat3::det(&ferrolabel_imaging::mat3::linear_part(&vol.affine));
     det.abs() / 1000.0
 }
 

@@ -1,7 +1,10 @@
 //! Voxel <-> world geometry: 4 × 4 affine helpers and the NIfTI-1 quaternion (qform) encoding.
 //!
 //! An [`Affine`] maps voxel indices `(i, j, k, 1)` to world coordinates `(x, y, z, 1)` in
-//! millimetres, RAS+ (NIfTI/nibabel convention): `world = affine · voxel`.
+//! millimetres, RAS+ (NIfTI/nibabel convention): `world = affine · voxel`. The 3 × 3 helpers
+//! (determinant, inverse, polar factor, the singularity rule) are in [`crate::mat3`].
+
+use crate::mat3::{self, Mat3};
 
 /// A 4 × 4 homogeneous transform, row-major: `affine[row][col]`.
 pub type Affine = [[f64; 4]; 4];
@@ -91,8 +94,9 @@ pub fn is_finite(a: &Affine) -> bool {
 }
 
 /// Why the voxel-to-world matrix cannot be inverted, or `None` when it can: a non-finite
-/// entry, a voxel axis of length zero, or axes so close to parallel that the determinant of
-/// the 3 × 3 part is below 10⁻⁶ × the product of the axis lengths.
+/// entry, a voxel axis of length zero, or axes so close to parallel that the 3 × 3 part is
+/// singular by the workspace's one rule ([`mat3::is_singular`]: determinant at most
+/// [`mat3::SINGULAR_TOLERANCE`] × the product of the axis lengths).
 pub fn singular_reason(a: &Affine) -> Option<String> {
     if !is_finite(a) {
         return Some("the affine has a non-finite entry".into());
@@ -101,12 +105,11 @@ pub fn singular_reason(a: &Affine) -> Option<String> {
     if let Some(c) = norms.iter().position(|&n| n == 0.0) {
         return Some(format!("voxel axis {c} has length 0"));
     }
-    let m: Mat3 = std::array::from_fn(|r| std::array::from_fn(|c| a[r][c]));
-    let volume = norms[0] * norms[1] * norms[2];
-    let det = det3(&m);
-    if !det.is_finite() || det.abs() < 1e-6 * volume {
+    let m = mat3::linear_part(a);
+    if mat3::is_singular(&m) {
         return Some(format!(
-            "the voxel axes are linearly dependent (determinant {det:e})"
+            "the voxel axes are linearly dependent (determinant {:e})",
+            mat3::det(&m)
         ));
     }
     None
@@ -189,9 +192,10 @@ pub fn quaternion_to_affine(q: &Quaternion) -> Affine {
 /// Decomposes an affine into qform parameters, the inverse of [`quaternion_to_affine`].
 ///
 /// Voxel sizes are the column norms; the 3 × 3 part is divided by them and replaced by its
-/// nearest rotation (polar decomposition), so a slightly sheared affine still gives a valid
+/// nearest rotation ([`mat3::polar_factor`]), so a slightly sheared affine still gives a valid
 /// quaternion. A negative determinant gives `qfac = -1`. A zero column counts as the
-/// matching unit axis with size 1.
+/// matching unit axis with size 1; axes that are singular together
+/// ([`mat3::is_singular`]) give the identity rotation.
 pub fn affine_to_quaternion(affine: &Affine) -> Quaternion {
     let mut pixdim = column_norms(affine);
     let mut m = [[0.0f64; 3]; 3];
@@ -205,9 +209,9 @@ pub fn affine_to_quaternion(affine: &Affine) -> Quaternion {
             m[c][c] = 1.0;
         }
     }
-    let mut rot = nearest_rotation(&m);
+    let mut rot = mat3::polar_factor(&m).unwrap_or(mat3::IDENTITY3);
     let mut qfac = 1.0;
-    if det3(&rot) < 0.0 {
+    if mat3::det(&rot) < 0.0 {
         qfac = -1.0;
         for row in rot.iter_mut() {
             row[2] = -row[2];
@@ -222,54 +226,6 @@ pub fn affine_to_quaternion(affine: &Affine) -> Quaternion {
         pixdim,
         offset: [affine[0][3], affine[1][3], affine[2][3]],
     }
-}
-
-type Mat3 = [[f64; 3]; 3];
-
-fn det3(m: &Mat3) -> f64 {
-    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
-}
-
-/// Inverse-transpose of a 3 × 3 matrix (the cofactor matrix over the determinant).
-fn inverse_transpose3(m: &Mat3) -> Option<Mat3> {
-    let det = det3(m);
-    if det == 0.0 || !det.is_finite() {
-        return None;
-    }
-    let mut out = [[0.0; 3]; 3];
-    for (r, row) in out.iter_mut().enumerate() {
-        for (c, cell) in row.iter_mut().enumerate() {
-            let (r1, r2) = ((r + 1) % 3, (r + 2) % 3);
-            let (c1, c2) = ((c + 1) % 3, (c + 2) % 3);
-            *cell = (m[r1][c1] * m[r2][c2] - m[r1][c2] * m[r2][c1]) / det;
-        }
-    }
-    Some(out)
-}
-
-/// The orthogonal matrix nearest to `m` (polar decomposition by Newton iteration
-/// `X <- (X + X^-T) / 2`); the identity when `m` is singular.
-fn nearest_rotation(m: &Mat3) -> Mat3 {
-    let mut x = *m;
-    for _ in 0..100 {
-        let Some(it) = inverse_transpose3(&x) else {
-            return [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
-        };
-        let mut change = 0.0f64;
-        for r in 0..3 {
-            for c in 0..3 {
-                let next = 0.5 * (x[r][c] + it[r][c]);
-                change = change.max((next - x[r][c]).abs());
-                x[r][c] = next;
-            }
-        }
-        if change < 1e-15 {
-            break;
-        }
-    }
-    x
 }
 
 /// Unit quaternion `[a, b, c, d]` (with `a >= 0`) of a proper rotation matrix, by picking the

@@ -1,6 +1,6 @@
 //! `ferrolabel-imaging` owns images as data: [`Volume`] (3-D `f32` voxels plus a voxel-to-world
 //! affine), NIfTI-1 (`.nii`, `.nii.gz`) and NRRD (`.nrrd`) reading and writing, and voxel <->
-//! world geometry ([`affine`]).
+//! world geometry ([`affine`], with the 3 × 3 helpers in [`mat3`]).
 //!
 //! It must not depend on torch, HTTP or SQL: model code, the server and the datastore build on
 //! it, never the other way round.
@@ -14,6 +14,7 @@ mod dtype;
 mod error;
 mod grid;
 mod limits;
+pub mod mat3;
 pub mod nifti;
 pub mod nrrd;
 mod volume;

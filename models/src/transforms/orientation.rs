@@ -2,7 +2,7 @@
 //! flip the axes that point the wrong way, then permute; values are moved, never interpolated.
 
 use super::affine::matmul;
-use ferrolabel_imaging::Affine;
+use ferrolabel_imaging::{mat3, Affine};
 use tch::Tensor;
 
 /// What the orientation step did, so that it can be undone exactly.
@@ -92,33 +92,10 @@ impl OrientationOp {
     }
 }
 
-fn det3(m: &[[f64; 3]; 3]) -> f64 {
-    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
-}
-
-/// Inverse transpose of a 3x3 matrix (cofactor / determinant).
-fn inv_t3(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
-    let d = det3(m);
-    if !d.is_finite() || d.abs() < 1e-12 {
-        return None;
-    }
-    let mut c = [[0.0; 3]; 3];
-    for (i, row) in c.iter_mut().enumerate() {
-        for (j, v) in row.iter_mut().enumerate() {
-            let (i1, i2) = ((i + 1) % 3, (i + 2) % 3);
-            let (j1, j2) = ((j + 1) % 3, (j + 2) % 3);
-            *v = (m[i1][j1] * m[i2][j2] - m[i1][j2] * m[i2][j1]) / d;
-        }
-    }
-    Some(c)
-}
-
 /// nibabel's `io_orientation`: for each voxel axis the closest world axis and its sign,
-/// from the orthogonal polar factor of the column-normalised rotation block (computed by
-/// Newton's iteration `R <- (R + R^-T) / 2`, which converges to the same factor as nibabel's
-/// SVD for the non-singular matrices a valid image has).
+/// from the orthogonal polar factor of the column-normalised rotation block
+/// ([`mat3::polar_factor`], the same factor as nibabel's SVD); `None` when that block is
+/// singular ([`mat3::is_singular`]), which no validated image is.
 pub fn io_orientation(affine: &Affine) -> Option<([usize; 3], [bool; 3])> {
     let mut r = [[0.0f64; 3]; 3];
     for j in 0..3 {
@@ -131,20 +108,7 @@ pub fn io_orientation(affine: &Affine) -> Option<([usize; 3], [bool; 3])> {
             r[i][j] = affine[i][j] / norm;
         }
     }
-    for _ in 0..100 {
-        let it = inv_t3(&r)?;
-        let mut delta = 0.0f64;
-        for i in 0..3 {
-            for j in 0..3 {
-                let v = 0.5 * (r[i][j] + it[i][j]);
-                delta = delta.max((v - r[i][j]).abs());
-                r[i][j] = v;
-            }
-        }
-        if delta < 1e-15 {
-            break;
-        }
-    }
+    let mut r = mat3::polar_factor(&r)?;
     let mut out_axis = [usize::MAX; 3];
     let mut flip = [false; 3];
     for in_ax in 0..3 {
