@@ -1,11 +1,13 @@
-//! The crate's error type, [`AppError`].
+//! The crate's error type, [`AppError`]. It knows no HTTP status: the server's error table
+//! (`server/src/error.rs`) maps each variant to one; the statuses in the variants' docs are
+//! what that table answers.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ferrolabel_models::ModelsError;
 
-/// Everything that can go wrong in an app task. Each variant says which status the HTTP layer
-/// should answer (see [`AppError::status`]).
+/// Everything that can go wrong in an app task.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// A request parameter has an invalid value (422).
@@ -46,9 +48,13 @@ pub enum AppError {
     /// An uploaded weights file does not fit the network (422).
     #[error("weights file rejected: {0}")]
     BadWeights(String),
-    /// The engine's queue is full (429).
+    /// The engine's queue is full, or a task of the kind already runs (429: try again later).
     #[error("server busy: {0}")]
     Busy(String),
+    /// The inference engine cannot take jobs: it is shutting down or its thread has stopped
+    /// (503: retrying this process will not help).
+    #[error("inference engine unavailable: {0}")]
+    EngineUnavailable(String),
     /// The job was cancelled (the client went away).
     #[error("inference cancelled")]
     Cancelled,
@@ -60,7 +66,7 @@ pub enum AppError {
         /// What is wrong.
         message: String,
     },
-    /// Any other engine failure (500).
+    /// Any other engine failure, a crashed job included (500).
     #[error("inference failed: {0}")]
     Engine(ModelsError),
     /// Writing the result file failed (500).
@@ -75,13 +81,14 @@ pub enum AppError {
     /// The job has already ended (409).
     #[error("{0}")]
     JobEnded(String),
-    /// A job failed; `status` is what its error maps to (its own 4xx, or 500).
+    /// A job failed: the status of its error when this process still holds it (`cause`),
+    /// else 500.
     #[error("{detail}")]
     JobFailed {
-        /// The status of the job's error.
-        status: u16,
-        /// The job's error.
+        /// The job's error, as recorded.
         detail: String,
+        /// The error itself, when the job ran in this process (kept for the last few jobs).
+        cause: Option<Arc<AppError>>,
     },
     /// File I/O failed (500).
     #[error("I/O error: {0}")]
@@ -92,49 +99,13 @@ pub enum AppError {
     Datastore(#[from] ferrolabel_datastore::DatastoreError),
 }
 
-impl AppError {
-    /// The HTTP status code the server should answer with.
-    pub fn status(&self) -> u16 {
-        match self {
-            AppError::InvalidParams(_)
-            | AppError::BadImage(_)
-            | AppError::BadLabel(_)
-            | AppError::BadWeights(_) => 422,
-            AppError::ModelNotFound(_)
-            | AppError::StrategyNotFound(_)
-            | AppError::MethodNotFound(_)
-            | AppError::JobNotFound(_) => 404,
-            AppError::JobEnded(_) => 409,
-            AppError::JobFailed { status, .. } => *status,
-            AppError::WeightsMissing { .. } => 503,
-            AppError::Busy(_) => 429,
-            // nobody is listening any more; 499 is nginx's "client closed request"
-            AppError::Cancelled => 499,
-            AppError::Bundle { .. }
-            | AppError::Engine(_)
-            | AppError::Encode(_)
-            | AppError::Task(_)
-            | AppError::Io(_) => 500,
-            AppError::Datastore(e) => {
-                use ferrolabel_datastore::DatastoreError as D;
-                match e {
-                    D::NotFound(_) => 404,
-                    D::InvalidId(_) | D::Invalid(_) => 422,
-                    D::Conflict(_) => 409,
-                    D::Remote { status, .. } => *status,
-                    _ => 500,
-                }
-            }
-        }
-    }
-}
-
 impl From<ModelsError> for AppError {
     fn from(e: ModelsError) -> Self {
         match e {
             ModelsError::Invalid(m) => AppError::BadImage(m),
             ModelsError::Imaging(e) => AppError::BadImage(e.to_string()),
-            ModelsError::Unavailable(m) => AppError::Busy(m),
+            ModelsError::Unavailable(m) => AppError::EngineUnavailable(m),
+            e @ ModelsError::QueueFull { .. } => AppError::Busy(e.to_string()),
             ModelsError::Cancelled => AppError::Cancelled,
             other => AppError::Engine(other),
         }

@@ -4,9 +4,8 @@ use ferrolabel_dicom::DicomError;
 use thiserror::Error;
 
 /// The one error type of `ferrolabel-dicomweb`. Each variant names the URL or the cause in its
-/// message. The server maps [`DicomWebError::Timeout`] to 504, the PACS's faults
-/// ([`Unreachable`](DicomWebError::Unreachable), [`Status`](DicomWebError::Status),
-/// [`BadAnswer`](DicomWebError::BadAnswer), [`Rejected`](DicomWebError::Rejected)) to 502, and
+/// message. The server's error table (`server/src/error.rs`) maps them to HTTP statuses: a
+/// timeout to 504, the PACS's faults ([`DicomWebError::is_gateway_error`]) to 502, and
 /// [`Series`](DicomWebError::Series) (a series the PACS holds but that is not a usable CT) to 422.
 #[derive(Debug, Error)]
 pub enum DicomWebError {
@@ -92,19 +91,6 @@ impl DicomWebError {
                 | DicomWebError::BadAnswer { .. }
                 | DicomWebError::Rejected { .. }
         )
-    }
-
-    /// The HTTP status a server answers for this error: 504 for [`DicomWebError::Timeout`],
-    /// 502 for the PACS's other faults, 422 for a series that is not a usable CT, 400 for
-    /// fetching by frame, 500 for the rest (settings, local disk).
-    pub fn http_status(&self) -> u16 {
-        match self {
-            DicomWebError::Timeout { .. } => 504,
-            e if e.is_gateway_error() => 502,
-            DicomWebError::Series { .. } => 422,
-            DicomWebError::Unsupported(_) => 400,
-            _ => 500,
-        }
     }
 
     /// Classifies a transport error of `reqwest` for `url`.

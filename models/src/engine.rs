@@ -8,7 +8,11 @@
 //! * Interactive jobs go ahead of background (batch) jobs. While a background job runs,
 //!   queued interactive jobs run between two of its windows, so an interactive request
 //!   waits at most one window.
-//! * A full queue is refused at once ([`ModelsError::Unavailable`]), never blocks.
+//! * A full queue is refused at once ([`ModelsError::QueueFull`]), never blocks; a stopped
+//!   engine answers [`ModelsError::Unavailable`].
+//! * A job that panics (libtorch answers a failed op such as an out-of-memory with a panic)
+//!   fails alone with [`ModelsError::Panicked`]; the engine goes on with the next job
+//!   (`engine/worker.rs`).
 //! * The engine keeps its own record of that promise: a counter of the background windows it
 //!   has run, and for every job a [`JobRecord`] (the counter when the job was queued, started
 //!   and finished, and how many windows the running background job still had to run when it
@@ -16,20 +20,15 @@
 
 use crate::bundle::{Bundle, Resolution};
 use crate::error::{ModelsError, Result};
-use crate::inferer::{BlendMode, PadMode, SlidingWindow};
-use crate::network::{weights, SegResNet};
-use crate::pipeline::{mc_dropout_entropy, segment, McDropout, Segmentation, Uncertainty};
-use crate::probability::{class_probability, ClassProbability, ProbabilitySettings, VoxelBox};
+use crate::pipeline::{McDropout, Segmentation, Uncertainty};
+use crate::probability::{ClassProbability, VoxelBox};
 use ferrolabel_imaging::Volume;
 pub use queue::JobRecord;
 use queue::{Queued, Queues};
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::SystemTime;
-use tch::{nn, Device};
+use tch::Device;
 use tokio::sync::oneshot;
 
 /// Engine settings.
@@ -134,6 +133,10 @@ enum Job {
     },
 }
 
+fn mtime(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 struct Shared {
     queues: Mutex<Queues>,
     cv: Condvar,
@@ -171,275 +174,6 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-struct Loaded {
-    net: SegResNet,
-    _vs: nn::VarStore,
-    mtime: Option<SystemTime>,
-}
-
-struct Worker {
-    bundle: Arc<Bundle>,
-    opts: EngineOptions,
-    shared: Arc<Shared>,
-    cache: RefCell<HashMap<Resolution, Rc<Loaded>>>,
-}
-
-fn job_priority(job: &Job) -> Priority {
-    match job {
-        Job::Infer { req, .. } => req.priority,
-        Job::Uncertainty { req, .. } => req.priority,
-        Job::Probability { req, .. } => req.priority,
-        Job::Load { .. } => Priority::Interactive,
-    }
-}
-
-fn mtime(path: &std::path::Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-impl Worker {
-    fn network(&self, res: Resolution) -> Result<Rc<Loaded>> {
-        let path = self.bundle.weights_path(res);
-        let current = mtime(&path);
-        if current.is_none() {
-            self.cache.borrow_mut().remove(&res);
-            return Err(ModelsError::WeightsMissing(path.display().to_string()));
-        }
-        if let Some(l) = self.cache.borrow().get(&res) {
-            if l.mtime == current {
-                return Ok(l.clone());
-            }
-        }
-        let _span = tracing::info_span!("load_weights", path = %path.display()).entered();
-        let mut vs = nn::VarStore::new(self.opts.device);
-        let net = SegResNet::new(&vs.root(), &self.bundle.network);
-        weights::load_strict(&mut vs, &path)?;
-        vs.freeze();
-        let loaded = Rc::new(Loaded {
-            net,
-            _vs: vs,
-            mtime: current,
-        });
-        self.cache.borrow_mut().insert(res, loaded.clone());
-        tracing::info!(?res, "weights loaded");
-        Ok(loaded)
-    }
-
-    /// The background-window counter (only this thread changes it).
-    fn background_windows(&self) -> u64 {
-        self.shared
-            .queues
-            .lock()
-            .map(|q| q.background_windows)
-            .unwrap_or(0)
-    }
-
-    /// Marks the start or the end of a background job: its windows are not known yet / any more.
-    fn reset_background_progress(&self) {
-        if let Ok(mut q) = self.shared.queues.lock() {
-            q.background_done = 0;
-            q.background_total = 0;
-        }
-    }
-
-    /// Runs a job; `between_windows` when it runs inside a background job's observer.
-    fn run(&self, queued: Queued, between_windows: bool) {
-        self.shared.running.fetch_add(1, Ordering::SeqCst);
-        let Queued {
-            job,
-            queued_at,
-            background_windows_left,
-        } = queued;
-        let started_at = self.background_windows();
-        let mut record = JobRecord {
-            order: self.shared.started.fetch_add(1, Ordering::SeqCst) + 1,
-            queued_at,
-            started_at,
-            finished_at: started_at,
-            waited_windows: started_at.saturating_sub(queued_at),
-            background_windows_left,
-            between_windows,
-        };
-        let background = job_priority(&job) == Priority::Background;
-        if background {
-            self.reset_background_progress();
-        }
-        let answer: Box<dyn FnOnce()> = match job {
-            Job::Infer { req, reply } => {
-                let result = self.segment(&req).map(|mut s| {
-                    record.finished_at = self.background_windows();
-                    s.engine = record;
-                    s
-                });
-                Box::new(move || {
-                    let _ = reply.send(result);
-                })
-            }
-            Job::Uncertainty { req, reply } => {
-                let result = self.uncertainty(&req).map(|mut u| {
-                    record.finished_at = self.background_windows();
-                    u.engine = record;
-                    u
-                });
-                Box::new(move || {
-                    let _ = reply.send(result);
-                })
-            }
-            Job::Probability { req, reply } => {
-                let result = self.probability(&req).map(|mut p| {
-                    record.finished_at = self.background_windows();
-                    p.engine = record;
-                    p
-                });
-                Box::new(move || {
-                    let _ = reply.send(result);
-                })
-            }
-            Job::Load { res, reply } => {
-                let result = self.network(res).map(|_| ());
-                Box::new(move || {
-                    let _ = reply.send(result);
-                })
-            }
-        };
-        if background {
-            self.reset_background_progress();
-        }
-        // counted before the answer goes out: a caller holding its answer sees the job completed
-        self.shared.running.fetch_sub(1, Ordering::SeqCst);
-        self.shared.completed.fetch_add(1, Ordering::SeqCst);
-        answer();
-    }
-
-    fn segment(&self, req: &InferRequest) -> Result<Segmentation> {
-        let span =
-            tracing::info_span!("engine_infer", res = ?req.resolution, dims = ?req.volume.dims);
-        let _g = span.enter();
-        if req.cancel.load(Ordering::SeqCst) {
-            return Err(ModelsError::Cancelled);
-        }
-        let loaded = self.network(req.resolution)?;
-        let sw = SlidingWindow {
-            roi: [96, 96, 96],
-            overlap: req.sw_overlap.unwrap_or(self.bundle.sw_overlap),
-            sw_batch_size: req
-                .sw_batch_size
-                .unwrap_or(self.bundle.sw_batch_size)
-                .max(1),
-            blend: BlendMode::Gaussian { sigma_scale: 0.125 },
-            pad: PadMode::Replicate,
-        };
-        let mut observer = self.window_observer(req.priority, req.cancel.clone());
-        segment(
-            &loaded.net,
-            &req.volume,
-            req.resolution.pixdim(),
-            &sw,
-            self.opts.device,
-            self.opts.amp,
-            &mut observer,
-        )
-    }
-
-    fn uncertainty(&self, req: &UncertaintyRequest) -> Result<Uncertainty> {
-        let span = tracing::info_span!(
-            "engine_mc_dropout",
-            res = ?req.resolution,
-            samples = req.mc.samples,
-            dims = ?req.volume.dims
-        );
-        let _g = span.enter();
-        if req.cancel.load(Ordering::SeqCst) {
-            return Err(ModelsError::Cancelled);
-        }
-        let loaded = self.network(req.resolution)?;
-        let mut observer = self.window_observer(req.priority, req.cancel.clone());
-        mc_dropout_entropy(
-            &loaded.net,
-            &req.volume,
-            &req.mc,
-            self.opts.device,
-            self.opts.amp,
-            &mut observer,
-        )
-    }
-
-    fn probability(&self, req: &ProbabilityRequest) -> Result<ClassProbability> {
-        let span = tracing::info_span!(
-            "engine_probability",
-            res = ?req.resolution,
-            class = req.class,
-            roi = ?req.roi
-        );
-        let _g = span.enter();
-        if req.cancel.load(Ordering::SeqCst) {
-            return Err(ModelsError::Cancelled);
-        }
-        let loaded = self.network(req.resolution)?;
-        let settings = ProbabilitySettings {
-            pixdim: req.resolution.pixdim(),
-            roi: 96,
-            overlap: self.bundle.sw_overlap,
-            sw_batch_size: self.bundle.sw_batch_size.max(1),
-        };
-        let mut observer = self.window_observer(req.priority, req.cancel.clone());
-        class_probability(
-            &loaded.net,
-            &req.volume,
-            &req.roi,
-            req.class,
-            &settings,
-            self.opts.device,
-            self.opts.amp,
-            &mut observer,
-        )
-    }
-
-    /// The observer of a sliding-window run: a background job counts the window and lets
-    /// queued interactive jobs run before its next window; any job ends when its cancel flag
-    /// is set.
-    fn window_observer(
-        &self,
-        priority: Priority,
-        cancel: Arc<AtomicBool>,
-    ) -> impl FnMut(usize, usize) -> bool + '_ {
-        let background = priority == Priority::Background;
-        move |done: usize, total: usize| {
-            if background {
-                if let Ok(mut q) = self.shared.queues.lock() {
-                    q.background_windows += 1;
-                    q.background_done = done as u64;
-                    q.background_total = total as u64;
-                }
-                while let Some(job) = self.pop_interactive() {
-                    self.run(job, true);
-                }
-            }
-            !cancel.load(Ordering::SeqCst)
-        }
-    }
-
-    fn pop_interactive(&self) -> Option<Queued> {
-        self.shared.queues.lock().ok()?.interactive.pop_front()
-    }
-
-    fn next_job(&self) -> Option<Queued> {
-        let mut q = self.shared.queues.lock().ok()?;
-        loop {
-            if let Some(j) = q.interactive.pop_front() {
-                return Some(j);
-            }
-            if let Some(j) = q.background.pop_front() {
-                return Some(j);
-            }
-            if q.shutdown {
-                return None;
-            }
-            q = self.shared.cv.wait(q).ok()?;
-        }
-    }
-}
-
 impl Engine {
     /// Starts the engine thread for `bundle`.
     pub fn start(bundle: Bundle, opts: EngineOptions) -> Result<Engine> {
@@ -454,22 +188,7 @@ impl Engine {
             started: AtomicU64::new(0),
         });
         let bundle = Arc::new(bundle);
-        let worker_shared = shared.clone();
-        let worker_bundle = bundle.clone();
-        let worker_opts = opts.clone();
-        std::thread::Builder::new()
-            .name("ferrolabel-engine".into())
-            .spawn(move || {
-                let worker = Worker {
-                    bundle: worker_bundle,
-                    opts: worker_opts,
-                    shared: worker_shared,
-                    cache: RefCell::new(HashMap::new()),
-                };
-                while let Some(job) = worker.next_job() {
-                    worker.run(job, false);
-                }
-            })?;
+        worker::spawn(bundle.clone(), opts.clone(), shared.clone())?;
         Ok(Engine {
             shared,
             bundle,
@@ -501,7 +220,7 @@ impl Engine {
         let priority = req.priority;
         self.enqueue(Job::Uncertainty { req, reply: tx }, priority)?;
         rx.await
-            .map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
+            .map_err(|_| ModelsError::Unavailable("the engine thread has stopped".into()))?
     }
 
     /// Queues a class-probability job and waits for its answer (async).
@@ -510,7 +229,7 @@ impl Engine {
         let priority = req.priority;
         self.enqueue(Job::Probability { req, reply: tx }, priority)?;
         rx.await
-            .map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
+            .map_err(|_| ModelsError::Unavailable("the engine thread has stopped".into()))?
     }
 
     /// The modification time of the weights file of `res` (`None` if missing): results
@@ -524,16 +243,18 @@ impl Engine {
             .shared
             .queues
             .lock()
-            .map_err(|_| ModelsError::Unavailable("engine queue poisoned".into()))?;
+            .map_err(|_| ModelsError::Unavailable("the engine queue is poisoned".into()))?;
         if q.shutdown {
-            return Err(ModelsError::Unavailable("engine is shutting down".into()));
+            return Err(ModelsError::Unavailable(
+                "the engine is shutting down".into(),
+            ));
         }
         let waiting = q.interactive.len() + q.background.len();
         if waiting >= self.opts.queue_limit {
-            return Err(ModelsError::Unavailable(format!(
-                "{waiting} inference jobs are already waiting (limit {})",
-                self.opts.queue_limit
-            )));
+            return Err(ModelsError::QueueFull {
+                waiting,
+                limit: self.opts.queue_limit,
+            });
         }
         let queued = Queued {
             job,
@@ -554,7 +275,7 @@ impl Engine {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Job::Load { res, reply: tx }, Priority::Interactive)?;
         rx.blocking_recv()
-            .map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
+            .map_err(|_| ModelsError::Unavailable("the engine thread has stopped".into()))?
     }
 
     /// Loads the weights of a resolution (async).
@@ -562,21 +283,21 @@ impl Engine {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Job::Load { res, reply: tx }, Priority::Interactive)?;
         rx.await
-            .map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
+            .map_err(|_| ModelsError::Unavailable("the engine thread has stopped".into()))?
     }
 
     /// Runs a job and waits for its answer (async).
     pub async fn infer(&self, req: InferRequest) -> Result<Segmentation> {
         let rx = self.submit(req)?;
         rx.await
-            .map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
+            .map_err(|_| ModelsError::Unavailable("the engine thread has stopped".into()))?
     }
 
     /// Runs a job and waits for its answer (blocking; for the CLI and jobs).
     pub fn infer_blocking(&self, req: InferRequest) -> Result<Segmentation> {
         let rx = self.submit(req)?;
         rx.blocking_recv()
-            .map_err(|_| ModelsError::Unavailable("engine thread stopped".into()))?
+            .map_err(|_| ModelsError::Unavailable("the engine thread has stopped".into()))?
     }
 
     /// Queue and run counts.
@@ -612,3 +333,4 @@ impl Engine {
 mod queue;
 #[cfg(test)]
 mod tests;
+mod worker;

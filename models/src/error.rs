@@ -2,7 +2,8 @@
 
 use thiserror::Error;
 
-/// Everything that can go wrong in the engine. The HTTP layer maps these to status codes.
+/// Everything that can go wrong in the engine. The server's error table (`server/src/error.rs`)
+/// maps these to HTTP status codes; this crate knows none.
 #[derive(Debug, Error)]
 pub enum ModelsError {
     /// The input volume or a request parameter is unusable.
@@ -29,9 +30,22 @@ pub enum ModelsError {
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,
-    /// The engine thread is gone or its queue is full.
+    /// The engine cannot take jobs: it is shutting down or its thread has stopped. Waiting
+    /// will not help (unlike [`ModelsError::QueueFull`]).
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    /// The engine's queue is full: the job was refused at once; a later try may succeed.
+    #[error("{waiting} inference jobs are already waiting (limit {limit})")]
+    QueueFull {
+        /// Jobs waiting when this one came.
+        waiting: usize,
+        /// The queue's limit (`EngineOptions::queue_limit`).
+        limit: usize,
+    },
+    /// The job panicked in the engine thread (libtorch answers a failed op, such as running
+    /// out of memory, with a panic). That job alone fails; the engine serves the next.
+    #[error("the inference job crashed: {0}")]
+    Panicked(String),
     /// File I/O failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

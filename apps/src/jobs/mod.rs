@@ -99,7 +99,7 @@ pub(crate) struct Inner {
     pub(crate) claimed: Notify,
     pub(crate) ended: Notify,
     pub(crate) shutting_down: AtomicBool,
-    errors: Mutex<Vec<(String, u16, String)>>,
+    errors: Mutex<Vec<(String, Arc<AppError>)>>,
 }
 
 impl Inner {
@@ -145,21 +145,21 @@ impl Inner {
             .cloned()
     }
 
-    pub(crate) fn remember_error(&self, id: &str, status: u16, message: String) {
+    pub(crate) fn remember_error(&self, id: &str, error: AppError) {
         let mut e = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         if e.len() == KEPT_ERRORS {
             e.remove(0);
         }
-        e.push((id.to_string(), status, message));
+        e.push((id.to_string(), Arc::new(error)));
     }
 
-    fn error_of(&self, id: &str) -> Option<(u16, String)> {
+    fn error_of(&self, id: &str) -> Option<Arc<AppError>> {
         self.errors
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .find(|(i, _, _)| i == id)
-            .map(|(_, s, m)| (*s, m.clone()))
+            .find(|(i, _)| i == id)
+            .map(|(_, e)| e.clone())
     }
 }
 
@@ -295,11 +295,12 @@ impl Scheduler {
                     JobState::Done => Ok(row.result.unwrap_or(Value::Null)),
                     JobState::Stopped => Err(AppError::Cancelled),
                     _ => {
-                        let (status, detail) = self
-                            .inner
-                            .error_of(id)
-                            .unwrap_or((500, row.error.unwrap_or_else(|| "the job failed".into())));
-                        Err(AppError::JobFailed { status, detail })
+                        let cause = self.inner.error_of(id);
+                        let detail = match &cause {
+                            Some(e) => e.to_string(),
+                            None => row.error.unwrap_or_else(|| "the job failed".into()),
+                        };
+                        Err(AppError::JobFailed { detail, cause })
                     }
                 };
             }

@@ -220,7 +220,7 @@ async fn finish(inner: &Arc<Inner>, live: &Arc<Live>, outcome: crate::Result<Val
         }
         (s, Err(e)) => {
             live.log(format!("{kind} task failed: {e}"));
-            inner.remember_error(&live.id, e.status(), e.to_string());
+            inner.remember_error(&live.id, e);
             s
         }
         (s, Ok(_)) => s,

@@ -216,7 +216,7 @@ fn a_full_queue_is_refused_at_once() {
         .unwrap();
     for priority in [Priority::Interactive, Priority::Background] {
         match engine.submit(request(SMALL, priority, &flag())) {
-            Err(ModelsError::Unavailable(msg)) => assert!(msg.contains("limit 2"), "{msg}"),
+            Err(ModelsError::QueueFull { waiting, limit }) => assert_eq!((waiting, limit), (2, 2)),
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("a third waiting job was accepted"),
         }
@@ -234,4 +234,50 @@ fn a_full_queue_is_refused_at_once() {
         engine.submit(request(SMALL, Priority::Interactive, &flag())),
         Err(ModelsError::Unavailable(_))
     ));
+}
+
+/// A volume whose data no longer fits its grid (its fields are public): libtorch refuses to
+/// view 100 values as the grid, and tch's `view` panics on that error.
+fn broken(priority: Priority) -> InferRequest {
+    let mut v = (*volume(SMALL)).clone();
+    v.data.truncate(100);
+    InferRequest {
+        volume: Arc::new(v),
+        ..request(SMALL, priority, &flag())
+    }
+}
+
+fn assert_panicked(r: Result<Segmentation>) {
+    match r {
+        Err(ModelsError::Panicked(msg)) => {
+            assert!(msg.contains("invalid for input of size 100"), "{msg}")
+        }
+        Err(e) => panic!("not a panic: {e}"),
+        Ok(_) => panic!("the broken job succeeded"),
+    }
+}
+
+#[test]
+fn a_panicking_job_fails_alone_and_the_engine_serves_the_next() {
+    let (_dir, engine) = tiny_engine(8);
+    assert_panicked(engine.infer_blocking(broken(Priority::Interactive)));
+    let seg = engine
+        .infer_blocking(request(SMALL, Priority::Interactive, &flag()))
+        .unwrap();
+    assert_eq!(seg.labels.len(), SMALL * 16 * 16);
+    // between two windows of a background job: it fails alone, the background job finishes
+    let before = engine.status().background_windows;
+    let bg = engine
+        .submit(request(BIG, Priority::Background, &flag()))
+        .unwrap();
+    wait_until("the background job's first window", || {
+        engine.status().background_windows > before
+    });
+    assert_panicked(engine.infer_blocking(broken(Priority::Interactive)));
+    assert_eq!(answer(bg).unwrap().labels.len(), BIG * 16 * 16);
+    engine
+        .infer_blocking(request(SMALL, Priority::Background, &flag()))
+        .unwrap();
+    let st = engine.status();
+    assert_eq!((st.running, st.queued, st.completed), (0, 0, 5));
 }

@@ -56,10 +56,10 @@ impl std::fmt::Debug for Pacs {
 }
 
 /// The datastore's error for a failed PACS operation (502/504/422 by
-/// [`DicomWebError::http_status`]).
+/// [`crate::error::dicomweb_status`]).
 pub fn remote_error(e: DicomWebError) -> DatastoreError {
     DatastoreError::Remote {
-        status: e.http_status(),
+        status: crate::error::dicomweb_status(&e).as_u16(),
         detail: e.to_string(),
     }
 }
