@@ -16,6 +16,7 @@ pub mod leftovers;
 pub mod logging;
 pub mod multipart;
 pub mod pacs;
+pub mod openapi;
 pub mod pyjson;
 pub mod response;
 pub mod routes;

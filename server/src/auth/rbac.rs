@@ -52,6 +52,9 @@ pub const RULES: &[Rule] = &[
     // unprotected even with auth on
     rule("GET", "/", Public),
     rule("GET", "/favicon.ico", Public),
+    // the API description and its browser (docs/api.md)
+    rule("GET", "/openapi.json", Public),
+    rule("GET", "/docs", Public),
     rule("*", "/auth", Public),
     rule("GET", "/auth/token/valid", Authenticated),
     // info, inference, active learning, sessions
@@ -152,6 +155,9 @@ mod tests {
         assert_eq!(a("PUT", "/datastore/"), ANNOTATOR);
         assert_eq!(a("DELETE", "/datastore/"), ADMIN);
         assert_eq!(a("DELETE", "/datastore/image"), ADMIN);
+        assert_eq!(a("GET", "/docs"), Public);
+        assert_eq!(a("GET", "/docs/swagger-ui.css"), Public);
+        assert_eq!(a("GET", "/openapi.json"), Public);
         assert_eq!(a("HEAD", "/datastore/image"), USER);
         assert_eq!(a("PUT", "/datastore/label"), ANNOTATOR);
         assert_eq!(a("DELETE", "/datastore/label"), ADMIN);

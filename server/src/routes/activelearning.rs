@@ -23,6 +23,24 @@ const MAX_BODY: u64 = 1 << 20;
 /// `{"strategy": <path>}`. Answers `{}` when every image is labeled; otherwise the strategy's
 /// result plus `path`, overlaid with the image's info, and records
 /// `strategy.<name> = {ts, client_id}` in the image info.
+#[utoipa::path(
+    post,
+    path = "/activelearning/{strategy}",
+    tag = "activelearning",
+    description = "Picks the next image without a `final` label and records the choice in its info. `epistemic` first scores unscored images (heavy).",
+    params(
+        ("strategy" = String, Path, description = "`random`, `first` or `epistemic`"),
+    ),
+    request_body(content = Option<crate::openapi::schemas::AnyObject>, content_type = "application/json", description = "Optional: `strategy` (overrides the path), `client_id`, `seed` (random), the epistemic options."),
+    responses(
+        (status = 200, description = "The chosen image (`id`, `path`, its info); `{}` when every image has a `final` label", body = crate::openapi::schemas::AnyObject),
+        (status = 404, description = "Unknown strategy", body = crate::openapi::schemas::Detail),
+        (status = 413, description = "Body over 1 MiB", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "A body that is not a JSON object, a bad `seed` or option", body = crate::openapi::schemas::Detail),
+        (status = 429, description = "`epistemic`: the engine queue is full", body = crate::openapi::schemas::Detail),
+        (status = 503, description = "`epistemic`: the model's weights are not installed", body = crate::openapi::schemas::Detail),
+    )
+)]
 pub async fn next_sample(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -19,35 +19,52 @@ use crate::response;
 /// Largest accepted login form.
 const FORM_LIMIT: usize = 16 * 1024;
 
-/// Registers the `/auth/*` routes with `auth` as their data.
+/// Registers the `/auth/*` routes of [`super::AUTH_ROUTES`] with `auth` as their data.
 pub fn configure(cfg: &mut web::ServiceConfig, auth: Arc<Auth>) {
     let data = web::Data::from(auth);
-    cfg.service(
-        super::resource("/auth/", "GET")
-            .app_data(data.clone())
-            .route(web::get().to(describe)),
-    )
-    .service(
-        super::resource("/auth/token", "POST")
-            .app_data(data.clone())
-            .app_data(
+    for e in super::AUTH_ROUTES {
+        cfg.service(
+            super::endpoint_resource(e).app_data(data.clone()).app_data(
                 web::FormConfig::default()
                     .limit(FORM_LIMIT)
                     .error_handler(|e, _| {
                         ApiError::unprocessable(format!("invalid login form: {e}")).into()
                     }),
-            )
-            .route(web::post().to(token)),
-    )
-    .service(super::resource("/auth/token/valid", "GET").route(web::get().to(valid)));
+            ),
+        );
+    }
 }
 
 /// `GET /auth/`.
+#[utoipa::path(
+    get,
+    path = "/auth/",
+    tag = "auth",
+    description = "Whether authentication is on. Exists only with `--auth-enable`: without it the \
+        path is unknown (404), which is how the clients tell that auth is off.",
+    responses(
+        (status = 200, description = "Auth is on", body = crate::openapi::schemas::AuthInfo),
+        (status = 404, description = "The server runs without `--auth-enable`", body = crate::openapi::schemas::Detail),
+    )
+)]
 pub async fn describe(auth: web::Data<Auth>) -> HttpResponse {
     response::json(auth.describe())
 }
 
 /// `POST /auth/token`.
+#[utoipa::path(
+    post,
+    path = "/auth/token",
+    tag = "auth",
+    description = "Log in: a bearer token for the other operations. Only with `--auth-enable`.",
+    request_body(content = crate::openapi::schemas::LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Logged in", body = crate::openapi::schemas::Token),
+        (status = 401, description = "Incorrect user name or password", body = crate::openapi::schemas::Detail),
+        (status = 404, description = "The server runs without `--auth-enable`", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Not a urlencoded form (or over 16 KiB), a missing field, or `grant_type` other than `password`", body = crate::openapi::schemas::Detail),
+    )
+)]
 pub async fn token(
     auth: web::Data<Auth>,
     form: web::Form<HashMap<String, String>>,
@@ -83,6 +100,16 @@ pub async fn token(
 }
 
 /// `GET /auth/token/valid` (the layer has checked the token).
+#[utoipa::path(
+    get,
+    path = "/auth/token/valid",
+    tag = "auth",
+    description = "Who the bearer token belongs to. Only with `--auth-enable`.",
+    responses(
+        (status = 200, description = "The token is valid", body = crate::openapi::schemas::WhoAmI),
+        (status = 404, description = "The server runs without `--auth-enable`", body = crate::openapi::schemas::Detail),
+    )
+)]
 pub async fn valid(req: HttpRequest) -> HttpResponse {
     response::json(Identity::of(&req).to_json())
 }

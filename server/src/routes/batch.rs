@@ -22,16 +22,59 @@ use crate::routes::{q, QueryMap};
 use crate::state::AppState;
 
 /// `GET /batch/infer`.
+#[utoipa::path(
+    get,
+    path = "/batch/infer",
+    tag = "batch",
+    params(
+        ("all" = Option<bool>, Query, description = "Every task of the kind"),
+        ("check_if_running" = Option<bool>, Query, description = "Only the running one (404 if none)"),
+    ),
+    responses(
+        (status = 200, description = "The latest batch inference task, or every one with `all=true`, or the running one with `check_if_running=true`", body = crate::openapi::schemas::TaskOrList),
+        (status = 404, description = "No batch inference task (running)", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "A bad boolean", body = crate::openapi::schemas::Detail),
+    )
+)]
 pub async fn status(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
     kind_status(&state, BATCH_INFER, &query).await
 }
 
 /// `DELETE /batch/infer`.
+#[utoipa::path(
+    delete,
+    path = "/batch/infer",
+    tag = "batch",
+    responses(
+        (status = 200, description = "The stopped batch inference task, or `null` when none ran", body = crate::openapi::schemas::TaskOrNull),
+    )
+)]
 pub async fn stop(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     kind_stop(&state, BATCH_INFER).await
 }
 
 /// `POST /batch/infer/{model}`.
+#[utoipa::path(
+    post,
+    path = "/batch/infer/{model}",
+    tag = "batch",
+    description = "Segments many datastore images as a background task (heavy).",
+    params(
+        ("model" = String, Path, description = "The model"),
+        ("images" = Option<crate::openapi::schemas::BatchImages>, Query, description = "Which images (default `all`)"),
+        ("run_sync" = Option<bool>, Query, description = "Answer once the task has ended"),
+        ("enqueue" = Option<bool>, Query, description = "Queue behind a running task instead of 429"),
+    ),
+    request_body(content = Option<crate::openapi::schemas::AnyObject>, content_type = "application/json", description = "Optional: infer params for every image; `model` overrides the path."),
+    responses(
+        (status = 200, description = "The task (with `run_sync=true`: its outcome)", body = crate::openapi::schemas::AnyObject),
+        (status = 413, description = "Body over 1 MiB", body = crate::openapi::schemas::Detail),
+        (status = 404, description = "Unknown model", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Bad `images`, a body that is not a JSON object, a bad option or boolean", body = crate::openapi::schemas::Detail),
+        (status = 503, description = "The model's weights are not installed", body = crate::openapi::schemas::Detail),
+        (status = 429, description = "A task of this kind runs (and `enqueue` is false)", body = crate::openapi::schemas::Detail),
+    )
+)]
 pub async fn run(
     req: HttpRequest,
     state: web::Data<AppState>,

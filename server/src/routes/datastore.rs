@@ -65,6 +65,18 @@ async fn checked_image(state: &AppState, file: &UploadedFile) -> ApiResult<Strin
 /// Checks an uploaded label for the image at `image` (format by content, readable, finite, on
 /// the image's grid: [`ferrolabel_apps::validate::check_label`]); the extension to store it
 /// under.
+#[utoipa::path(
+    get,
+    path = "/datastore/",
+    tag = "datastore",
+    params(
+        ("output" = Option<crate::openapi::schemas::DatastoreOutput>, Query, description = "What to list (default `stats`)"),
+    ),
+    responses(
+        (status = 200, description = "`stats`: counts; `all`: MONAI Label's datastore model; `train`: image/label pairs", body = crate::openapi::schemas::DatastoreListing),
+        (status = 422, description = "Unknown `output`", body = crate::openapi::schemas::Detail),
+    )
+)]
 async fn checked_label(state: &AppState, file: &UploadedFile, image: PathBuf) -> ApiResult<String> {
     let ext = content_ext(file, "label").await?;
     state.app.check_label(image, file.path()).await?;
@@ -88,6 +100,25 @@ pub async fn list(state: web::Data<AppState>, query: QueryMap) -> ApiResult<Http
         }
         other => Err(ApiError::unprocessable(format!(
             "query parameter \"output\": {other:?} is not one of stats, all, train"
+#[utoipa::path(
+    put,
+    path = "/datastore/",
+    tag = "datastore",
+    description = "Stores an image: the format is decided by the content (NIfTI-1, NRRD, or a DICOM series as a zip or as several DICOM files, stored as the NIfTI it assembles to). The id is `image`, else the file name without its extension.",
+    params(
+        ("image" = Option<String>, Query, description = "Image id (default: from the file name)"),
+        ("series" = Option<String>, Query, description = "A DICOM series instance UID, to pick one series of several"),
+    ),
+    request_body(content = crate::openapi::schemas::ImageForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Stored", body = crate::openapi::schemas::ImageSaved),
+        (status = 400, description = "A broken multipart body", body = crate::openapi::schemas::Detail),
+        (status = 413, description = "Body over `--max-upload-mb`", body = crate::openapi::schemas::Detail),
+        (status = 409, description = "An id clash", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "No `file` part, bad params JSON, an unsafe id, or an image that cannot be read (corrupt, not NIfTI/NRRD/DICOM, NaN voxels, singular geometry)", body = crate::openapi::schemas::Detail),
+        (status = 502, description = "DICOMweb datastore: the PACS refused the upload or is unreachable", body = crate::openapi::schemas::Detail),
+    )
+)]
         ))),
     }
 }
@@ -125,6 +156,35 @@ pub async fn upload_image(
     let file = &files[0];
     let ext = checked_image(&state, file).await?;
     let rec = state
+/// `PUT /datastore/image?image=`: [`upload_image`] (its own function for the API description).
+#[utoipa::path(
+    put,
+    path = "/datastore/image",
+    tag = "datastore",
+    description = "Stores an image: the format is decided by the content (NIfTI-1, NRRD, or a DICOM series as a zip or as several DICOM files, stored as the NIfTI it assembles to). The id is `image`, else the file name without its extension. Same as `PUT /datastore/`.",
+    params(
+        ("image" = Option<String>, Query, description = "Image id (default: from the file name)"),
+        ("series" = Option<String>, Query, description = "A DICOM series instance UID, to pick one series of several"),
+    ),
+    request_body(content = crate::openapi::schemas::ImageForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Stored", body = crate::openapi::schemas::ImageSaved),
+        (status = 400, description = "A broken multipart body", body = crate::openapi::schemas::Detail),
+        (status = 413, description = "Body over `--max-upload-mb`", body = crate::openapi::schemas::Detail),
+        (status = 409, description = "An id clash", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "No `file` part, bad params JSON, an unsafe id, or an image that cannot be read (corrupt, not NIfTI/NRRD/DICOM, NaN voxels, singular geometry)", body = crate::openapi::schemas::Detail),
+        (status = 502, description = "DICOMweb datastore: the PACS refused the upload or is unreachable", body = crate::openapi::schemas::Detail),
+    )
+)]
+pub async fn upload_image_at(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: QueryMap,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    upload_image(state, req, query, payload).await
+}
+
         .datastore
         .add_image(&id, &ext, Source::File(file.path()), params, Some(&user))
         .await?;
@@ -140,6 +200,20 @@ fn image_not_found(e: DatastoreError) -> ApiError {
 }
 
 fn label_not_found(e: DatastoreError) -> ApiError {
+#[utoipa::path(
+    delete,
+    path = "/datastore/",
+    tag = "datastore",
+    description = "Removes an image and its labels.",
+    params(
+        ("id" = String, Query, description = "Image id"),
+    ),
+    responses(
+        (status = 200, description = "Removed", body = crate::openapi::schemas::Empty),
+        (status = 404, description = "Unknown image", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Missing or unsafe `id`", body = crate::openapi::schemas::Detail),
+    )
+)]
     match e {
         DatastoreError::NotFound(_) => ApiError::not_found(LABEL_NOT_FOUND),
         other => other.into(),
@@ -154,8 +228,44 @@ pub async fn remove_image(state: web::Data<AppState>, query: QueryMap) -> ApiRes
         .remove_image(id)
         .await
         .map_err(|e| match e {
+/// `DELETE /datastore/image?id=`: [`remove_image`] (its own function for the API description).
+#[utoipa::path(
+    delete,
+    path = "/datastore/image",
+    tag = "datastore",
+    description = "Removes an image and its labels. Same as `DELETE /datastore/`.",
+    params(
+        ("id" = String, Query, description = "Image id"),
+    ),
+    responses(
+        (status = 200, description = "Removed", body = crate::openapi::schemas::Empty),
+        (status = 404, description = "Unknown image", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Missing or unsafe `id`", body = crate::openapi::schemas::Detail),
+    )
+)]
+pub async fn remove_image_at(
+    state: web::Data<AppState>,
+    query: QueryMap,
+) -> ApiResult<HttpResponse> {
+    remove_image(state, query).await
+}
+
             DatastoreError::NotFound(_) => ApiError::not_found(format!("Image NOT Found: {id}")),
             other => other.into(),
+#[utoipa::path(
+    head,
+    path = "/datastore/image",
+    tag = "datastore",
+    params(
+        ("image" = String, Query, description = "Image id"),
+        ("check_sum" = Option<String>, Query, description = "`SHA256:<hex>`: also compare the file's checksum"),
+    ),
+    responses(
+        (status = 200, description = "The image exists (and matches the checksum)"),
+        (status = 404, description = "Unknown image, or the checksum differs", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Missing or unsafe `image`", body = crate::openapi::schemas::Detail),
+    )
+)]
         })?;
     crate::dicom_source::remove(&state, id).await;
     Ok(response::empty_object())
@@ -178,6 +288,21 @@ pub async fn head_image(state: web::Data<AppState>, query: QueryMap) -> ApiResul
         let want = check
             .strip_prefix("SHA256:")
             .or_else(|| check.strip_prefix("sha256:"))
+#[utoipa::path(
+    get,
+    path = "/datastore/image",
+    tag = "datastore",
+    params(
+        ("image" = String, Query, description = "Image id"),
+    ),
+    responses(
+        (status = 200, description = "The image file, named `<id><ext>`", content_type = "application/octet-stream", body = String),
+        (status = 404, description = "Unknown image", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Missing or unsafe `image`", body = crate::openapi::schemas::Detail),
+        (status = 502, description = "DICOMweb datastore: the PACS failed", body = crate::openapi::schemas::Detail),
+        (status = 504, description = "DICOMweb datastore: the PACS timed out", body = crate::openapi::schemas::Detail),
+    )
+)]
             .unwrap_or(check);
         if !actual.eq_ignore_ascii_case(want) {
             return Err(ApiError::not_found("Image NOT Found (checksum failed)"));
@@ -201,6 +326,18 @@ pub async fn download_image(
     // a PACS image is fetched on first use (502/504 when the PACS fails)
     let path = if rec.remote {
         state.datastore.image_path(id).await?
+#[utoipa::path(
+    get,
+    path = "/datastore/image/info",
+    tag = "datastore",
+    params(
+        ("image" = String, Query, description = "Image id"),
+    ),
+    responses(
+        (status = 200, description = "The image info plus `path`; `{}` for an unknown id", body = crate::openapi::schemas::AnyObject),
+        (status = 422, description = "Missing or unsafe `image`", body = crate::openapi::schemas::Detail),
+    )
+)]
     } else {
         rec.path
     };
@@ -218,6 +355,22 @@ pub async fn image_info(state: web::Data<AppState>, query: QueryMap) -> ApiResul
 
 async fn info_patch(
     state: &AppState,
+#[utoipa::path(
+    put,
+    path = "/datastore/image/info",
+    tag = "datastore",
+    params(
+        ("image" = String, Query, description = "Image id"),
+    ),
+    request_body(content = crate::openapi::schemas::InfoForm, content_type = "multipart/form-data", description = "Field `info`: a JSON object merged (shallowly) over the stored info; urlencoded works too."),
+    responses(
+        (status = 200, description = "Merged", body = crate::openapi::schemas::Null),
+        (status = 400, description = "A broken multipart body", body = crate::openapi::schemas::Detail),
+        (status = 413, description = "Body over `--max-upload-mb`", body = crate::openapi::schemas::Detail),
+        (status = 404, description = "Unknown image", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Missing `image`, a missing or bad `info` JSON object", body = crate::openapi::schemas::Detail),
+    )
+)]
     req: &HttpRequest,
     payload: web::Payload,
     field: &str,
@@ -235,6 +388,26 @@ pub async fn update_image_info(
 ) -> ApiResult<HttpResponse> {
     let id = q_required(&query, "image")?.to_string();
     let patch = info_patch(&state, &req, payload, "info").await?;
+#[utoipa::path(
+    put,
+    path = "/datastore/label",
+    tag = "datastore",
+    description = "Stores a label (a new revision of `image`'s label under `tag`).",
+    params(
+        ("image" = String, Query, description = "Image id"),
+        ("tag" = Option<String>, Query, description = "Label tag (default `final`)"),
+    ),
+    request_body(content = crate::openapi::schemas::LabelForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Stored", body = crate::openapi::schemas::LabelSaved),
+        (status = 400, description = "A broken multipart body", body = crate::openapi::schemas::Detail),
+        (status = 413, description = "Body over `--max-upload-mb`", body = crate::openapi::schemas::Detail),
+        (status = 404, description = "Unknown image", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "No `label` part, bad params JSON, an unsafe id or tag, or a label that cannot be read or lies off the image's grid", body = crate::openapi::schemas::Detail),
+        (status = 502, description = "DICOMweb datastore: the PACS failed", body = crate::openapi::schemas::Detail),
+        (status = 504, description = "DICOMweb datastore: the PACS timed out", body = crate::openapi::schemas::Detail),
+    )
+)]
     state
         .datastore
         .update_image_info(&id, patch, Some(&Identity::of(&req).username))
@@ -298,6 +471,27 @@ pub async fn save_label(
     tracing::info!(image = %id, tag = %tag, rev = ?rec.rev, "label saved");
     let mut answer = json!({"image": id, "label": id});
     if let (Some(pacs), true) = (&state.pacs, image.remote && tag == FINAL_TAG) {
+#[utoipa::path(
+    get,
+    path = "/datastore/label",
+    tag = "datastore",
+    params(
+        ("label" = String, Query, description = "Image id"),
+        ("tag" = String, Query, description = "Label tag (may be empty: `final`)"),
+        ("format" = Option<crate::openapi::schemas::LabelFormat>, Query, description = "Default `label`"),
+        ("seg_type" = Option<crate::openapi::schemas::SegType>, Query, description = "With `format=dicom_seg` (default `binary`)"),
+    ),
+    responses(
+        (status = 200, description = "The label file, named `<id><ext>`, or with `format=dicom_seg` a DICOM SEG", content(
+            (String = "application/octet-stream"),
+            (String = "application/dicom"),
+        )),
+        (status = 404, description = "Unknown label", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Missing `label` or `tag`, a bad `format` or `seg_type`, or `dicom_seg` for an image without a DICOM source", body = crate::openapi::schemas::Detail),
+        (status = 502, description = "DICOMweb datastore: the PACS failed", body = crate::openapi::schemas::Detail),
+        (status = 504, description = "DICOMweb datastore: the PACS timed out", body = crate::openapi::schemas::Detail),
+    )
+)]
         // the label is saved; the SEG goes to the PACS now or later (docs/dicomweb.md)
         answer["pacs"] = crate::pacs::outbox::queue_final(pacs.clone(), &id, rec.rev).await?;
     }
@@ -348,6 +542,20 @@ pub async fn download_label(
         return Ok(crate::dicom_source::seg_response(
             seg,
             &format!("{}.dcm", rec.image_id),
+#[utoipa::path(
+    head,
+    path = "/datastore/label",
+    tag = "datastore",
+    params(
+        ("image" = String, Query, description = "Image id"),
+        ("tag" = Option<String>, Query, description = "Label tag (default `final`)"),
+    ),
+    responses(
+        (status = 200, description = "The label exists"),
+        (status = 404, description = "Unknown label", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Missing or unsafe `image`, or an unsafe tag", body = crate::openapi::schemas::Detail),
+    )
+)]
         ));
     }
     let name = format!("{}{}", rec.image_id, rec.ext);
@@ -359,6 +567,19 @@ pub async fn download_label(
 /// `HEAD /datastore/label?image=&tag=` (the id is in `image`).
 pub async fn head_label(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
     let id = q_required(&query, "image")?;
+#[utoipa::path(
+    delete,
+    path = "/datastore/label",
+    tag = "datastore",
+    params(
+        ("id" = String, Query, description = "Image id"),
+        ("tag" = Option<String>, Query, description = "Label tag (default `final`)"),
+    ),
+    responses(
+        (status = 200, description = "Removed (or there was none)", body = crate::openapi::schemas::Empty),
+        (status = 422, description = "Missing or unsafe `id`, or an unsafe tag", body = crate::openapi::schemas::Detail),
+    )
+)]
     state
         .datastore
         .label_path(id, q(&query, "tag"))
@@ -366,6 +587,19 @@ pub async fn head_label(state: web::Data<AppState>, query: QueryMap) -> ApiResul
         .map_err(label_not_found)?;
     Ok(response::empty_object())
 }
+#[utoipa::path(
+    get,
+    path = "/datastore/label/info",
+    tag = "datastore",
+    params(
+        ("label" = String, Query, description = "Image id"),
+        ("tag" = Option<String>, Query, description = "Label tag (default `final`)"),
+    ),
+    responses(
+        (status = 200, description = "The label info; `{}` if unknown", body = crate::openapi::schemas::AnyObject),
+        (status = 422, description = "Missing or unsafe `label`, or an unsafe tag", body = crate::openapi::schemas::Detail),
+    )
+)]
 
 /// `DELETE /datastore/label?id=&tag=`: `{}` whether or not the label existed.
 pub async fn remove_label(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
@@ -395,6 +629,23 @@ async fn update_label(
     let id = q_required(&query, "label")?.to_string();
     let tag = q(&query, "tag").to_string();
     let patch = info_patch(&state, &req, payload, field).await?;
+#[utoipa::path(
+    put,
+    path = "/datastore/label/info",
+    tag = "datastore",
+    params(
+        ("label" = String, Query, description = "Image id"),
+        ("tag" = Option<String>, Query, description = "Label tag (default `final`)"),
+    ),
+    request_body(content = crate::openapi::schemas::InfoForm, content_type = "multipart/form-data", description = "Field `info`: a JSON object merged over the stored label info; urlencoded works too."),
+    responses(
+        (status = 200, description = "Merged", body = crate::openapi::schemas::Null),
+        (status = 400, description = "A broken multipart body", body = crate::openapi::schemas::Detail),
+        (status = 413, description = "Body over `--max-upload-mb`", body = crate::openapi::schemas::Detail),
+        (status = 404, description = "Unknown label", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Missing `label`, an unsafe tag, a missing or bad JSON object", body = crate::openapi::schemas::Detail),
+    )
+)]
     state
         .datastore
         .update_label_info(&id, &tag, patch, Some(&Identity::of(&req).username))
@@ -405,6 +656,23 @@ async fn update_label(
 
 /// `PUT /datastore/label/info?label=&tag=` (form field `info`): answers `null`.
 pub async fn update_label_info(
+#[utoipa::path(
+    put,
+    path = "/datastore/updatelabelinfo",
+    tag = "datastore",
+    params(
+        ("label" = String, Query, description = "Image id"),
+        ("tag" = Option<String>, Query, description = "Label tag (default `final`)"),
+    ),
+    request_body(content = crate::openapi::schemas::ParamsForm, content_type = "multipart/form-data", description = "Field `params`: a JSON object merged over the stored label info; urlencoded works too."),
+    responses(
+        (status = 200, description = "Merged", body = crate::openapi::schemas::Null),
+        (status = 400, description = "A broken multipart body", body = crate::openapi::schemas::Detail),
+        (status = 413, description = "Body over `--max-upload-mb`", body = crate::openapi::schemas::Detail),
+        (status = 404, description = "Unknown label", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Missing `label`, an unsafe tag, a missing or bad JSON object", body = crate::openapi::schemas::Detail),
+    )
+)]
     state: web::Data<AppState>,
     req: HttpRequest,
     query: QueryMap,
@@ -416,6 +684,19 @@ pub async fn update_label_info(
 /// `PUT /datastore/updatelabelinfo?label=&tag=` (form field `params`): answers `null`.
 pub async fn update_label_info_params(
     state: web::Data<AppState>,
+#[utoipa::path(
+    get,
+    path = "/datastore/dataset",
+    tag = "datastore",
+    params(
+        ("limit_cases" = Option<i64>, Query, description = "At most this many cases (0 or absent: all)"),
+    ),
+    responses(
+        (status = 200, description = "A zip of every `final` label with its image and `metadata.json`", content_type = "application/zip", body = String),
+        (status = 404, description = "No image has a `final` label", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "`limit_cases` is not an integer", body = crate::openapi::schemas::Detail),
+    )
+)]
     req: HttpRequest,
     query: QueryMap,
     payload: web::Payload,

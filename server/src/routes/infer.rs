@@ -64,6 +64,35 @@ pub(crate) enum Input {
 
 /// Runs a model and answers with the label map and/or the result params.
 pub async fn infer(
+#[utoipa::path(
+    post,
+    path = "/infer/{model}",
+    tag = "infer",
+    description = "Runs a model. The result may be saved as a label of the datastore image (tag `original` by default; `params.label_tag`). Heavy: the network runs on the engine thread.",
+    params(
+        ("model" = String, Path, description = "The model (`wholeBody_ct_segmentation`) or a scribbles method (`Histogram+GraphCut`, `Model+GraphCut`)"),
+        ("image" = Option<String>, Query, description = "Datastore image id (or `params.image`, or a `file` part)"),
+        ("session_id" = Option<String>, Query, description = "A session whose image is the input"),
+        ("output" = Option<crate::openapi::schemas::InferOutput>, Query, description = "The answer's form (default `all`)"),
+        ("seg_type" = Option<crate::openapi::schemas::SegType>, Query, description = "With `output=dicom_seg` (default `binary`)"),
+    ),
+    request_body(content = Option<crate::openapi::schemas::InferForm>, content_type = "multipart/form-data", description = "Fields `params` (JSON object) and optionally `file` (an input image, not stored). `application/x-www-form-urlencoded` with `params` is accepted too; an empty body is allowed."),
+    responses(
+        (status = 200, description = "`output=all` (the default): `multipart/form-data` with a `params` part (JSON) and an `image` part (the label file); `image`: the label file; `json`: the result params; `dicom_seg`: a DICOM SEG", content(
+            (crate::openapi::schemas::AnyObject = "multipart/form-data"),
+            (crate::openapi::schemas::AnyObject = "application/json"),
+            (String = "application/octet-stream"),
+            (String = "application/dicom"),
+        )),
+        (status = 400, description = "A broken multipart body", body = crate::openapi::schemas::Detail),
+        (status = 404, description = "Unknown model, image or session", body = crate::openapi::schemas::Detail),
+        (status = 413, description = "Body over `--max-upload-mb`", body = crate::openapi::schemas::Detail),
+        (status = 415, description = "A body that is neither multipart/form-data nor urlencoded", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Bad `output`, params JSON or values, no input image, an unreadable image, or `dicom_seg` for an image without a DICOM source", body = crate::openapi::schemas::Detail),
+        (status = 429, description = "The inference queue is full", body = crate::openapi::schemas::Detail),
+        (status = 503, description = "The model's weights are not installed", body = crate::openapi::schemas::Detail),
+    )
+)]
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,

@@ -33,6 +33,25 @@ fn tail(path: &std::path::Path, lines: usize) -> std::io::Result<String> {
 /// The last `lines` lines (`0` = everything) as text/plain (`text=true` or `html=false`), or in
 /// a small HTML page.
 pub async fn logs(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
+#[utoipa::path(
+    get,
+    path = "/logs/",
+    tag = "logs",
+    params(
+        ("lines" = Option<i64>, Query, description = "How many lines (default 300; 0: all)"),
+        ("text" = Option<bool>, Query, description = "Plain text"),
+        ("html" = Option<bool>, Query, description = "HTML (default true)"),
+        ("refresh" = Option<i64>, Query, description = "HTML: reload every N seconds (at least 3)"),
+    ),
+    responses(
+        (status = 200, description = "The tail of the server log, as text or in a small HTML page", content(
+            (String = "text/plain"),
+            (String = "text/html"),
+        )),
+        (status = 404, description = "No log file", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "A bad integer or boolean", body = crate::openapi::schemas::Detail),
+    )
+)]
     let lines = q_int(&query, "lines", 300)?.max(0) as usize;
     let text = q_bool(&query, "text", false)? || !q_bool(&query, "html", true)?;
     let refresh = q_int(&query, "refresh", 0)?;

@@ -11,6 +11,7 @@ pub mod activelearning;
 pub mod auth;
 pub mod batch;
 pub mod datastore;
+pub mod history;
 pub mod infer;
 pub mod info;
 pub mod logs;
@@ -22,6 +23,7 @@ pub mod scoring;
 pub mod scribbles;
 pub mod session;
 pub mod tasks;
+pub mod ui;
 pub mod train;
 
 use std::collections::HashMap;
@@ -31,7 +33,7 @@ use std::time::Instant;
 use actix_web::body::BoxBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode};
-use actix_web::{web, HttpResponse, Resource};
+use actix_web::{web, HttpResponse, Resource, Route};
 use futures_util::future::LocalBoxFuture;
 use tracing::Instrument;
 
@@ -96,95 +98,262 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found("Not Found"))
 }
 
-/// Registers every route.
+/// One method of an [`Endpoint`]: the HTTP method and the handler's route (without a method
+/// guard; [`configure`] adds it from the method).
+pub type Handler = (&'static str, fn() -> Route);
+
+/// One path of the route table.
+pub struct Endpoint {
+    /// The path as the OpenAPI description writes it, `{name}` for a parameter
+    /// (`{name:regex}` where the parameter may span segments). Served with and without its
+    /// trailing slash.
+    pub path: &'static str,
+    /// The `Allow` header of a 405 (the methods of `handlers`, a unit test checks).
+    pub allow: &'static str,
+    /// The methods served.
+    pub handlers: &'static [Handler],
+}
+
+/// Every route of the server but `/auth/*` ([`AUTH_ROUTES`]): what [`configure`] registers and
+/// what the OpenAPI description must list (`crate::openapi`'s tests compare them).
+pub const ROUTES: &[Endpoint] = &[
+    ep("/", "GET", &[("GET", || web::to(root::index))]),
+    ep("/info/", "GET", &[("GET", || web::to(info::info))]),
+    ep(
+        "/infer/{model}",
+        "POST",
+        &[("POST", || web::to(infer::infer))],
+    ),
+    ep(
+        "/datastore/",
+        "GET, PUT, DELETE",
+        &[
+            ("GET", || web::to(datastore::list)),
+            ("PUT", || web::to(datastore::upload_image)),
+            ("DELETE", || web::to(datastore::remove_image)),
+        ],
+    ),
+    ep(
+        "/datastore/image",
+        "GET, HEAD, PUT, DELETE",
+        &[
+            ("GET", || web::to(datastore::download_image)),
+            ("HEAD", || web::to(datastore::head_image)),
+            ("PUT", || web::to(datastore::upload_image_at)),
+            ("DELETE", || web::to(datastore::remove_image_at)),
+        ],
+    ),
+    ep(
+        "/datastore/image/info",
+        "GET, PUT",
+        &[
+            ("GET", || web::to(datastore::image_info)),
+            ("PUT", || web::to(datastore::update_image_info)),
+        ],
+    ),
+    ep(
+        "/datastore/label",
+        "GET, HEAD, PUT, DELETE",
+        &[
+            ("GET", || web::to(datastore::download_label)),
+            ("HEAD", || web::to(datastore::head_label)),
+            ("PUT", || web::to(datastore::save_label)),
+            ("DELETE", || web::to(datastore::remove_label)),
+        ],
+    ),
+    ep(
+        "/datastore/label/info",
+        "GET, PUT",
+        &[
+            ("GET", || web::to(datastore::label_info)),
+            ("PUT", || web::to(datastore::update_label_info)),
+        ],
+    ),
+    ep(
+        "/datastore/updatelabelinfo",
+        "PUT",
+        &[("PUT", || web::to(datastore::update_label_info_params))],
+    ),
+    ep(
+        "/datastore/dataset",
+        "GET",
+        &[("GET", || web::to(datastore::dataset))],
+    ),
+    ep(
+        "/datastore/label/report",
+        "GET",
+        &[("GET", || web::to(report::label_report))],
+    ),
+    ep("/session/", "PUT", &[("PUT", || web::to(session::create))]),
+    ep(
+        "/session/{id}",
+        "GET, DELETE",
+        &[
+            ("GET", || web::to(session::get)),
+            ("DELETE", || web::to(session::remove)),
+        ],
+    ),
+    ep(
+        "/activelearning/{strategy}",
+        "POST",
+        &[("POST", || web::to(activelearning::next_sample))],
+    ),
+    ep(
+        "/scoring/",
+        "GET, POST, DELETE",
+        &[
+            ("GET", || web::to(scoring::status)),
+            ("POST", || web::to(scoring::run_all)),
+            ("DELETE", || web::to(scoring::stop)),
+        ],
+    ),
+    ep(
+        "/scoring/{method}",
+        "POST",
+        &[("POST", || web::to(scoring::run_one))],
+    ),
+    ep(
+        "/batch/infer",
+        "GET, DELETE",
+        &[
+            ("GET", || web::to(batch::status)),
+            ("DELETE", || web::to(batch::stop)),
+        ],
+    ),
+    ep(
+        "/batch/infer/{model}",
+        "POST",
+        &[("POST", || web::to(batch::run))],
+    ),
+    ep(
+        "/train/",
+        "GET, POST, DELETE",
+        &[
+            ("GET", || web::to(train::status)),
+            ("POST", || web::to(train::start_all)),
+            ("DELETE", || web::to(train::stop)),
+        ],
+    ),
+    ep("/train/curve", "GET", &[("GET", || web::to(train::curve))]),
+    ep(
+        "/train/{model}",
+        "POST",
+        &[("POST", || web::to(train::start_one))],
+    ),
+    ep("/tasks/", "GET", &[("GET", || web::to(tasks::list))]),
+    ep(
+        "/tasks/{id}",
+        "GET, DELETE",
+        &[
+            ("GET", || web::to(tasks::get)),
+            ("DELETE", || web::to(tasks::cancel)),
+        ],
+    ),
+    ep("/logs/", "GET", &[("GET", || web::to(logs::logs))]),
+    // the dashboard (docs/dashboard.md) and the history it reads
+    ep("/ui/", "GET", &[("GET", || web::to(ui::page))]),
+    ep("/ui/{file}", "GET", &[("GET", || web::to(ui::asset))]),
+    ep("/audit/", "GET", &[("GET", || web::to(history::audit_log))]),
+    ep(
+        "/datastore/revisions",
+        "GET",
+        &[("GET", || web::to(history::revisions))],
+    ),
+    ep(
+        "/model/info/{model}",
+        "GET",
+        &[("GET", || web::to(model::info))],
+    ),
+    ep(
+        "/model/{model}",
+        "GET, PUT, DELETE",
+        &[
+            ("GET", || web::to(model::download)),
+            ("PUT", || web::to(model::upload)),
+            ("DELETE", || web::to(model::remove)),
+        ],
+    ),
+    ep(
+        "/proxy/dicom",
+        "GET, POST",
+        &[
+            ("GET", || web::to(proxy::proxy_root)),
+            ("POST", || web::to(proxy::proxy_root)),
+        ],
+    ),
+    ep(
+        "/proxy/dicom/{path:.*}",
+        "GET, POST",
+        &[
+            ("GET", || web::to(proxy::proxy)),
+            ("POST", || web::to(proxy::proxy)),
+        ],
+    ),
+    ep(
+        "/openapi.json",
+        "GET",
+        &[("GET", || web::to(crate::openapi::docs::openapi_json))],
+    ),
+    ep(
+        "/docs",
+        "GET",
+        &[("GET", || web::to(crate::openapi::docs::swagger_ui))],
+    ),
+    ep(
+        "/docs/{file}",
+        "GET",
+        &[("GET", || web::to(crate::openapi::docs::asset))],
+    ),
+];
+
+/// `/auth/*`, mounted by [`auth::configure`] only when authentication is on.
+pub const AUTH_ROUTES: &[Endpoint] = &[
+    ep("/auth/", "GET", &[("GET", || web::to(auth::describe))]),
+    ep("/auth/token", "POST", &[("POST", || web::to(auth::token))]),
+    ep(
+        "/auth/token/valid",
+        "GET",
+        &[("GET", || web::to(auth::valid))],
+    ),
+];
+
+const fn ep(path: &'static str, allow: &'static str, handlers: &'static [Handler]) -> Endpoint {
+    Endpoint {
+        path,
+        allow,
+        handlers,
+    }
+}
+
+/// The resource of one [`Endpoint`]: both path forms, each handler behind its method guard,
+/// 405 for the other methods.
+pub fn endpoint_resource(e: &Endpoint) -> Resource {
+    let mut r = resource(e.path, e.allow);
+    for (method, route) in e.handlers {
+        let method = Method::from_bytes(method.as_bytes()).expect("a valid method in ROUTES");
+        r = r.route(route().method(method));
+    }
+    r
+}
+
+/// Registers every route of [`ROUTES`].
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/", "GET").route(web::get().to(root::index)))
-        .service(resource("/info/", "GET").route(web::get().to(info::info)))
-        .service(resource("/infer/{model}", "POST").route(web::post().to(infer::infer)))
-        .service(
-            resource("/datastore/", "GET, PUT, DELETE")
-                .route(web::get().to(datastore::list))
-                .route(web::put().to(datastore::upload_image))
-                .route(web::delete().to(datastore::remove_image)),
-        )
-        .service(
-            resource("/datastore/image", "GET, HEAD, PUT, DELETE")
-                .route(web::get().to(datastore::download_image))
-                .route(web::head().to(datastore::head_image))
-                .route(web::put().to(datastore::upload_image))
-                .route(web::delete().to(datastore::remove_image)),
-        )
-        .service(
-            resource("/datastore/image/info", "GET, PUT")
-                .route(web::get().to(datastore::image_info))
-                .route(web::put().to(datastore::update_image_info)),
-        )
-        .service(
-            resource("/datastore/label", "GET, HEAD, PUT, DELETE")
-                .route(web::get().to(datastore::download_label))
-                .route(web::head().to(datastore::head_label))
-                .route(web::put().to(datastore::save_label))
-                .route(web::delete().to(datastore::remove_label)),
-        )
-        .service(
-            resource("/datastore/label/info", "GET, PUT")
-                .route(web::get().to(datastore::label_info))
-                .route(web::put().to(datastore::update_label_info)),
-        )
-        .service(
-            resource("/datastore/updatelabelinfo", "PUT")
-                .route(web::put().to(datastore::update_label_info_params)),
-        )
-        .service(resource("/datastore/dataset", "GET").route(web::get().to(datastore::dataset)))
-        .service(resource("/session/", "PUT").route(web::put().to(session::create)))
-        .service(
-            resource("/session/{id}", "GET, DELETE")
-                .route(web::get().to(session::get))
-                .route(web::delete().to(session::remove)),
-        )
-        .service(
-            resource("/activelearning/{strategy}", "POST")
-                .route(web::post().to(activelearning::next_sample)),
-        )
-        .service(
-            resource("/scoring/", "GET, POST, DELETE")
-                .route(web::get().to(scoring::status))
-                .route(web::post().to(scoring::run_all))
-                .route(web::delete().to(scoring::stop)),
-        )
-        .service(resource("/scoring/{method}", "POST").route(web::post().to(scoring::run_one)))
-        .service(
-            resource("/batch/infer", "GET, DELETE")
-                .route(web::get().to(batch::status))
-                .route(web::delete().to(batch::stop)),
-        )
-        .service(resource("/batch/infer/{model}", "POST").route(web::post().to(batch::run)))
-        .service(
-            resource("/datastore/label/report", "GET").route(web::get().to(report::label_report)),
-        )
-        .service(
-            resource("/train/", "GET, POST, DELETE")
-                .route(web::get().to(train::status))
-                .route(web::post().to(train::start_all))
-                .route(web::delete().to(train::stop)),
-        )
-        .service(resource("/train/curve", "GET").route(web::get().to(train::curve)))
-        .service(resource("/train/{model}", "POST").route(web::post().to(train::start_one)))
-        .service(resource("/tasks/", "GET").route(web::get().to(tasks::list)))
-        .service(
-            resource("/tasks/{id}", "GET, DELETE")
-                .route(web::get().to(tasks::get))
-                .route(web::delete().to(tasks::cancel)),
-        )
-        .service(resource("/logs/", "GET").route(web::get().to(logs::logs)))
-        .service(resource("/model/info/{model}", "GET").route(web::get().to(model::info)))
-        .service(
-            resource("/model/{model}", "GET, PUT, DELETE")
-                .route(web::get().to(model::download))
-                .route(web::put().to(model::upload))
-                .route(web::delete().to(model::remove)),
-        )
-        .service(proxy::resource());
+    for e in ROUTES {
+        cfg.service(endpoint_resource(e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_headers_list_the_methods() {
+        for e in ROUTES.iter().chain(AUTH_ROUTES) {
+            let methods: Vec<&str> = e.handlers.iter().map(|(m, _)| *m).collect();
+            assert_eq!(e.allow, methods.join(", "), "{}", e.path);
+        }
+    }
 }
 
 /// Wraps each request in a `tracing` span and logs method, path, status and duration.

@@ -47,6 +47,20 @@ async fn existing_weights(state: &AppState, model: &str, query: &QueryMap) -> Ap
         .map(|m| m.is_file())
         .unwrap_or(false)
     {
+#[utoipa::path(
+    get,
+    path = "/model/info/{model}",
+    tag = "model",
+    params(
+        ("model" = String, Path, description = "The model"),
+        ("highres" = Option<bool>, Query, description = "`false`: the 3 mm weights (`model_lowres.pt`); default: the bundle's default"),
+    ),
+    responses(
+        (status = 200, description = "Checksum and time of the weights file", body = crate::openapi::schemas::ModelChecksum),
+        (status = 404, description = "Unknown model or no weights file", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "A bad boolean", body = crate::openapi::schemas::Detail),
+    )
+)]
         Ok(path)
     } else {
         Err(not_found(model))
@@ -59,6 +73,20 @@ fn checksum_json(path: PathBuf) -> std::io::Result<serde_json::Value> {
         .modified()?
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
+#[utoipa::path(
+    get,
+    path = "/model/{model}",
+    tag = "model",
+    params(
+        ("model" = String, Path, description = "The model"),
+        ("highres" = Option<bool>, Query, description = "`false`: the 3 mm weights (`model_lowres.pt`); default: the bundle's default"),
+    ),
+    responses(
+        (status = 200, description = "The weights file, named `<model>.pt`", content_type = "application/octet-stream", body = String),
+        (status = 404, description = "Unknown model or no weights file", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "A bad boolean", body = crate::openapi::schemas::Detail),
+    )
+)]
         .unwrap_or(0);
     Ok(json!({"checksum": format!("SHA256:{sum}"), "modified_time": mtime}))
 }
@@ -75,6 +103,24 @@ pub async fn info(
     Ok(response::json(v))
 }
 
+#[utoipa::path(
+    put,
+    path = "/model/{model}",
+    tag = "model",
+    description = "Checks that the weights load into the network, then replaces the weights file atomically.",
+    params(
+        ("model" = String, Path, description = "The model"),
+        ("highres" = Option<bool>, Query, description = "`false`: the 3 mm weights (`model_lowres.pt`); default: the bundle's default"),
+    ),
+    request_body(content = crate::openapi::schemas::WeightsForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Replaced: the new file's checksum", body = crate::openapi::schemas::ModelChecksum),
+        (status = 400, description = "A broken multipart body", body = crate::openapi::schemas::Detail),
+        (status = 413, description = "Body over `--max-upload-mb`", body = crate::openapi::schemas::Detail),
+        (status = 404, description = "Unknown model", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "No `file` part, a bad boolean, or weights that do not load into the network", body = crate::openapi::schemas::Detail),
+    )
+)]
 /// `GET /model/{model}`: the weights file, named `<model>.pt`.
 pub async fn download(
     state: web::Data<AppState>,
@@ -121,6 +167,20 @@ pub async fn upload(
         .bundle_dir()
         .join("models")
         .join(res.model_file())
+#[utoipa::path(
+    delete,
+    path = "/model/{model}",
+    tag = "model",
+    params(
+        ("model" = String, Path, description = "The model"),
+        ("highres" = Option<bool>, Query, description = "`false`: the 3 mm weights (`model_lowres.pt`); default: the bundle's default"),
+    ),
+    responses(
+        (status = 200, description = "Renamed to `<file>.<YYYYmmdd_HHMMSS>.deleted`", body = crate::openapi::schemas::Empty),
+        (status = 404, description = "Unknown model or no weights file", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "A bad boolean", body = crate::openapi::schemas::Detail),
+    )
+)]
         .with_extension(ext);
     let v = joined(
         tokio::task::spawn_blocking(move || -> std::io::Result<serde_json::Value> {

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use actix_web::body::SizedStream;
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse, Resource};
+use actix_web::{web, HttpRequest, HttpResponse};
 use ferrolabel_dicomweb::{Auth, DicomWebConfig};
 use futures_util::{StreamExt, TryStreamExt};
 
@@ -70,14 +70,29 @@ const RESPONSE_HEADERS: &[&str] = &[
 /// Request body chunks buffered between the caller and the PACS.
 const BODY_CHANNEL: usize = 4;
 
-/// The proxy's routes: `/proxy/dicom` and everything under it, GET and POST.
-pub fn resource() -> Resource {
-    web::resource(["/proxy/dicom", "/proxy/dicom/{tail:.*}"])
-        .route(web::get().to(proxy))
-        .route(web::post().to(proxy))
-        .default_service(web::to(|| async {
-            Err::<HttpResponse, _>(ApiError::method_not_allowed("GET, POST"))
-        }))
+/// `GET|POST /proxy/dicom`: the service root ([`proxy`] serves it).
+#[utoipa::path(
+    method(get, post),
+    path = "/proxy/dicom",
+    tag = "proxy",
+    description = "MONAI Label's DICOMweb proxy (OHIF talks to it): forwards to the DICOMweb \
+        service root of a `--studies http(s)://HOST/dicom-web` datastore with the configured PACS \
+        credentials, and relays the answer. Without a DICOMweb datastore every proxy path is 404.",
+    request_body(content = Option<String>, content_type = "*/*", description = "Passed on as sent (POST)."),
+    responses(
+        (status = 200, description = "The PACS's answer, relayed (its status and content headers too)", content_type = "*/*"),
+        (status = 404, description = "No DICOMweb datastore", body = crate::openapi::schemas::Detail),
+        (status = 413, description = "Body over `--max-upload-mb`", body = crate::openapi::schemas::Detail),
+        (status = 502, description = "PACS unreachable", body = crate::openapi::schemas::Detail),
+        (status = 504, description = "PACS timed out", body = crate::openapi::schemas::Detail),
+    )
+)]
+pub async fn proxy_root(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> ApiResult<HttpResponse> {
+    proxy(req, payload, state).await
 }
 
 /// Which of the service's prefixes a proxy path names.
@@ -285,6 +300,23 @@ fn pump_body(mut payload: web::Payload, limit: u64, idle: Duration) -> reqwest::
 }
 
 /// The handler of every proxy path.
+#[utoipa::path(
+    method(get, post),
+    path = "/proxy/dicom/{path}",
+    tag = "proxy",
+    description = "Forwards `qido/...` to the QIDO-RS prefix, `wado/...` to WADO-RS, `stow/...` to \
+        STOW-RS and anything else to the service root, with the query string as sent. `path` may \
+        span several segments (`qido/studies/1.2.3/series`); dot segments and `%2F` are refused.",
+    params(("path" = String, Path, description = "The path under the service (several segments allowed)")),
+    request_body(content = Option<String>, content_type = "*/*", description = "Passed on as sent (POST)."),
+    responses(
+        (status = 200, description = "The PACS's answer, relayed (its status and content headers too)", content_type = "*/*"),
+        (status = 404, description = "No DICOMweb datastore", body = crate::openapi::schemas::Detail),
+        (status = 413, description = "Body over `--max-upload-mb`", body = crate::openapi::schemas::Detail),
+        (status = 502, description = "PACS unreachable", body = crate::openapi::schemas::Detail),
+        (status = 504, description = "PACS timed out", body = crate::openapi::schemas::Detail),
+    )
+)]
 pub async fn proxy(
     req: HttpRequest,
     payload: web::Payload,

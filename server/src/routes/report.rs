@@ -12,6 +12,21 @@ use crate::state::AppState;
 
 /// Computes the report of a stored label (404 unknown image or label, 422 when the label's
 /// grid differs from the image's or holds non-label values).
+#[utoipa::path(
+    get,
+    path = "/datastore/label/report",
+    tag = "datastore",
+    description = "The quantitative report of a stored label over its image (ferrolabel's own).",
+    params(
+        ("label" = String, Query, description = "Image id"),
+        ("tag" = Option<String>, Query, description = "Label tag (default `final`)"),
+    ),
+    responses(
+        (status = 200, description = "Volumes and HU statistics per structure, plus `label`, `tag`, `seconds`", body = crate::openapi::schemas::AnyObject),
+        (status = 404, description = "Unknown image or label", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Missing `label`, an unsafe id or tag, or a label off the image's grid", body = crate::openapi::schemas::Detail),
+    )
+)]
 pub async fn label_report(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
     let id = q_required(&query, "label")?;
     let tag = q(&query, "tag");

@@ -53,6 +53,11 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
     ("GET / PUT / DELETE", "/model/{model}", "model weights file"),
     ("GET", "/model/info/{model}", "weights checksum and time"),
     ("GET", "/logs/?lines=&text=true", "server log"),
+    (
+        "GET",
+        "/docs",
+        "every endpoint, browsable (Swagger UI); /openapi.json: the OpenAPI 3.1 description",
+    ),
 ];
 
 fn escape(s: &str) -> String {
@@ -62,6 +67,15 @@ fn escape(s: &str) -> String {
 }
 
 /// The landing page.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "info",
+    description = "A small HTML page listing the main endpoints, with a link to `/docs`.",
+    responses(
+        (status = 200, description = "The landing page", content_type = "text/html", body = String),
+    )
+)]
 pub async fn index(state: web::Data<AppState>) -> HttpResponse {
     let mut rows = String::new();
     for (m, p, d) in ENDPOINTS {

@@ -20,6 +20,25 @@ use crate::state::AppState;
 const SERIES_IMAGE: &str = "series.nii.gz";
 
 /// `PUT /session/?expiry=&uncompress=false&series=` (multipart `files`, one or more; a
+#[utoipa::path(
+    put,
+    path = "/session/",
+    tag = "session",
+    description = "Keeps an image outside the datastore (one file, a DICOM series, or several files as a folder).",
+    params(
+        ("expiry" = Option<i64>, Query, description = "Seconds until it expires (0 or absent: the server's default)"),
+        ("uncompress" = Option<bool>, Query, description = "Must be false (not supported)"),
+        ("series" = Option<String>, Query, description = "A DICOM series instance UID, to pick one series of several"),
+    ),
+    request_body(content = crate::openapi::schemas::SessionForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Created", body = crate::openapi::schemas::SessionCreated),
+        (status = 400, description = "A broken multipart body", body = crate::openapi::schemas::Detail),
+        (status = 413, description = "Body over `--max-upload-mb`", body = crate::openapi::schemas::Detail),
+        (status = 406, description = "Sessions are disabled (`MONAI_LABEL_SESSIONS=false`)", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "No `files` part, `uncompress=true`, a bad `expiry`, or an image that cannot be read", body = crate::openapi::schemas::Detail),
+    )
+)]
 /// `series` query parameter or form field chooses one series of a DICOM upload).
 pub async fn create(
     state: web::Data<AppState>,
@@ -79,6 +98,25 @@ fn session_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("Session ({id}) Not Found"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/session/{id}",
+    tag = "session",
+    params(
+        ("id" = String, Path, description = "Session id"),
+        ("update_ts" = Option<bool>, Query, description = "Extend the expiry"),
+        ("image" = Option<bool>, Query, description = "Answer the image file"),
+    ),
+    responses(
+        (status = 200, description = "The session info, or with `image=true` its image file", content(
+            (crate::openapi::schemas::SessionInfo = "application/json"),
+            (String = "application/octet-stream"),
+        )),
+        (status = 404, description = "Unknown session", body = crate::openapi::schemas::Detail),
+        (status = 406, description = "Sessions are disabled (`MONAI_LABEL_SESSIONS=false`)", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "A bad boolean, or `image=true` for a folder session", body = crate::openapi::schemas::Detail),
+    )
+)]
 /// `GET /session/{id}?update_ts=false&image=false`: the session info, or its image file.
 pub async fn get(
     state: web::Data<AppState>,
@@ -111,6 +149,19 @@ pub async fn get(
     Ok(response::json(info))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/session/{id}",
+    tag = "session",
+    params(
+        ("id" = String, Path, description = "Session id"),
+    ),
+    responses(
+        (status = 200, description = "The removed session's info", body = crate::openapi::schemas::SessionInfo),
+        (status = 404, description = "Unknown session", body = crate::openapi::schemas::Detail),
+        (status = 406, description = "Sessions are disabled (`MONAI_LABEL_SESSIONS=false`)", body = crate::openapi::schemas::Detail),
+    )
+)]
 /// `DELETE /session/{id}`: the removed session's info.
 pub async fn remove(
     state: web::Data<AppState>,

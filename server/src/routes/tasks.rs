@@ -16,6 +16,20 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, ApiResult};
 use crate::multipart::{parse_json_object, read_body};
 use crate::response;
+#[utoipa::path(
+    get,
+    path = "/tasks/",
+    tag = "tasks",
+    description = "ferrolabel's view of the whole queue: each task with its `kind`, `state`, `position`, `attempts`, `history` and start/end `estimate`.",
+    params(
+        ("kind" = Option<crate::openapi::schemas::TaskKind>, Query, description = "Only this kind"),
+        ("state" = Option<crate::openapi::schemas::TaskState>, Query, description = "Only this state"),
+    ),
+    responses(
+        (status = 200, description = "Every task, oldest first (the newest 1,000)", body = Vec<crate::openapi::schemas::Task>),
+        (status = 422, description = "Unknown `kind` or `state`", body = crate::openapi::schemas::Detail),
+    )
+)]
 use crate::routes::{q, q_bool, QueryMap};
 use crate::state::AppState;
 
@@ -38,11 +52,37 @@ pub fn submit_options(req: &HttpRequest, query: &QueryMap) -> ApiResult<Submit> 
         run_sync: q_bool(query, "run_sync", false)?,
         owner: req
             .extensions()
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}",
+    tag = "tasks",
+    params(
+        ("id" = String, Path, description = "Task id"),
+    ),
+    responses(
+        (status = 200, description = "The task", body = crate::openapi::schemas::Task),
+        (status = 404, description = "Unknown task", body = crate::openapi::schemas::Detail),
+    )
+)]
             .get::<crate::auth::Identity>()
             .filter(|i| i.authenticated)
             .map(|i| i.username.clone()),
     })
 }
+#[utoipa::path(
+    delete,
+    path = "/tasks/{id}",
+    tag = "tasks",
+    description = "Stops a task: a queued one never runs, a running one ends between two windows or steps.",
+    params(
+        ("id" = String, Path, description = "Task id"),
+    ),
+    responses(
+        (status = 200, description = "The stopped task", body = crate::openapi::schemas::Task),
+        (status = 404, description = "Unknown task", body = crate::openapi::schemas::Detail),
+        (status = 409, description = "The task has already ended", body = crate::openapi::schemas::Detail),
+    )
+)]
 
 /// `GET /<kind>/?all=&check_if_running=` (`kind`: `train`, `batch_infer`, `scoring`).
 pub async fn kind_status(

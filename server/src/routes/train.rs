@@ -25,16 +25,48 @@ use crate::routes::QueryMap;
 use crate::state::AppState;
 
 /// `GET /train/`.
+#[utoipa::path(
+    get,
+    path = "/train/",
+    tag = "train",
+    params(
+        ("all" = Option<bool>, Query, description = "Every task of the kind"),
+        ("check_if_running" = Option<bool>, Query, description = "Only the running one (404 if none)"),
+    ),
+    responses(
+        (status = 200, description = "The latest training task, or every one with `all=true`, or the running one with `check_if_running=true`", body = crate::openapi::schemas::TaskOrList),
+        (status = 404, description = "No training task (running)", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "A bad boolean", body = crate::openapi::schemas::Detail),
+    )
+)]
 pub async fn status(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
     kind_status(&state, TRAIN, &query).await
 }
 
 /// `DELETE /train/`: the stopped task, or `null` when nothing runs.
+#[utoipa::path(
+    delete,
+    path = "/train/",
+    tag = "train",
+    responses(
+        (status = 200, description = "The stopped training task, or `null` when none ran", body = crate::openapi::schemas::TaskOrNull),
+    )
+)]
 pub async fn stop(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     kind_stop(&state, TRAIN).await
 }
 
 /// `GET /train/curve`.
+#[utoipa::path(
+    get,
+    path = "/train/curve",
+    tag = "train",
+    description = "The training curve (ferrolabel's own).",
+    responses(
+        (status = 200, description = "Loss and validation Dice per epoch of the last run", content_type = "image/svg+xml", body = String),
+        (status = 404, description = "No training statistics yet", body = crate::openapi::schemas::Detail),
+    )
+)]
 pub async fn curve(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let stats = state.app.trainer().stats();
     let svg = ferrolabel_apps::train::curve_svg(&stats)
@@ -46,6 +78,25 @@ pub async fn curve(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
 }
 
 /// `POST /train/{model}`.
+#[utoipa::path(
+    post,
+    path = "/train/{model}",
+    tag = "train",
+    description = "Starts a training run as a background task (heavy: a worker process).",
+    params(
+        ("model" = String, Path, description = "The model"),
+        ("run_sync" = Option<bool>, Query, description = "Answer once the task has ended"),
+        ("enqueue" = Option<bool>, Query, description = "Queue behind a running task instead of 429"),
+    ),
+    request_body(content = Option<crate::openapi::schemas::AnyObject>, content_type = "application/json", description = "Optional: the trainer options (`max_epochs`, `val_split`, ...); `model` overrides the path."),
+    responses(
+        (status = 200, description = "The task (with `run_sync=true`: its outcome)", body = crate::openapi::schemas::AnyObject),
+        (status = 413, description = "Body over 1 MiB", body = crate::openapi::schemas::Detail),
+        (status = 404, description = "Unknown model", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Bad options, a body that is not a JSON object, or no image with a `final` label", body = crate::openapi::schemas::Detail),
+        (status = 429, description = "A task of this kind runs (and `enqueue` is false)", body = crate::openapi::schemas::Detail),
+    )
+)]
 pub async fn start_one(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -65,6 +116,23 @@ pub async fn start_one(
 }
 
 /// `POST /train/` (deprecated): every trainer.
+#[utoipa::path(
+    post,
+    path = "/train/",
+    tag = "train",
+    description = "Deprecated (as in MONAI Label): starts every trainer, queued (heavy).",
+    params(
+        ("run_sync" = Option<bool>, Query, description = "Answer once the task has ended"),
+        ("enqueue" = Option<bool>, Query, description = "Queue behind a running task instead of 429"),
+    ),
+    request_body(content = Option<crate::openapi::schemas::AnyObject>, content_type = "application/json", description = "Optional: the trainer options; `model` picks the trainer."),
+    responses(
+        (status = 200, description = "`{model: {\"result\": task, \"detail\": null}}`", body = crate::openapi::schemas::PerName),
+        (status = 413, description = "Body over 1 MiB", body = crate::openapi::schemas::Detail),
+        (status = 404, description = "Unknown model", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "Bad options, a body that is not a JSON object, or no image with a `final` label", body = crate::openapi::schemas::Detail),
+    )
+)]
 pub async fn start_all(
     req: HttpRequest,
     state: web::Data<AppState>,
