@@ -95,6 +95,18 @@ impl Datastore {
             .await?;
         rows.iter().map(entry_of_row).collect()
     }
+
+    /// The newest `limit` entries of the audit log, newest first (the dashboard's view).
+    pub async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, ts_ms, username, action, image_id, tag, status, request \
+             FROM audit_log ORDER BY id DESC LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(entry_of_row).collect()
+    }
 }
 
 const SELECT: &str = "SELECT id, ts_ms, username, action, image_id, tag, status, request \
@@ -172,6 +184,10 @@ mod tests {
         assert_eq!(all[1].username, "");
         assert_eq!(all[1].status, 401);
         assert_eq!(ds.audit_log(ida, 100).await.unwrap().len(), 1);
+        let recent = ds.recent_audit(1).await.unwrap();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0].id, idb);
+        assert_eq!(ds.recent_audit(10).await.unwrap()[1].id, ida);
 
         // the triggers keep the table append-only
         let upd = sqlx::query("UPDATE audit_log SET username = 'mallory'")

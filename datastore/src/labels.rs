@@ -403,6 +403,33 @@ impl Datastore {
             .collect()
     }
 
+    /// The last `limit` revisions recorded, of every label (deleted ones included), newest first.
+    pub async fn recent_revisions(&self, limit: u32) -> Result<Vec<RevisionRecord>> {
+        let rows = sqlx::query(
+            "SELECT image_id, tag, rev, parent_rev, author, created_at, sha256, ext, path, info \
+             FROM label_revisions ORDER BY id DESC LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(RevisionRecord {
+                    image_id: row.try_get("image_id")?,
+                    tag: row.try_get("tag")?,
+                    rev: row.try_get("rev")?,
+                    parent_rev: row.try_get("parent_rev")?,
+                    author: row.try_get("author")?,
+                    created_at: row.try_get("created_at")?,
+                    sha256: row.try_get("sha256")?,
+                    ext: row.try_get("ext")?,
+                    path: self.studies().join(row.try_get::<String, _>("path")?),
+                    info: parse_info(&row.try_get::<String, _>("info")?)?,
+                })
+            })
+            .collect()
+    }
+
     /// Absolute path of one revision file; `NotFound` if there is no such revision.
     pub async fn label_revision_path(
         &self,

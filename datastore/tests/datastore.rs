@@ -333,6 +333,10 @@ async fn label_saves_keep_revisions() {
     assert_eq!(revs[1].info["model"], "m2");
     assert_eq!(fs::read(&revs[0].path).unwrap(), b"first");
     assert_eq!(fs::read(&revs[1].path).unwrap(), b"second");
+    // the dashboard's listing: newest first, across labels
+    let recent = ds.recent_revisions(1).await.unwrap();
+    assert_eq!((recent[0].image_id.as_str(), recent[0].rev), ("ct", 2));
+    assert_eq!(ds.recent_revisions(10).await.unwrap()[1], revs[0]);
     assert_eq!(
         ds.label_revision_path("ct", "final", 1).await.unwrap(),
         revs[0].path

@@ -97,6 +97,11 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/model", ADMIN),
     rule("PUT", "/model", ANNOTATOR),
     rule("DELETE", "/model", ANNOTATOR),
+    // the dashboard (docs/dashboard.md): the page is public, its data calls are checked as
+    // usual; the audit log names every user, so it is for admins
+    rule("GET", "/ui", Public),
+    rule("GET", "/audit", ADMIN),
+    rule("GET", "/datastore/revisions", USER),
     // logs, OHIF, DICOMweb proxy
     rule("GET", "/logs", ADMIN),
     rule("GET", "/ohif", USER),
@@ -179,6 +184,11 @@ mod tests {
         assert_eq!(a("GET", "/proxy/dicom/qido/studies"), USER);
         assert_eq!(a("POST", "/proxy/dicom/stow/studies"), USER);
         assert_eq!(a("GET", "/proxy/dicom/studies/1.2/series"), USER);
+        assert_eq!(a("GET", "/ui/"), Public);
+        assert_eq!(a("GET", "/ui/dashboard.js"), Public);
+        assert_eq!(a("GET", "/audit/"), ADMIN);
+        assert_eq!(a("POST", "/audit/"), Authenticated);
+        assert_eq!(a("GET", "/datastore/revisions"), USER);
     }
 
     #[test]
