@@ -1,6 +1,7 @@
 //! The `ferrolabel` server as a library: the HTTP protocol ([`create_app`], [`routes`]), the CLI
 //! subcommands ([`commands`]) and configuration ([`config`]). The binary (`main.rs`) only parses the
-//! command line; tests build the same app in-process with [`create_app`].
+//! command line; tests build the same app in-process with [`create_app`], or the whole server with
+//! [`serve`] (as `start_server` does).
 //!
 //! Depends on the library crates (apps, models, datastore, imaging, dicom, dicomweb); none of them
 //! depends on this crate or names actix.
@@ -20,6 +21,7 @@ pub mod openapi;
 pub mod pyjson;
 pub mod response;
 pub mod routes;
+pub mod serve;
 pub mod state;
 pub mod zip_export;
 

@@ -65,8 +65,22 @@ pub fn init_stderr(default_level: &str) {
         .try_init();
 }
 
+/// The file layer's writer of this process, once a subscriber with a file layer is installed.
+static FILE_WRITER: std::sync::OnceLock<FileWriter> = std::sync::OnceLock::new();
+
 /// Logs to stderr and appends to `log_file` (created with its folder).
 pub fn init_with_file(default_level: &str, log_file: &Path) -> std::io::Result<()> {
+    init_file(default_level, log_file, true)
+}
+
+/// Appends to `log_file` only (a test process that serves in-process: its stderr stays
+/// quiet). A later call to either function points the file layer at its new `log_file`: a
+/// process that starts one server after another logs each into its own file.
+pub fn init_file_only(default_level: &str, log_file: &Path) -> std::io::Result<()> {
+    init_file(default_level, log_file, false)
+}
+
+fn init_file(default_level: &str, log_file: &Path, stderr: bool) -> std::io::Result<()> {
     if let Some(dir) = log_file.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -74,10 +88,15 @@ pub fn init_with_file(default_level: &str, log_file: &Path) -> std::io::Result<(
         .create(true)
         .append(true)
         .open(log_file)?;
+    if let Some(w) = FILE_WRITER.get() {
+        *w.0.lock().unwrap_or_else(|e| e.into_inner()) = file;
+        return Ok(());
+    }
     let writer = FileWriter(Arc::new(Mutex::new(file)));
+    let _ = FILE_WRITER.set(writer.clone());
     let _ = tracing_subscriber::registry()
         .with(filter(default_level))
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(stderr.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr)))
         .with(
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
