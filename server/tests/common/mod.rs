@@ -1,15 +1,18 @@
-//! Test support: a bundle with small seeded weights, a temp studies folder, and the real
-//! `ferrolabel` binary started on a free port.
+//! Test support shared by the two test binaries (`http`: servers in-process, `process`:
+//! spawned binaries): a bundle with small seeded weights, options of a test server, users made
+//! with `ferrolabel auth add-user`, small CT volumes and multipart helpers. The spawned server
+//! launcher is [`spawned`]; the in-process one is `tests/http/server.rs`.
 
 #![allow(dead_code)]
 
-use std::io::Read;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+pub mod spawned;
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+pub use ferrolabel_testkit::free_port;
 use serde_json::Value;
 
 /// The binary under test.
@@ -105,8 +108,6 @@ pub struct Opts {
     pub with_example: bool,
     /// Extra CLI arguments.
     pub args: Vec<String>,
-    /// Extra environment variables.
-    pub env: Vec<(String, String)>,
     /// Files written into the studies folder before start: (name, bytes).
     pub files: Vec<(String, Vec<u8>)>,
 }
@@ -118,155 +119,37 @@ impl Opts {
             bundle: bundle_with_weights().to_path_buf(),
             with_example: true,
             args: vec![],
-            env: vec![],
             files: vec![],
         }
     }
 }
 
-/// A running server; killed on drop.
-pub struct Server {
-    child: Child,
-    /// `http://127.0.0.1:<port>`.
-    pub base: String,
-    /// The studies folder.
-    pub studies: tempfile::TempDir,
-    log: PathBuf,
-    /// Blocking HTTP client.
-    pub http: reqwest::blocking::Client,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Server {
-    /// Starts a server and waits until `/info/` answers.
-    pub fn start(opts: Opts) -> Server {
-        let studies = tempfile::Builder::new()
-            .prefix("ferrolabel-studies-")
-            .tempdir()
-            .unwrap();
-        if opts.with_example {
-            std::fs::copy(example_ct(), studies.path().join("example_ct.nii.gz")).unwrap();
-        }
-        for (name, bytes) in &opts.files {
-            std::fs::write(studies.path().join(name), bytes).unwrap();
-        }
-        let port = free_port();
-        let log = studies.path().join("server-stderr.txt");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("start_server")
-            .arg("--app")
-            .arg(repo().join("apps/wholebody"))
-            .arg("--studies")
-            .arg(studies.path())
-            .arg("--conf")
-            .arg("bundle_dir")
-            .arg(&opts.bundle)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--threads",
-                "1",
-            ])
-            .args(&opts.args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
-        // with `--ssl-certfile CERT` the server speaks HTTPS, and the client trusts CERT
-        let cert = opts
-            .args
-            .iter()
-            .position(|a| a == "--ssl-certfile")
-            .and_then(|i| opts.args.get(i + 1));
-        let mut http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(600));
-        if let Some(cert) = cert {
-            let pem = std::fs::read(cert).unwrap();
-            http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
-        }
-        let http = http.build().unwrap();
-        let scheme = if cert.is_some() { "https" } else { "http" };
-        let mut server = Server {
-            child,
-            base: format!("{scheme}://127.0.0.1:{port}"),
-            studies,
-            log,
-            http,
-        };
-        server.wait_ready();
-        server
+/// Adds a user with `ferrolabel auth add-user` (password on standard input) to `users`.
+pub fn add_user(users: &Path, name: &str, password: &str, roles: &[&str]) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["auth", "add-user", "--users"]).arg(users).args([
+        "--username",
+        name,
+        "--email",
+        &format!("{name}@example.org"),
+    ]);
+    for r in roles {
+        cmd.args(["--role", r]);
     }
-
-    fn wait_ready(&mut self) {
-        let t0 = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("server exited with {status}: {}", self.stderr());
-            }
-            if let Ok(r) = self
-                .http
-                .get(self.url("/info/"))
-                .timeout(Duration::from_secs(2))
-                .send()
-            {
-                // 401: authentication is on, the server is up
-                if r.status().is_success() || r.status() == 401 {
-                    return;
-                }
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(120),
-                "server not ready: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Kills the server process with SIGKILL and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The server's stderr so far.
-    pub fn stderr(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        s
-    }
-
-    /// An absolute URL for `path`.
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    /// GET, returning status and JSON.
-    pub fn get_json(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).send().unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().unwrap_or(Value::Null))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "add-user failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(name));
 }
 
 /// A multipart form with a `params` field and one file part.

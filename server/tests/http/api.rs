@@ -1,8 +1,8 @@
 //! End-to-end tests of the non-inference endpoints against the real binary.
 
-mod common;
-
-use common::{detail, form_with_file, Opts, Server};
+use crate::common;
+use crate::common::{detail, form_with_file, Opts};
+use crate::server::Server;
 use serde_json::{json, Value};
 use sha2::Digest;
 
@@ -437,10 +437,10 @@ fn sessions_lifecycle() {
 
 #[test]
 fn sessions_disabled_answer_406() {
-    let mut opts = Opts::new();
-    opts.env
-        .push(("MONAI_LABEL_SESSIONS".into(), "false".into()));
-    let s = Server::start(opts);
+    let s = Server::start(Opts {
+        args: vec!["--sessions".into(), "false".into()],
+        ..Opts::new()
+    });
     let (st, v) = s.get_json("/session/3f1e2d3c-1111-4222-8333-444455556666");
     assert_eq!(st, 406);
     assert_eq!(detail(&v), "Session Feature is Not Enabled");

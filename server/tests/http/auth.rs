@@ -3,8 +3,6 @@
 //! expiry, TLS with a self-signed certificate, and the audit log read back with
 //! `ferrolabel auth audit-log`.
 
-mod common;
-#[path = "auth/paths.rs"]
 mod paths;
 
 use std::io::Write;
@@ -12,36 +10,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{detail, form_with_file, small_ct_bytes, Opts, Server, BIN};
+use crate::common::{self, add_user, detail, form_with_file, small_ct_bytes, Opts, BIN};
+use crate::server::Server;
 use serde_json::{json, Value};
-
-/// Adds a user with `ferrolabel auth add-user` (password on standard input).
-fn add_user(users: &Path, name: &str, password: &str, roles: &[&str]) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["auth", "add-user", "--users"]).arg(users).args([
-        "--username",
-        name,
-        "--email",
-        &format!("{name}@example.org"),
-    ]);
-    for r in roles {
-        cmd.args(["--role", r]);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "add-user failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(name));
-}
 
 /// A users file with one user per role: `u`, `ann`, `rev`, `boss` (password = name + "-pw").
 fn users_file(dir: &Path) -> std::path::PathBuf {

@@ -5,12 +5,12 @@
 //! with a `{"detail"}` naming the cause; afterwards nothing is stored, no session exists and
 //! the private temp folder is empty. One server for all of it.
 
-mod common;
-
+use crate::common;
+use crate::server::Server;
 use std::io::Write;
 use std::path::Path;
 
-use common::{detail, Opts, Server};
+use crate::common::{detail, Opts};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;

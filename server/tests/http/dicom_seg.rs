@@ -5,13 +5,13 @@
 //! with pydicom (and highdicom for BINARY) voxel for voxel equal to the label. Images without
 //! a DICOM source keep MONAI Label's refusal text (as a 422).
 
-mod common;
-
+use crate::common;
+use crate::server::Server;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{detail, form_with_file, Opts, Server};
+use crate::common::{detail, form_with_file, Opts};
 use ferrolabel_imaging::Limits;
 
 const MODEL: &str = "wholeBody_ct_segmentation";

@@ -4,12 +4,12 @@
 //! CT series is a 422 that names the cause, and nothing is stored or left in the temp folder.
 //! More refusals: tests/dicom_bad.rs.
 
-mod common;
-
+use crate::common;
+use crate::server::Server;
 use std::io::Write;
 use std::path::PathBuf;
 
-use common::{detail, form_with_file, Opts, Server};
+use crate::common::{detail, form_with_file, Opts};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use ferrolabel_dicom::{assemble_dir, AssembleOptions, Series};

@@ -1,8 +1,7 @@
 //! Bad input: every case answers a 4xx `{"detail": "..."}`, never a panic or a half-written file.
 
-mod common;
-
-use common::{detail, form_with_file, small_ct_bytes, Opts, Server};
+use crate::common::{detail, form_with_file, small_ct_bytes, Opts};
+use crate::server::Server;
 use serde_json::{json, Value};
 
 const INFER: &str = "/infer/wholeBody_ct_segmentation";

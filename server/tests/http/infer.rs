@@ -1,10 +1,10 @@
 //! End-to-end `/infer` tests against the real binary (seeded random weights, `init_filters` 8).
 
-mod common;
-
+use crate::common;
+use crate::server::Server;
 use std::time::{Duration, Instant};
 
-use common::{boundary_of, detail, label_dims, parse_multipart, small_ct_bytes, Opts, Server};
+use crate::common::{boundary_of, detail, label_dims, parse_multipart, small_ct_bytes, Opts};
 use serde_json::{json, Value};
 
 const INFER: &str = "/infer/wholeBody_ct_segmentation";

@@ -7,15 +7,17 @@
 //! stopped one a 502 with a detail, and a label saved while Orthanc is down is kept and stored
 //! as a SEG once Orthanc is back. One Orthanc and one server for the whole flow.
 
-mod common;
-mod pacs_support;
-
+use crate::common;
+use crate::pacs_support;
+use crate::server::Server;
 use std::time::{Duration, Instant};
 
+use crate::pacs_support::{
+    pacs_server, shared_series_with_uids, write_small_series, Orthanc, PacsOrthanc,
+};
 use ferrolabel_dicom::seg::{read_seg, write_binary_seg, SegOptions, Structure};
 use ferrolabel_dicom::{assemble_dir, AssembleOptions, SeriesInfo};
 use ferrolabel_imaging::{encode_label_nifti, read_nifti_bytes, DataType, Header, Limits, Volume};
-use pacs_support::{shared_series_with_uids, write_small_series, Orthanc, PacsOrthanc, PacsServer};
 use serde_json::{json, Value};
 
 const INFER: &str = "/infer/wholeBody_ct_segmentation";
@@ -42,7 +44,7 @@ fn series_info(dir: &std::path::Path) -> SeriesInfo {
     assemble_dir(dir, &AssembleOptions::default()).unwrap().info
 }
 
-fn image_of(s: &PacsServer, id: &str) -> (u16, Vec<u8>, Value) {
+fn image_of(s: &Server, id: &str) -> (u16, Vec<u8>, Value) {
     let r = s
         .http
         .get(s.url(&format!("/datastore/image?image={id}")))
@@ -78,7 +80,7 @@ fn label_on(image: &Volume, shift: usize) -> Vec<u8> {
     l
 }
 
-fn save_final(s: &PacsServer, id: &str, nifti: Vec<u8>) -> (u16, Value) {
+fn save_final(s: &Server, id: &str, nifti: Vec<u8>) -> (u16, Value) {
     let form = common::form_with_file("label", "label.nii.gz", nifti, &label_info().to_string());
     let r = s
         .http
@@ -181,11 +183,13 @@ fn pacs_datastore_round_trip() {
     std::fs::write(&seg_path, &seg).unwrap();
     orthanc.store(&small.study, &[seg_path]);
 
-    let s = PacsServer::start(
+    let s = pacs_server(
         &orthanc,
         &[
-            ("FERROLABEL_DICOMWEB_SYNC_INTERVAL", "1"),
-            ("FERROLABEL_DICOMWEB_READ_TIMEOUT", "3"),
+            "--dicomweb-sync-interval",
+            "1",
+            "--dicomweb-read-timeout",
+            "3",
         ],
     );
     lap("server up");
@@ -213,7 +217,7 @@ fn pacs_datastore_round_trip() {
         stats["completed"], 0,
         "no label imported before first use: {stats}"
     );
-    let series_cache = s.cache.path().join("series");
+    let series_cache = s.studies.path().join("series");
     assert!(
         std::fs::read_dir(&series_cache).unwrap().next().is_none(),
         "the listing fetched pixels"

@@ -1,19 +1,14 @@
-//! Support of tests/pacs.rs: the Orthanc harness and DICOM series of `ferrolabel-testkit` (a
+//! Support of `pacs.rs`: the Orthanc harness and DICOM series of `ferrolabel-testkit` (a
 //! real Orthanc on loopback that can be stopped and started again on the same port and storage;
 //! under `CI=true` a missing Orthanc fails the test), QIDO/WADO reads of it, and a `ferrolabel`
-//! started with `--studies http://127.0.0.1:PORT/dicom-web`.
-
-#![allow(dead_code)]
-
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+//! served in-process with `--studies http://127.0.0.1:PORT/dicom-web`.
 
 pub use ferrolabel_testkit::{
-    free_port, shared_series_with_uids, write_small_series, Orthanc, Written, PASSWORD, USER,
+    shared_series_with_uids, write_small_series, Orthanc, Written, PASSWORD, USER,
 };
 
-use crate::common;
+use crate::common::{self, Opts};
+use crate::server::Server;
 
 /// Reads of a test [`Orthanc`] that decode DICOMweb answers.
 pub trait PacsOrthanc {
@@ -58,114 +53,30 @@ impl PacsOrthanc for Orthanc {
     }
 }
 
-/// A `ferrolabel` serving the PACS `orthanc` (basic auth, cache in a temporary folder, the
-/// small test bundle), with `env` added.
-pub struct PacsServer {
-    child: Child,
-    /// `http://127.0.0.1:<port>`.
-    pub base: String,
-    /// The DICOMweb cache folder (series/ and datastore/).
-    pub cache: tempfile::TempDir,
-    log: PathBuf,
-    /// Blocking HTTP client.
-    pub http: reqwest::blocking::Client,
-}
-
-impl PacsServer {
-    /// Starts the server and waits until `/info/` answers.
-    pub fn start(orthanc: &Orthanc, env: &[(&str, &str)]) -> PacsServer {
-        let cache = tempfile::Builder::new()
-            .prefix("ferrolabel-pacs-")
-            .tempdir()
-            .unwrap();
-        let port = free_port();
-        let log = cache.path().join("server-stderr.txt");
-        let mut cmd = Command::new(common::BIN);
-        cmd.arg("start_server")
-            .arg("--app")
-            .arg(common::repo().join("apps/wholebody"))
-            .arg("--studies")
-            .arg(orthanc.base_url())
-            .arg("--conf")
-            .arg("bundle_dir")
-            .arg(common::bundle_with_weights())
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--threads",
-                "1",
-            ])
-            .env("RUST_LOG", "info")
-            .env("MONAI_LABEL_DICOMWEB_USERNAME", USER)
-            .env("MONAI_LABEL_DICOMWEB_PASSWORD", PASSWORD)
-            .env("MONAI_LABEL_DICOMWEB_CACHE_PATH", cache.path())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(600))
-            .build()
-            .unwrap();
-        let mut s = PacsServer {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            cache,
-            log,
-            http,
-        };
-        let t0 = Instant::now();
-        loop {
-            if let Some(status) = s.child.try_wait().unwrap() {
-                panic!("server exited with {status}: {}", s.stderr());
-            }
-            if s.http
-                .get(s.url("/info/"))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return s;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(120),
-                "server not ready: {}",
-                s.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Stops the server (SIGKILL) and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The server's stderr so far.
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// An absolute URL for `path`.
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    /// GET, returning status and JSON (`null` when the body is not JSON).
-    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = self.http.get(self.url(path)).send().unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().unwrap_or(serde_json::Value::Null))
-    }
-}
-
-impl Drop for PacsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A `ferrolabel` (in-process) serving the PACS `orthanc` (basic auth, cache in a temporary
+/// folder, the small test bundle), with the `extra` arguments; its cache folder (series/ and
+/// datastore/) is [`Server::studies`].
+pub fn pacs_server(orthanc: &Orthanc, extra: &[&str]) -> Server {
+    let cache = tempfile::Builder::new()
+        .prefix("ferrolabel-pacs-")
+        .tempdir()
+        .unwrap();
+    let mut args: Vec<String> = vec![
+        "--dicomweb-username".into(),
+        USER.into(),
+        "--dicomweb-password".into(),
+        PASSWORD.into(),
+        "--dicomweb-cache-path".into(),
+        cache.path().display().to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Server::start_on(
+        orthanc.base_url().into(),
+        cache,
+        Opts {
+            with_example: false,
+            args,
+            ..Opts::new()
+        },
+    )
 }

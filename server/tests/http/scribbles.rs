@@ -3,9 +3,8 @@
 //! the ROI only), the probability cache, the `.bin` upload and the bad inputs (422, nothing
 //! stored). One server for the whole file.
 
-mod common;
-
-use common::{boundary_of, detail, parse_multipart, small_ct_bytes, Opts, Server};
+use crate::common::{boundary_of, detail, parse_multipart, small_ct_bytes, Opts};
+use crate::server::Server;
 use ferrolabel_imaging::{encode_nifti_f32, read_volume_bytes, Limits};
 use serde_json::{json, Value};
 

@@ -2,11 +2,10 @@
 //! `epistemic`), scoring (`dice`, `sum`, `epistemic`), batch inference (progress, cancel,
 //! 429, interactive infers going first) and the quantitative report.
 
-mod common;
-
+use crate::server::Server;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ferrolabel_imaging::{encode_label_nifti, encode_nifti_f32, DataType, Header, Limits};
 use serde_json::{json, Value};
 

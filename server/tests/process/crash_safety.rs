@@ -17,18 +17,15 @@
 //! [4], `FERROLABEL_CRASH_CHECKPOINT_KILLS` [8]; `FERROLABEL_CRASH_SEED` repeats a run. Each test
 //! prints its counts and writes them to `bench-out/crash_safety_*.json`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{bundle_without_weights, repo, BIN};
+use crate::common::{bundle_without_weights, free_port, repo, BIN};
 use ferrolabel_imaging::{encode_label_nifti, encode_nifti_f32, read_nifti_bytes, Header};
 use serde_json::json;
 
@@ -65,14 +62,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn write_report(name: &str, report: &serde_json::Value) {

@@ -16,13 +16,11 @@
 //!   404 for an unknown id, 409 for an ended job; `check_if_running` never reports a queued
 //!   training.
 
-mod common;
-mod jobs_support;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use jobs_support::*;
+use crate::jobs_support::*;
 use serde_json::{json, Value};
 
 /// The lease of the restart test: a killed server's jobs are taken up 2 s after its last

@@ -6,15 +6,12 @@
 //! a frozen PACS is a 504 and a stopped one a 502, and with auth on the proxy needs a token
 //! of the `user` role. Without a DICOMweb datastore the proxy answers 404.
 
-mod common;
-mod proxy_support;
-
+use crate::common;
 use std::io::Read;
 use std::time::Duration;
 
-use proxy_support::{
-    add_user, boundary_of, ct_slice, new_uid, raw_get, replace_bytes, stow_body, Orthanc,
-    PacsServer,
+use crate::proxy_support::{
+    boundary_of, ct_slice, new_uid, raw_get, replace_bytes, stow_body, Orthanc, PacsServer,
 };
 use serde_json::Value;
 
@@ -242,7 +239,7 @@ fn proxy_relays_qido_wado_stow_and_errors_of_a_real_orthanc() {
     // (Orthanc answers only to the PACS credentials)
     let users_dir = tempfile::tempdir().unwrap();
     let users = users_dir.path().join("users.json");
-    add_user(common::BIN, &users, "u", "u-pw", "user");
+    common::add_user(&users, "u", "u-pw", &["user"]);
     let sa = PacsServer::start(
         common::BIN,
         &app,
@@ -331,12 +328,10 @@ fn proxy_relays_qido_wado_stow_and_errors_of_a_real_orthanc() {
 #[test]
 fn without_a_dicomweb_datastore_the_proxy_is_404() {
     let bundle = common::bundle_without_weights();
-    let s = common::Server::start(common::Opts {
+    let s = common::spawned::Server::start(common::Opts {
         bundle: bundle.path().to_path_buf(),
         with_example: false,
-        args: vec![],
-        env: vec![],
-        files: vec![],
+        ..common::Opts::new()
     });
     for (method, path) in [
         ("GET", "/proxy/dicom/qido/studies"),

@@ -66,26 +66,6 @@ pub fn raw_get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String)
     (status, body)
 }
 
-/// Adds a user with `ferrolabel auth add-user` (password on standard input).
-pub fn add_user(bin: &str, users: &Path, name: &str, password: &str, role: &str) {
-    let mut child = Command::new(bin)
-        .args(["auth", "add-user", "--users"])
-        .arg(users)
-        .args(["--username", name, "--role", role])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "add-user failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A `ferrolabel` server whose studies are a DICOMweb service; killed on drop.
 pub struct PacsServer {
     child: Child,

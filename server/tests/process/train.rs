@@ -2,13 +2,13 @@
 //! `train_stats`, the curve image, hot reload of the new checkpoint by `/infer`, and a stop that
 //! kills the worker within seconds without leaving a torn or temporary file.
 
-mod common;
-
+use crate::common;
+use crate::common::spawned::Server;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{detail, form_with_file, repo, Opts, Server, BIN};
+use crate::common::{detail, form_with_file, repo, Opts, BIN};
 use serde_json::{json, Value};
 
 const MODEL: &str = "wholeBody_ct_segmentation";

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::common::{small_ct_bytes, Server};
 use super::{audit_log, audit_summary};
+use crate::common::small_ct_bytes;
+use crate::server::Server;
 
 /// What a probe sends as body.
 #[derive(Clone, Copy)]

@@ -1,0 +1,15 @@
+//! The tests where the process boundary is the point, in one test binary: `ferrolabel
+//! start_server` spawned and SIGKILLed (crash safety, jobs handed over by a restart), training
+//! workers that must not outlive their server, the proxy's bounded resident size, and the
+//! one-shot `ferrolabel infer` command. Route tests run in-process in `tests/http/`.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod jobs_support;
+mod proxy_support;
+
+mod cli_infer;
+mod crash_safety;
+mod jobs;
+mod proxy;
+mod train;
