@@ -115,13 +115,8 @@ impl From<ModelsError> for AppError {
 /// `Result` with [`AppError`].
 pub type Result<T, E = AppError> = std::result::Result<T, E>;
 
-/// Runs blocking work on tokio's blocking pool.
-pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
-where
-    F: FnOnce() -> Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AppError::Task(e.to_string()))?
+impl From<ferrolabel_datastore::TaskFailed> for AppError {
+    fn from(e: ferrolabel_datastore::TaskFailed) -> Self {
+        AppError::Task(e.0)
+    }
 }

@@ -14,6 +14,7 @@
 
 use std::path::PathBuf;
 
+use ferrolabel_datastore::blocking;
 use ferrolabel_datastore::{Datastore, FINAL_TAG, ORIGINAL_TAG};
 use ferrolabel_imaging::{read_volume, Grid, Limits};
 use ferrolabel_models::Priority;
@@ -21,7 +22,7 @@ use serde_json::{json, Map, Value};
 
 use crate::batch::select_images;
 pub use crate::epistemic::{ensure_epistemic, score_epistemic, EpistemicOptions};
-use crate::error::{blocking, AppError, Result};
+use crate::error::{AppError, Result};
 use crate::jobs::JobHandle;
 use crate::report::label_bytes;
 use crate::WholeBodyApp;
@@ -279,7 +280,7 @@ pub async fn run(
                         continue;
                     };
                     let path = rec.path.clone();
-                    let r = blocking(move || {
+                    let r = blocking(move || -> Result<_> {
                         let (l, grid) = read_label(path, limits)?;
                         Ok(sum_and_slices(&l, grid.dims))
                     })

@@ -13,13 +13,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ferrolabel_datastore::blocking;
 use ferrolabel_imaging::{read_volume, Grid, Limits, Volume};
 use ferrolabel_models::engine::EngineStatus;
 use ferrolabel_models::pipeline::StageTimes;
 use ferrolabel_models::{Bundle, Engine, EngineOptions, InferRequest, Priority, Resolution};
 use serde_json::{json, Map, Value};
 
-use crate::error::{blocking, AppError, Result};
+use crate::error::{AppError, Result};
 use crate::infer::{self, InferOutput, InferPlan};
 use crate::report;
 use crate::scoring::ScoringMethod;
@@ -385,7 +386,7 @@ impl WholeBodyApp {
         let t_write = Instant::now();
         let labels = seg.labels;
         let want_report = plan.report;
-        let (bytes, stats, report_secs) = blocking(move || {
+        let (bytes, stats, report_secs) = blocking(move || -> Result<_> {
             let t = Instant::now();
             let stats = if want_report {
                 Some(report::compute(&labels, &volume)?)
@@ -421,7 +422,7 @@ impl WholeBodyApp {
     pub async fn label_report(&self, image: PathBuf, label: PathBuf) -> Result<Value> {
         let limits = self.limits;
         let image_vol = self.load_image(image).await?;
-        let (stats, secs) = blocking(move || {
+        let (stats, secs) = blocking(move || -> Result<_> {
             let lab = read_volume(&label, &limits)
                 .map_err(|e| AppError::BadLabel(format!("cannot read label: {e}")))?;
             crate::validate::same_grid(&Grid::of(&image_vol), &Grid::of(&lab))?;

@@ -79,13 +79,8 @@ impl<T> IoContext<T> for std::io::Result<T> {
     }
 }
 
-/// Runs blocking file work off the async runtime.
-pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
-where
-    F: FnOnce() -> Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| DatastoreError::Task(e.to_string()))?
+impl From<crate::blocking::TaskFailed> for DatastoreError {
+    fn from(e: crate::blocking::TaskFailed) -> Self {
+        DatastoreError::Task(e.0)
+    }
 }

@@ -6,7 +6,7 @@
 //! reader therefore sees either the old file or the new one, never a torn one. Leftover temp
 //! files (a crash before the rename) are deleted when the datastore opens.
 //!
-//! All functions here block; async callers run them through `spawn_blocking`.
+//! All functions here block; async callers run them through [`crate::blocking()`].
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -177,8 +177,9 @@ pub(crate) fn remove_if_exists(path: &Path) -> Result<bool> {
     }
 }
 
-/// Hex SHA-256 of a file's content.
-pub(crate) fn sha256_file(path: &Path) -> Result<String> {
+/// Hex SHA-256 of a file's content (lower case): the workspace's one file checksum (label
+/// revisions, reconciliation, the server's `check_sum` and model checksums).
+pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = File::open(path).at(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];

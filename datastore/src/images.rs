@@ -7,7 +7,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::Row;
 
-use crate::error::{blocking, DatastoreError, Result};
+use crate::blocking::blocking;
+use crate::error::{DatastoreError, Result};
 use crate::files::{self, Source};
 use crate::ids::{validate_ext, validate_id, FINAL_TAG};
 use crate::monai_json::{self, Entry, Object};
@@ -139,7 +140,7 @@ impl Datastore {
             doomed.push(self.label_file(&tag, id, &lext));
         }
         doomed.push(self.image_file(id, &ext));
-        blocking(move || {
+        blocking(move || -> Result<_> {
             for p in &doomed {
                 files::remove_if_exists(p)?;
             }

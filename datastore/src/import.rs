@@ -8,7 +8,8 @@
 
 use serde_json::Value;
 
-use crate::error::{blocking, DatastoreError, IoContext, Result};
+use crate::blocking::blocking;
+use crate::error::{DatastoreError, IoContext, Result};
 use crate::files;
 use crate::ids::{validate_ext, validate_id, validate_tag};
 use crate::monai_json;
@@ -43,7 +44,7 @@ impl Datastore {
 
         // Keep only entries that are safe and whose files exist.
         let ds = self.clone();
-        let objects = blocking(move || {
+        let objects = blocking(move || -> Result<_> {
             let mut kept = Vec::new();
             for mut obj in model.objects {
                 if let Err(e) = validate_id(&obj.id).and(validate_ext(&obj.image.ext)) {

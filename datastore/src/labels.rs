@@ -16,7 +16,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::Row;
 
-use crate::error::{blocking, DatastoreError, Result};
+use crate::blocking::blocking;
+use crate::error::{DatastoreError, Result};
 use crate::files::{self, Source};
 use crate::ids::{normalize_tag, validate_ext, validate_id};
 use crate::store::{now_secs, parse_info, Datastore};

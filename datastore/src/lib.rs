@@ -38,6 +38,7 @@
 //! `BEGIN IMMEDIATE`, and blocking file I/O runs on tokio's blocking pool.
 
 pub mod audit;
+pub mod blocking;
 pub mod error;
 pub mod files;
 pub mod ids;
@@ -52,6 +53,7 @@ pub mod sessions;
 mod store;
 
 pub use audit::{read_audit_log, AuditEntry};
+pub use blocking::{blocking, TaskFailed};
 pub use error::{DatastoreError, Result};
 pub use files::Source;
 pub use ids::{

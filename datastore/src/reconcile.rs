@@ -17,7 +17,8 @@ use std::path::Path;
 use serde_json::Map;
 use sqlx::Row;
 
-use crate::error::{blocking, IoContext, Result};
+use crate::blocking::blocking;
+use crate::error::{IoContext, Result};
 use crate::files;
 use crate::ids::{match_extension, validate_ext, validate_id, validate_tag};
 use crate::store::{now_secs, subdirs, Datastore, PRIVATE_DIR};

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::{blocking, DatastoreError, IoContext, Result};
+use crate::blocking::blocking;
+use crate::error::{DatastoreError, IoContext, Result};
 use crate::files::{self, Source};
 use crate::ids::{basename, validate_id, validate_session_id};
 use crate::store::now_secs;
@@ -68,7 +69,7 @@ impl Sessions {
     #[tracing::instrument(fields(root = %root.display()))]
     pub async fn open(root: &Path, max_expiry_secs: i64) -> Result<Sessions> {
         let root = root.to_path_buf();
-        let root = blocking(move || {
+        let root = blocking(move || -> Result<_> {
             files::create_dir_durable(&root)?;
             let root = std::fs::canonicalize(&root).at(&root)?;
             files::remove_temp_files(&root)?;

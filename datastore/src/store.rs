@@ -13,7 +13,8 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
-use crate::error::{blocking, DatastoreError, IoContext, Result};
+use crate::blocking::blocking;
+use crate::error::{DatastoreError, IoContext, Result};
 use crate::files;
 use crate::ids::{FINAL_TAG, ORIGINAL_TAG};
 use crate::monai_json;
@@ -139,7 +140,7 @@ impl Datastore {
             studies.join(PRIVATE_DIR).join("revisions"),
         ];
         let root = studies.to_path_buf();
-        let studies = blocking(move || {
+        let studies = blocking(move || -> Result<_> {
             for d in &dirs {
                 files::create_dir_durable(d)?;
             }

@@ -17,11 +17,12 @@ use std::time::UNIX_EPOCH;
 
 use actix_web::http::header;
 use actix_web::HttpResponse;
+use ferrolabel_datastore::blocking;
 use ferrolabel_dicom::seg::{write_seg, SegOptions, SegmentationType, Structure};
 use ferrolabel_dicom::{DicomError, SeriesInfo};
 use serde_json::{json, Map, Value};
 
-use crate::error::{joined, ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// Version of the sidecar layout.
@@ -58,27 +59,25 @@ pub async fn save(state: &AppState, image_id: &str, info: &SeriesInfo) -> ApiRes
         .ok_or_else(|| ApiError::not_found(format!("Image NOT Found: {image_id}")))?;
     let sidecar = sidecar_path(state, image_id);
     let series = info.to_json();
-    joined(
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let (bytes, modified) = stamp(&rec.path)?;
-            let doc = json!({
-                "version": VERSION,
-                "image": {"name": format!("{}{}", rec.id, rec.ext), "bytes": bytes,
-                          "modified_ns": modified.to_string()},
-                "series": series,
-            });
-            let dir = sidecar.parent().unwrap_or(Path::new("."));
-            // a dot-named .tmp file: the datastore sweeps it if a crash leaves it behind
-            let mut tmp = tempfile::Builder::new()
-                .prefix(".dicom-source-")
-                .suffix(".tmp")
-                .tempfile_in(dir)?;
-            std::io::Write::write_all(&mut tmp, doc.to_string().as_bytes())?;
-            tmp.persist(&sidecar).map_err(|e| e.error)?;
-            Ok(())
-        })
-        .await,
-    )?
+    blocking(move || -> std::io::Result<()> {
+        let (bytes, modified) = stamp(&rec.path)?;
+        let doc = json!({
+            "version": VERSION,
+            "image": {"name": format!("{}{}", rec.id, rec.ext), "bytes": bytes,
+                      "modified_ns": modified.to_string()},
+            "series": series,
+        });
+        let dir = sidecar.parent().unwrap_or(Path::new("."));
+        // a dot-named .tmp file: the datastore sweeps it if a crash leaves it behind
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".dicom-source-")
+            .suffix(".tmp")
+            .tempfile_in(dir)?;
+        std::io::Write::write_all(&mut tmp, doc.to_string().as_bytes())?;
+        tmp.persist(&sidecar).map_err(|e| e.error)?;
+        Ok(())
+    })
+    .await
     .map_err(ApiError::from)
 }
 
@@ -99,36 +98,34 @@ pub async fn load(state: &AppState, image_id: &str) -> ApiResult<Option<SeriesIn
     }
     let sidecar = sidecar_path(state, image_id);
     let name = format!("{}{}", rec.id, rec.ext);
-    joined(
-        tokio::task::spawn_blocking(move || -> ApiResult<Option<SeriesInfo>> {
-            let text = match std::fs::read(&sidecar) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            let doc: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
-            let current = stamp(&rec.path).ok();
-            let recorded = (
-                doc["image"]["name"].as_str(),
-                doc["image"]["bytes"].as_u64(),
-                doc["image"]["modified_ns"]
-                    .as_str()
-                    .and_then(|s| s.parse::<u128>().ok()),
-            );
-            let fresh = doc["version"].as_u64() == Some(VERSION)
-                && current.is_some_and(|(b, m)| recorded == (Some(&name), Some(b), Some(m)));
-            if !fresh {
-                // the image was replaced (or the sidecar is damaged): it has no DICOM source
-                tracing::info!(sidecar = %sidecar.display(), "stale DICOM source removed");
-                let _ = std::fs::remove_file(&sidecar);
-                return Ok(None);
-            }
-            SeriesInfo::from_json(&doc["series"])
-                .map(Some)
-                .map_err(|e| ApiError::internal(format!("DICOM source {}: {e}", sidecar.display())))
-        })
-        .await,
-    )?
+    blocking(move || -> ApiResult<Option<SeriesInfo>> {
+        let text = match std::fs::read(&sidecar) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let doc: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
+        let current = stamp(&rec.path).ok();
+        let recorded = (
+            doc["image"]["name"].as_str(),
+            doc["image"]["bytes"].as_u64(),
+            doc["image"]["modified_ns"]
+                .as_str()
+                .and_then(|s| s.parse::<u128>().ok()),
+        );
+        let fresh = doc["version"].as_u64() == Some(VERSION)
+            && current.is_some_and(|(b, m)| recorded == (Some(&name), Some(b), Some(m)));
+        if !fresh {
+            // the image was replaced (or the sidecar is damaged): it has no DICOM source
+            tracing::info!(sidecar = %sidecar.display(), "stale DICOM source removed");
+            let _ = std::fs::remove_file(&sidecar);
+            return Ok(None);
+        }
+        SeriesInfo::from_json(&doc["series"])
+            .map(Some)
+            .map_err(|e| ApiError::internal(format!("DICOM source {}: {e}", sidecar.display())))
+    })
+    .await
 }
 
 /// Deletes the DICOM source of image `image_id`, if any (when the image is removed).
@@ -185,40 +182,36 @@ pub async fn label_seg(
     description: String,
 ) -> ApiResult<Vec<u8>> {
     let limits = *state.app.limits();
-    joined(
-        tokio::task::spawn_blocking(move || -> ApiResult<Vec<u8>> {
-            let volume = match &label {
-                LabelInput::File(p) => ferrolabel_imaging::read_volume(p, &limits),
-                LabelInput::Bytes(b, name) => {
-                    ferrolabel_imaging::read_volume_bytes(b, name, &limits)
-                }
-            }
-            .map_err(|e| ApiError::internal(format!("reading the label: {e}")))?;
-            let want = [series.columns, series.rows, series.slices.len()];
-            if volume.dims != want {
-                return Err(ApiError::unprocessable(format!(
-                    "the label's grid {:?} is not the DICOM series' {want:?}",
-                    volume.dims
-                )));
-            }
-            let labels: Vec<u8> = volume
-                .data
-                .iter()
-                .map(|v| v.round().clamp(0.0, 255.0) as u8)
-                .collect();
-            drop(volume);
-            let options = SegOptions {
-                series_description: description,
-                ..SegOptions::default()
-            };
-            write_seg(kind, &series, &labels, &structures, &options).map_err(|e| match e {
-                DicomError::InvalidLabels(m) => ApiError::unprocessable(m),
-                other if other.is_client_error() => ApiError::unprocessable(other.to_string()),
-                other => ApiError::internal(other.to_string()),
-            })
+    blocking(move || -> ApiResult<Vec<u8>> {
+        let volume = match &label {
+            LabelInput::File(p) => ferrolabel_imaging::read_volume(p, &limits),
+            LabelInput::Bytes(b, name) => ferrolabel_imaging::read_volume_bytes(b, name, &limits),
+        }
+        .map_err(|e| ApiError::internal(format!("reading the label: {e}")))?;
+        let want = [series.columns, series.rows, series.slices.len()];
+        if volume.dims != want {
+            return Err(ApiError::unprocessable(format!(
+                "the label's grid {:?} is not the DICOM series' {want:?}",
+                volume.dims
+            )));
+        }
+        let labels: Vec<u8> = volume
+            .data
+            .iter()
+            .map(|v| v.round().clamp(0.0, 255.0) as u8)
+            .collect();
+        drop(volume);
+        let options = SegOptions {
+            series_description: description,
+            ..SegOptions::default()
+        };
+        write_seg(kind, &series, &labels, &structures, &options).map_err(|e| match e {
+            DicomError::InvalidLabels(m) => ApiError::unprocessable(m),
+            other if other.is_client_error() => ApiError::unprocessable(other.to_string()),
+            other => ApiError::internal(other.to_string()),
         })
-        .await,
-    )?
+    })
+    .await
 }
 
 /// A SEG as a download (`application/dicom`, MONAI Label's FileResponse), named `name`.

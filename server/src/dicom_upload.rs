@@ -13,14 +13,15 @@
 use std::io::Read;
 use std::path::Path;
 
+use ferrolabel_datastore::blocking;
 use ferrolabel_dicom::{
     assemble_files, extract_zip, looks_like_zip, AssembleOptions, DicomError, NamedPath, SeriesInfo,
 };
 use serde_json::{Map, Value};
 use tempfile::TempPath;
 
-use crate::error::{joined, ApiError, ApiResult};
-use crate::form::UploadedFile;
+use crate::error::{ApiError, ApiResult};
+use crate::multipart::UploadedFile;
 use crate::state::AppState;
 
 /// A series assembled from an upload.
@@ -90,12 +91,7 @@ pub async fn series_to_nifti(
         })
         .collect();
     let tmp_dir = state.settings.tmp_dir.clone();
-    joined(
-        tokio::task::spawn_blocking(move || {
-            assemble_upload(parts, series_uid, plain_folder_ok, &tmp_dir)
-        })
-        .await,
-    )?
+    blocking(move || assemble_upload(parts, series_uid, plain_folder_ok, &tmp_dir)).await
 }
 
 fn assemble_upload(

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dicom_source;
 pub mod dicom_upload;
 pub mod error;
+pub mod jobs;
 pub mod form;
 pub mod leftovers;
 pub mod logging;

@@ -8,6 +8,7 @@ use ferrolabel_datastore::{Datastore, Sessions};
 
 use crate::config::Settings;
 use crate::error::ApiError;
+use crate::multipart::UploadLimits;
 
 /// Shared server state, handed to handlers as `web::Data<AppState>`.
 #[derive(Debug, Clone)]
@@ -27,6 +28,15 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The limits of every uploaded body (`--max-upload-mb`; temp files in the settings'
+    /// `tmp_dir`): one place for the datastore, session, infer and model uploads.
+    pub fn upload_limits(&self) -> UploadLimits<'_> {
+        UploadLimits {
+            tmp_dir: &self.settings.tmp_dir,
+            max_bytes: self.settings.max_upload_bytes,
+        }
+    }
+
     /// The session store, or the protocol's 406 when sessions are disabled.
     pub fn sessions(&self) -> Result<&Sessions, ApiError> {
         self.sessions.as_ref().ok_or_else(|| {

@@ -271,7 +271,10 @@ impl Scheduler {
         self.inner.wake.notify_one();
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            let _ = ferrolabel_datastore::blocking(move || {
+                Ok::<_, ferrolabel_datastore::TaskFailed>(t.join())
+            })
+            .await;
         }
     }
 

@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
+use ferrolabel_datastore::blocking;
 use ferrolabel_datastore::Datastore;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::error::{blocking, AppError, Result};
+use crate::error::{AppError, Result};
 use crate::jobs::JobHandle;
 use crate::scoring::{self, ScoringMethod};
 use crate::{batch, WholeBodyApp};

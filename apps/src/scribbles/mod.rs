@@ -34,9 +34,10 @@ use ferrolabel_scribbles::{GraphCutOptions, Grid3, HistogramOptions, Roi, Scribb
 use serde_json::{json, Map, Value};
 
 pub use cache::ProbabilityCache;
+use ferrolabel_datastore::blocking;
 pub use params::{Method, ScribblesPlan};
 
-use crate::error::{blocking, AppError, Result};
+use crate::error::{AppError, Result};
 use crate::infer::{self, InferOutput, ResultExt};
 use crate::WholeBodyApp;
 
@@ -209,7 +210,7 @@ impl WholeBodyApp {
         let (scribbles, in_roi) = {
             let (up, vol) = (upload.clone(), volume.clone());
             let limits = *self.limits();
-            blocking(move || {
+            blocking(move || -> Result<_> {
                 let s = read_scribbles(&up, &vol, &limits)?;
                 let counts = count_in_roi(&s, &grid, &roi, values);
                 Ok((s, counts))

@@ -38,7 +38,7 @@ use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use anyhow::Result;
-use ferrolabel_datastore::Datastore;
+use ferrolabel_datastore::{blocking, Datastore, TaskFailed};
 use futures_util::future::LocalBoxFuture;
 use serde_json::json;
 
@@ -225,7 +225,7 @@ impl Auth {
             .await
             .map_err(|e| LoginError::Internal(e.to_string()))?;
         let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || users::verify_password(&password, &hash))
+        let ok = blocking(move || Ok::<_, TaskFailed>(users::verify_password(&password, &hash)))
             .await
             .map_err(|e| LoginError::Internal(e.to_string()))?;
         if ok && known {

@@ -19,7 +19,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ferrolabel_datastore::remote::BoxFuture;
-use ferrolabel_datastore::{Datastore, DatastoreError, RemoteImage, RemoteSource, SyncStats};
+use ferrolabel_datastore::{
+    blocking, Datastore, DatastoreError, RemoteImage, RemoteSource, SyncStats,
+};
 use ferrolabel_dicom::seg::Structure;
 use ferrolabel_dicom::AssembleOptions;
 use ferrolabel_dicomweb::{
@@ -125,25 +127,26 @@ impl Pacs {
         cached: &CachedSeries,
     ) -> Result<ferrolabel_dicom::SeriesInfo, DatastoreError> {
         let (cached, options) = (cached.clone(), self.options.clone());
-        tokio::task::spawn_blocking(move || {
-            let kept = cached.image.with_file_name("series.json");
-            let read = std::fs::read(&kept)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .and_then(|v| ferrolabel_dicom::SeriesInfo::from_json(&v).ok());
-            if let Some(info) = read {
-                return Ok(info);
-            }
-            let info = cached.load_series(&options).map_err(remote_error)?.info;
-            // best effort: a failed write only means assembling again next time
-            let tmp = kept.with_extension("json.tmp");
-            if std::fs::write(&tmp, info.to_json().to_string()).is_ok() {
-                let _ = std::fs::rename(&tmp, &kept);
-            }
-            Ok(info)
-        })
+        blocking(
+            move || -> Result<ferrolabel_dicom::SeriesInfo, DatastoreError> {
+                let kept = cached.image.with_file_name("series.json");
+                let read = std::fs::read(&kept)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .and_then(|v| ferrolabel_dicom::SeriesInfo::from_json(&v).ok());
+                if let Some(info) = read {
+                    return Ok(info);
+                }
+                let info = cached.load_series(&options).map_err(remote_error)?.info;
+                // best effort: a failed write only means assembling again next time
+                let tmp = kept.with_extension("json.tmp");
+                if std::fs::write(&tmp, info.to_json().to_string()).is_ok() {
+                    let _ = std::fs::rename(&tmp, &kept);
+                }
+                Ok(info)
+            },
+        )
         .await
-        .map_err(|e| DatastoreError::Task(e.to_string()))?
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use ferrolabel_datastore::{DatastoreError, OutboxItem};
+use ferrolabel_datastore::{blocking, DatastoreError, OutboxItem};
 use ferrolabel_dicom::seg::{write_binary_seg, SegOptions, Structure};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -156,7 +156,7 @@ async fn send(pacs: &Pacs, item: &OutboxItem) -> Result<Map<String, Value>, Data
         uids: Some(uids.clone()),
         ..SegOptions::default()
     };
-    let bytes = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, DatastoreError> {
+    let bytes = blocking(move || -> Result<Option<Vec<u8>>, DatastoreError> {
         let volume = ferrolabel_imaging::read_volume(&label, &limits)
             .map_err(|e| DatastoreError::Invalid(format!("label {}: {e}", label.display())))?;
         let labels: Vec<u8> = volume
@@ -171,8 +171,7 @@ async fn send(pacs: &Pacs, item: &OutboxItem) -> Result<Map<String, Value>, Data
             .map(Some)
             .map_err(|e| DatastoreError::Invalid(format!("SEG of {}: {e}", label.display())))
     })
-    .await
-    .map_err(|e| DatastoreError::Task(e.to_string()))??;
+    .await?;
     let Some(bytes) = bytes else {
         return Ok(done("skipped", "empty label"));
     };

@@ -1,6 +1,6 @@
 //! SEG series the PACS already holds for a series become the image's `final` label.
 
-use ferrolabel_datastore::{DatastoreError, Source, FINAL_TAG};
+use ferrolabel_datastore::{blocking, DatastoreError, Source, FINAL_TAG};
 use ferrolabel_dicomweb::CachedSeries;
 use serde_json::{Map, Value};
 
@@ -62,7 +62,7 @@ impl Pacs {
         let structures = self.structures.clone();
         let image = cached.image.clone();
         let limits = self.options.image;
-        let label = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, DatastoreError> {
+        let label = blocking(move || -> Result<Vec<u8>, DatastoreError> {
             let bytes = std::fs::read(&first)
                 .map_err(|e| DatastoreError::Task(format!("reading the SEG: {e}")))?;
             let decoded = ferrolabel_dicom::seg::read_seg(&bytes, &series, &structures)
@@ -75,8 +75,7 @@ impl Pacs {
             ferrolabel_imaging::encode_label_nifti(&decoded.labels, &header, true)
                 .map_err(|e| DatastoreError::Task(format!("encoding the label: {e}")))
         })
-        .await
-        .map_err(|e| DatastoreError::Task(e.to_string()))??;
+        .await?;
         drop(dir);
         let mut info = Map::new();
         info.insert("source".into(), "pacs".into());

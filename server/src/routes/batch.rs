@@ -16,8 +16,8 @@ use ferrolabel_apps::jobs::spec::BATCH_INFER;
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
+use crate::jobs::{json_params, kind_status, kind_stop, submit_options};
 use crate::response;
-use crate::routes::tasks::{json_params, kind_status, kind_stop, submit_options};
 use crate::routes::{q, QueryMap};
 use crate::state::AppState;
 

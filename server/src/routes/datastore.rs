@@ -12,12 +12,13 @@
 use std::path::PathBuf;
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use ferrolabel_datastore::{blocking, TaskFailed};
 use ferrolabel_datastore::{id_from_filename, DatastoreError, Source, FINAL_TAG};
 use serde_json::{json, Map, Value};
 
 use crate::auth::Identity;
-use crate::error::{joined, ApiError, ApiResult};
-use crate::multipart::{read_form, UploadLimits, UploadedFile};
+use crate::error::{ApiError, ApiResult};
+use crate::multipart::{read_form, UploadedFile};
 use crate::routes::{q, q_int, q_required, QueryMap};
 use crate::state::AppState;
 use crate::{response, zip_export};
@@ -25,23 +26,15 @@ use crate::{response, zip_export};
 const IMAGE_NOT_FOUND: &str = "Image NOT Found or is a directory";
 const LABEL_NOT_FOUND: &str = "Label NOT Found or is a directory";
 
-/// Upload limits from the settings.
-pub fn limits(state: &AppState) -> UploadLimits<'_> {
-    UploadLimits {
-        tmp_dir: &state.settings.tmp_dir,
-        max_bytes: state.settings.max_upload_bytes,
-    }
-}
-
 /// The extension to store an upload under, decided by its content alone (a name such as
 /// `x.zip` or `x.nii.gz` proves nothing): NIfTI-1, plain or gzip, or NRRD; anything else is a
 /// 422 that names the file.
 async fn content_ext(file: &UploadedFile, what: &str) -> ApiResult<String> {
     let path = file.path();
-    let sniffed = joined(
-        tokio::task::spawn_blocking(move || ferrolabel_imaging::sniff_image_file(&path)).await,
-    )?
-    .map_err(|e| ApiError::unprocessable(format!("cannot read {what}: {e}")))?;
+    let sniffed =
+        blocking(move || Ok::<_, TaskFailed>(ferrolabel_imaging::sniff_image_file(&path)))
+            .await?
+            .map_err(|e| ApiError::unprocessable(format!("cannot read {what}: {e}")))?;
     if let Some(ext) = sniffed.filter(|ext| *ext != file.ext) {
         tracing::info!(file = %file.filename, ext, "the content decides the extension, not the name");
     }
@@ -65,6 +58,13 @@ async fn checked_image(state: &AppState, file: &UploadedFile) -> ApiResult<Strin
 /// Checks an uploaded label for the image at `image` (format by content, readable, finite, on
 /// the image's grid: [`ferrolabel_apps::validate::check_label`]); the extension to store it
 /// under.
+async fn checked_label(state: &AppState, file: &UploadedFile, image: PathBuf) -> ApiResult<String> {
+    let ext = content_ext(file, "label").await?;
+    state.app.check_label(image, file.path()).await?;
+    Ok(ext)
+}
+
+/// `GET /datastore/?output=stats|all|train`.
 #[utoipa::path(
     get,
     path = "/datastore/",
@@ -77,13 +77,6 @@ async fn checked_image(state: &AppState, file: &UploadedFile) -> ApiResult<Strin
         (status = 422, description = "Unknown `output`", body = crate::openapi::schemas::Detail),
     )
 )]
-async fn checked_label(state: &AppState, file: &UploadedFile, image: PathBuf) -> ApiResult<String> {
-    let ext = content_ext(file, "label").await?;
-    state.app.check_label(image, file.path()).await?;
-    Ok(ext)
-}
-
-/// `GET /datastore/?output=stats|all|train`.
 pub async fn list(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
     let ds = &state.datastore;
     match q(&query, "output") {
@@ -100,6 +93,13 @@ pub async fn list(state: web::Data<AppState>, query: QueryMap) -> ApiResult<Http
         }
         other => Err(ApiError::unprocessable(format!(
             "query parameter \"output\": {other:?} is not one of stats, all, train"
+        ))),
+    }
+}
+
+/// `PUT /datastore/?image=` and `PUT /datastore/image?image=`: multipart `file` + `params`;
+/// a DICOM series as one zip or as many `file`/`files` parts (`?series=` or a `series` param
+/// chooses one series of several).
 #[utoipa::path(
     put,
     path = "/datastore/",
@@ -119,20 +119,13 @@ pub async fn list(state: web::Data<AppState>, query: QueryMap) -> ApiResult<Http
         (status = 502, description = "DICOMweb datastore: the PACS refused the upload or is unreachable", body = crate::openapi::schemas::Detail),
     )
 )]
-        ))),
-    }
-}
-
-/// `PUT /datastore/?image=` and `PUT /datastore/image?image=`: multipart `file` + `params`;
-/// a DICOM series as one zip or as many `file`/`files` parts (`?series=` or a `series` param
-/// chooses one series of several).
 pub async fn upload_image(
     state: web::Data<AppState>,
     req: HttpRequest,
     query: QueryMap,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let mut form = read_form(&req, payload, limits(&state)).await?;
+    let mut form = read_form(&req, payload, state.upload_limits()).await?;
     let params = form.json_object("params")?;
     // one `file` part, or many (`file` or `files`) holding a DICOM series
     let mut files = form.take_files("file");
@@ -156,6 +149,13 @@ pub async fn upload_image(
     let file = &files[0];
     let ext = checked_image(&state, file).await?;
     let rec = state
+        .datastore
+        .add_image(&id, &ext, Source::File(file.path()), params, Some(&user))
+        .await?;
+    tracing::info!(image = %rec.id, bytes = file.size, "image stored");
+    Ok(response::json(json!({"image": rec.id})))
+}
+
 /// `PUT /datastore/image?image=`: [`upload_image`] (its own function for the API description).
 #[utoipa::path(
     put,
@@ -185,13 +185,6 @@ pub async fn upload_image_at(
     upload_image(state, req, query, payload).await
 }
 
-        .datastore
-        .add_image(&id, &ext, Source::File(file.path()), params, Some(&user))
-        .await?;
-    tracing::info!(image = %rec.id, bytes = file.size, "image stored");
-    Ok(response::json(json!({"image": rec.id})))
-}
-
 fn image_not_found(e: DatastoreError) -> ApiError {
     match e {
         DatastoreError::NotFound(_) => ApiError::not_found(IMAGE_NOT_FOUND),
@@ -200,6 +193,13 @@ fn image_not_found(e: DatastoreError) -> ApiError {
 }
 
 fn label_not_found(e: DatastoreError) -> ApiError {
+    match e {
+        DatastoreError::NotFound(_) => ApiError::not_found(LABEL_NOT_FOUND),
+        other => other.into(),
+    }
+}
+
+/// `DELETE /datastore/?id=` and `DELETE /datastore/image?id=`: the image and its labels.
 #[utoipa::path(
     delete,
     path = "/datastore/",
@@ -214,13 +214,6 @@ fn label_not_found(e: DatastoreError) -> ApiError {
         (status = 422, description = "Missing or unsafe `id`", body = crate::openapi::schemas::Detail),
     )
 )]
-    match e {
-        DatastoreError::NotFound(_) => ApiError::not_found(LABEL_NOT_FOUND),
-        other => other.into(),
-    }
-}
-
-/// `DELETE /datastore/?id=` and `DELETE /datastore/image?id=`: the image and its labels.
 pub async fn remove_image(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
     let id = q_required(&query, "id")?;
     state
@@ -228,6 +221,13 @@ pub async fn remove_image(state: web::Data<AppState>, query: QueryMap) -> ApiRes
         .remove_image(id)
         .await
         .map_err(|e| match e {
+            DatastoreError::NotFound(_) => ApiError::not_found(format!("Image NOT Found: {id}")),
+            other => other.into(),
+        })?;
+    crate::dicom_source::remove(&state, id).await;
+    Ok(response::empty_object())
+}
+
 /// `DELETE /datastore/image?id=`: [`remove_image`] (its own function for the API description).
 #[utoipa::path(
     delete,
@@ -250,8 +250,8 @@ pub async fn remove_image_at(
     remove_image(state, query).await
 }
 
-            DatastoreError::NotFound(_) => ApiError::not_found(format!("Image NOT Found: {id}")),
-            other => other.into(),
+/// `HEAD /datastore/image?image=&check_sum=SHA256:<hex>`: 200 `{}` if the file exists (and
+/// matches the checksum, when one is given).
 #[utoipa::path(
     head,
     path = "/datastore/image",
@@ -266,13 +266,6 @@ pub async fn remove_image_at(
         (status = 422, description = "Missing or unsafe `image`", body = crate::openapi::schemas::Detail),
     )
 )]
-        })?;
-    crate::dicom_source::remove(&state, id).await;
-    Ok(response::empty_object())
-}
-
-/// `HEAD /datastore/image?image=&check_sum=SHA256:<hex>`: 200 `{}` if the file exists (and
-/// matches the checksum, when one is given).
 pub async fn head_image(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
     let id = q_required(&query, "image")?;
     let path = state
@@ -282,12 +275,19 @@ pub async fn head_image(state: web::Data<AppState>, query: QueryMap) -> ApiResul
         .map_err(image_not_found)?;
     let check = q(&query, "check_sum");
     if !check.is_empty() {
-        let actual = joined(
-            tokio::task::spawn_blocking(move || crate::routes::model::sha256_file(&path)).await,
-        )??;
+        let actual = blocking(move || ferrolabel_datastore::files::sha256_file(&path)).await?;
         let want = check
             .strip_prefix("SHA256:")
             .or_else(|| check.strip_prefix("sha256:"))
+            .unwrap_or(check);
+        if !actual.eq_ignore_ascii_case(want) {
+            return Err(ApiError::not_found("Image NOT Found (checksum failed)"));
+        }
+    }
+    Ok(response::empty_object())
+}
+
+/// `GET /datastore/image?image=`: the image file, named `<id><ext>`.
 #[utoipa::path(
     get,
     path = "/datastore/image",
@@ -303,15 +303,6 @@ pub async fn head_image(state: web::Data<AppState>, query: QueryMap) -> ApiResul
         (status = 504, description = "DICOMweb datastore: the PACS timed out", body = crate::openapi::schemas::Detail),
     )
 )]
-            .unwrap_or(check);
-        if !actual.eq_ignore_ascii_case(want) {
-            return Err(ApiError::not_found("Image NOT Found (checksum failed)"));
-        }
-    }
-    Ok(response::empty_object())
-}
-
-/// `GET /datastore/image?image=`: the image file, named `<id><ext>`.
 pub async fn download_image(
     state: web::Data<AppState>,
     query: QueryMap,
@@ -326,6 +317,15 @@ pub async fn download_image(
     // a PACS image is fetched on first use (502/504 when the PACS fails)
     let path = if rec.remote {
         state.datastore.image_path(id).await?
+    } else {
+        rec.path
+    };
+    response::stream_file(&path, &name, ())
+        .await
+        .map_err(|_| ApiError::not_found(IMAGE_NOT_FOUND))
+}
+
+/// `GET /datastore/image/info?image=`: the info plus `path`; `{}` for an unknown id.
 #[utoipa::path(
     get,
     path = "/datastore/image/info",
@@ -338,15 +338,6 @@ pub async fn download_image(
         (status = 422, description = "Missing or unsafe `image`", body = crate::openapi::schemas::Detail),
     )
 )]
-    } else {
-        rec.path
-    };
-    response::stream_file(&path, &name, ())
-        .await
-        .map_err(|_| ApiError::not_found(IMAGE_NOT_FOUND))
-}
-
-/// `GET /datastore/image/info?image=`: the info plus `path`; `{}` for an unknown id.
 pub async fn image_info(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
     let id = q_required(&query, "image")?;
     let info = state.datastore.image_info(id).await?.unwrap_or_default();
@@ -355,6 +346,15 @@ pub async fn image_info(state: web::Data<AppState>, query: QueryMap) -> ApiResul
 
 async fn info_patch(
     state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    field: &str,
+) -> ApiResult<Map<String, Value>> {
+    let form = read_form(req, payload, state.upload_limits()).await?;
+    Ok(form.json_object(field)?)
+}
+
+/// `PUT /datastore/image/info?image=` (form field `info`): shallow merge; answers `null`.
 #[utoipa::path(
     put,
     path = "/datastore/image/info",
@@ -371,15 +371,6 @@ async fn info_patch(
         (status = 422, description = "Missing `image`, a missing or bad `info` JSON object", body = crate::openapi::schemas::Detail),
     )
 )]
-    req: &HttpRequest,
-    payload: web::Payload,
-    field: &str,
-) -> ApiResult<Map<String, Value>> {
-    let form = read_form(req, payload, limits(state)).await?;
-    form.json_object(field)
-}
-
-/// `PUT /datastore/image/info?image=` (form field `info`): shallow merge; answers `null`.
 pub async fn update_image_info(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -388,6 +379,15 @@ pub async fn update_image_info(
 ) -> ApiResult<HttpResponse> {
     let id = q_required(&query, "image")?.to_string();
     let patch = info_patch(&state, &req, payload, "info").await?;
+    state
+        .datastore
+        .update_image_info(&id, patch, Some(&Identity::of(&req).username))
+        .await
+        .map_err(image_not_found)?;
+    Ok(response::null())
+}
+
+/// `PUT /datastore/label?image=&tag=` (multipart `label` + `params`; tag defaults to `final`).
 #[utoipa::path(
     put,
     path = "/datastore/label",
@@ -408,15 +408,6 @@ pub async fn update_image_info(
         (status = 504, description = "DICOMweb datastore: the PACS timed out", body = crate::openapi::schemas::Detail),
     )
 )]
-    state
-        .datastore
-        .update_image_info(&id, patch, Some(&Identity::of(&req).username))
-        .await
-        .map_err(image_not_found)?;
-    Ok(response::null())
-}
-
-/// `PUT /datastore/label?image=&tag=` (multipart `label` + `params`; tag defaults to `final`).
 pub async fn save_label(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -425,7 +416,7 @@ pub async fn save_label(
 ) -> ApiResult<HttpResponse> {
     let id = q_required(&query, "image")?.to_string();
     let tag = ferrolabel_datastore::normalize_tag(q(&query, "tag"))?.to_string();
-    let mut form = read_form(&req, payload, limits(&state)).await?;
+    let mut form = read_form(&req, payload, state.upload_limits()).await?;
     let params = form.json_object("params")?;
     let label = form
         .take_file("label")
@@ -471,6 +462,15 @@ pub async fn save_label(
     tracing::info!(image = %id, tag = %tag, rev = ?rec.rev, "label saved");
     let mut answer = json!({"image": id, "label": id});
     if let (Some(pacs), true) = (&state.pacs, image.remote && tag == FINAL_TAG) {
+        // the label is saved; the SEG goes to the PACS now or later (docs/dicomweb.md)
+        answer["pacs"] = crate::pacs::outbox::queue_final(pacs.clone(), &id, rec.rev).await?;
+    }
+    Ok(response::json(answer))
+}
+
+/// `GET /datastore/label?label=&tag=`: the label file, named `<id><ext>`; with
+/// `format=dicom_seg` (and `seg_type=binary|labelmap`), its DICOM SEG on the image's DICOM
+/// source (`crate::dicom_source`, docs/dicom.md).
 #[utoipa::path(
     get,
     path = "/datastore/label",
@@ -492,15 +492,6 @@ pub async fn save_label(
         (status = 504, description = "DICOMweb datastore: the PACS timed out", body = crate::openapi::schemas::Detail),
     )
 )]
-        // the label is saved; the SEG goes to the PACS now or later (docs/dicomweb.md)
-        answer["pacs"] = crate::pacs::outbox::queue_final(pacs.clone(), &id, rec.rev).await?;
-    }
-    Ok(response::json(answer))
-}
-
-/// `GET /datastore/label?label=&tag=`: the label file, named `<id><ext>`; with
-/// `format=dicom_seg` (and `seg_type=binary|labelmap`), its DICOM SEG on the image's DICOM
-/// source (`crate::dicom_source`, docs/dicom.md).
 pub async fn download_label(
     state: web::Data<AppState>,
     query: QueryMap,
@@ -542,6 +533,15 @@ pub async fn download_label(
         return Ok(crate::dicom_source::seg_response(
             seg,
             &format!("{}.dcm", rec.image_id),
+        ));
+    }
+    let name = format!("{}{}", rec.image_id, rec.ext);
+    response::stream_file(&rec.path, &name, ())
+        .await
+        .map_err(|_| ApiError::not_found(LABEL_NOT_FOUND))
+}
+
+/// `HEAD /datastore/label?image=&tag=` (the id is in `image`).
 #[utoipa::path(
     head,
     path = "/datastore/label",
@@ -556,17 +556,17 @@ pub async fn download_label(
         (status = 422, description = "Missing or unsafe `image`, or an unsafe tag", body = crate::openapi::schemas::Detail),
     )
 )]
-        ));
-    }
-    let name = format!("{}{}", rec.image_id, rec.ext);
-    response::stream_file(&rec.path, &name, ())
-        .await
-        .map_err(|_| ApiError::not_found(LABEL_NOT_FOUND))
-}
-
-/// `HEAD /datastore/label?image=&tag=` (the id is in `image`).
 pub async fn head_label(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
     let id = q_required(&query, "image")?;
+    state
+        .datastore
+        .label_path(id, q(&query, "tag"))
+        .await
+        .map_err(label_not_found)?;
+    Ok(response::empty_object())
+}
+
+/// `DELETE /datastore/label?id=&tag=`: `{}` whether or not the label existed.
 #[utoipa::path(
     delete,
     path = "/datastore/label",
@@ -580,13 +580,13 @@ pub async fn head_label(state: web::Data<AppState>, query: QueryMap) -> ApiResul
         (status = 422, description = "Missing or unsafe `id`, or an unsafe tag", body = crate::openapi::schemas::Detail),
     )
 )]
-    state
-        .datastore
-        .label_path(id, q(&query, "tag"))
-        .await
-        .map_err(label_not_found)?;
+pub async fn remove_label(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
+    let id = q_required(&query, "id")?;
+    state.datastore.remove_label(id, q(&query, "tag")).await?;
     Ok(response::empty_object())
 }
+
+/// `GET /datastore/label/info?label=&tag=`: the label info, `{}` if unknown.
 #[utoipa::path(
     get,
     path = "/datastore/label/info",
@@ -600,15 +600,6 @@ pub async fn head_label(state: web::Data<AppState>, query: QueryMap) -> ApiResul
         (status = 422, description = "Missing or unsafe `label`, or an unsafe tag", body = crate::openapi::schemas::Detail),
     )
 )]
-
-/// `DELETE /datastore/label?id=&tag=`: `{}` whether or not the label existed.
-pub async fn remove_label(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
-    let id = q_required(&query, "id")?;
-    state.datastore.remove_label(id, q(&query, "tag")).await?;
-    Ok(response::empty_object())
-}
-
-/// `GET /datastore/label/info?label=&tag=`: the label info, `{}` if unknown.
 pub async fn label_info(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
     let id = q_required(&query, "label")?;
     let info = state
@@ -629,6 +620,15 @@ async fn update_label(
     let id = q_required(&query, "label")?.to_string();
     let tag = q(&query, "tag").to_string();
     let patch = info_patch(&state, &req, payload, field).await?;
+    state
+        .datastore
+        .update_label_info(&id, &tag, patch, Some(&Identity::of(&req).username))
+        .await
+        .map_err(label_not_found)?;
+    Ok(response::null())
+}
+
+/// `PUT /datastore/label/info?label=&tag=` (form field `info`): answers `null`.
 #[utoipa::path(
     put,
     path = "/datastore/label/info",
@@ -646,16 +646,16 @@ async fn update_label(
         (status = 422, description = "Missing `label`, an unsafe tag, a missing or bad JSON object", body = crate::openapi::schemas::Detail),
     )
 )]
-    state
-        .datastore
-        .update_label_info(&id, &tag, patch, Some(&Identity::of(&req).username))
-        .await
-        .map_err(label_not_found)?;
-    Ok(response::null())
+pub async fn update_label_info(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: QueryMap,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    update_label(state, req, query, payload, "info").await
 }
 
-/// `PUT /datastore/label/info?label=&tag=` (form field `info`): answers `null`.
-pub async fn update_label_info(
+/// `PUT /datastore/updatelabelinfo?label=&tag=` (form field `params`): answers `null`.
 #[utoipa::path(
     put,
     path = "/datastore/updatelabelinfo",
@@ -673,17 +673,17 @@ pub async fn update_label_info(
         (status = 422, description = "Missing `label`, an unsafe tag, a missing or bad JSON object", body = crate::openapi::schemas::Detail),
     )
 )]
+pub async fn update_label_info_params(
     state: web::Data<AppState>,
     req: HttpRequest,
     query: QueryMap,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    update_label(state, req, query, payload, "info").await
+    update_label(state, req, query, payload, "params").await
 }
 
-/// `PUT /datastore/updatelabelinfo?label=&tag=` (form field `params`): answers `null`.
-pub async fn update_label_info_params(
-    state: web::Data<AppState>,
+/// `GET /datastore/dataset?limit_cases=`: a zip of every `final` label with its image, plus
+/// `metadata.json` (the datastore model).
 #[utoipa::path(
     get,
     path = "/datastore/dataset",
@@ -697,15 +697,6 @@ pub async fn update_label_info_params(
         (status = 422, description = "`limit_cases` is not an integer", body = crate::openapi::schemas::Detail),
     )
 )]
-    req: HttpRequest,
-    query: QueryMap,
-    payload: web::Payload,
-) -> ApiResult<HttpResponse> {
-    update_label(state, req, query, payload, "params").await
-}
-
-/// `GET /datastore/dataset?limit_cases=`: a zip of every `final` label with its image, plus
-/// `metadata.json` (the datastore model).
 pub async fn dataset(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
     let mut pairs = state.datastore.datalist_local().await?;
     if pairs.is_empty() {
@@ -719,9 +710,7 @@ pub async fn dataset(state: web::Data<AppState>, query: QueryMap) -> ApiResult<H
     }
     let meta = state.datastore.datastore_json().await?;
     let tmp_dir = state.settings.tmp_dir.clone();
-    let zip = joined(
-        tokio::task::spawn_blocking(move || zip_export::write(&tmp_dir, &pairs, &meta)).await,
-    )??;
+    let zip = blocking(move || zip_export::write(&tmp_dir, &pairs, &meta)).await?;
     let path = zip.to_path_buf();
     response::stream_file(&path, "dataset.zip", zip).await
 }

@@ -21,9 +21,10 @@ use tracing::Instrument;
 use crate::error::{ApiError, ApiResult};
 use crate::multipart::read_form;
 use crate::response;
-use crate::routes::datastore::limits;
 use crate::routes::{q, QueryMap};
 use crate::state::AppState;
+
+mod scribbles;
 
 /// The response formats of `output=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,10 +38,10 @@ enum Output {
 
 /// Sets the cancel flag when dropped before [`CancelOnDrop::disarm`] (i.e. when actix drops the
 /// handler because the client disconnected).
-pub(crate) struct CancelOnDrop(pub(crate) Option<Arc<AtomicBool>>);
+struct CancelOnDrop(Option<Arc<AtomicBool>>);
 
 impl CancelOnDrop {
-    pub(crate) fn disarm(&mut self) {
+    fn disarm(&mut self) {
         self.0 = None;
     }
 }
@@ -55,7 +56,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// Where the input image comes from.
-pub(crate) enum Input {
+enum Input {
     /// A datastore image (results may be saved as labels).
     Datastore(String, PathBuf),
     /// An uploaded file or session image (never saved).
@@ -63,7 +64,6 @@ pub(crate) enum Input {
 }
 
 /// Runs a model and answers with the label map and/or the result params.
-pub async fn infer(
 #[utoipa::path(
     post,
     path = "/infer/{model}",
@@ -93,6 +93,7 @@ pub async fn infer(
         (status = 503, description = "The model's weights are not installed", body = crate::openapi::schemas::Detail),
     )
 )]
+pub async fn infer(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -125,10 +126,10 @@ async fn run(
         }
     };
     check_body_type(&req)?;
-    let mut form = read_form(&req, payload, limits(&state)).await?;
+    let mut form = read_form(&req, payload, state.upload_limits()).await?;
     let params = form.json_object("params")?;
-    if crate::routes::scribbles::is_scribbles_model(&model) {
-        return crate::routes::scribbles::run(state, &model, &query, form, params).await;
+    if scribbles::is_scribbles_model(&model) {
+        return scribbles::run(state, &model, &query, form, params).await;
     }
     let plan = state.app.plan_infer(&model, &params)?;
     let upload = form.take_file("file");
@@ -263,7 +264,7 @@ fn check_body_type(req: &HttpRequest) -> ApiResult<()> {
 
 /// Finds the input image of a request without an uploaded file: a live session, else the
 /// datastore id from `?image=` (or the `image` param).
-pub(crate) async fn resolve(
+async fn resolve(
     state: &AppState,
     query: &QueryMap,
     params: &serde_json::Map<String, Value>,

@@ -3,8 +3,9 @@
 use std::io::{Read, Seek, SeekFrom};
 
 use actix_web::{web, HttpResponse};
+use ferrolabel_datastore::{blocking, TaskFailed};
 
-use crate::error::{joined, ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult};
 use crate::routes::{q_bool, q_int, QueryMap};
 use crate::state::AppState;
 
@@ -32,7 +33,6 @@ fn tail(path: &std::path::Path, lines: usize) -> std::io::Result<String> {
 
 /// The last `lines` lines (`0` = everything) as text/plain (`text=true` or `html=false`), or in
 /// a small HTML page.
-pub async fn logs(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
 #[utoipa::path(
     get,
     path = "/logs/",
@@ -52,11 +52,13 @@ pub async fn logs(state: web::Data<AppState>, query: QueryMap) -> ApiResult<Http
         (status = 422, description = "A bad integer or boolean", body = crate::openapi::schemas::Detail),
     )
 )]
+pub async fn logs(state: web::Data<AppState>, query: QueryMap) -> ApiResult<HttpResponse> {
     let lines = q_int(&query, "lines", 300)?.max(0) as usize;
     let text = q_bool(&query, "text", false)? || !q_bool(&query, "html", true)?;
     let refresh = q_int(&query, "refresh", 0)?;
     let path = state.settings.log_file.clone();
-    let body = joined(tokio::task::spawn_blocking(move || tail(&path, lines)).await)?
+    let body = blocking(move || Ok::<_, TaskFailed>(tail(&path, lines)))
+        .await?
         .map_err(|e| ApiError::not_found(format!("log file not found: {e}")))?;
     if text {
         return Ok(HttpResponse::Ok()

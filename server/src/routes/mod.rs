@@ -20,11 +20,10 @@ pub mod proxy;
 pub mod report;
 pub mod root;
 pub mod scoring;
-pub mod scribbles;
 pub mod session;
 pub mod tasks;
-pub mod ui;
 pub mod train;
+pub mod ui;
 
 use std::collections::HashMap;
 use std::rc::Rc;

@@ -1,35 +1,18 @@
 //! `/model/*`: the model's weights file (docs/protocol.md §8.1). `?highres=false` selects the 3 mm weights
 //! (`model_lowres.pt`); the default is the bundle's default resolution.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use ferrolabel_datastore::blocking;
 use ferrolabel_models::Resolution;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
-use crate::error::{joined, ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult};
 use crate::multipart::read_form;
 use crate::response;
-use crate::routes::datastore::limits;
 use crate::routes::{q_bool, QueryMap};
 use crate::state::AppState;
-
-/// Hex SHA-256 of a file.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
 
 fn resolution(state: &AppState, query: &QueryMap) -> ApiResult<Resolution> {
     let default = state.app.default_resolution().is_high();
@@ -47,6 +30,23 @@ async fn existing_weights(state: &AppState, model: &str, query: &QueryMap) -> Ap
         .map(|m| m.is_file())
         .unwrap_or(false)
     {
+        Ok(path)
+    } else {
+        Err(not_found(model))
+    }
+}
+
+fn checksum_json(path: PathBuf) -> ApiResult<serde_json::Value> {
+    let sum = ferrolabel_datastore::files::sha256_file(&path)?;
+    let mtime = std::fs::metadata(&path)?
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Ok(json!({"checksum": format!("SHA256:{sum}"), "modified_time": mtime}))
+}
+
+/// `GET /model/info/{model}`: `{"checksum": "SHA256:<hex>", "modified_time": <epoch s>}`.
 #[utoipa::path(
     get,
     path = "/model/info/{model}",
@@ -61,18 +61,18 @@ async fn existing_weights(state: &AppState, model: &str, query: &QueryMap) -> Ap
         (status = 422, description = "A bad boolean", body = crate::openapi::schemas::Detail),
     )
 )]
-        Ok(path)
-    } else {
-        Err(not_found(model))
-    }
+pub async fn info(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: QueryMap,
+) -> ApiResult<HttpResponse> {
+    let model = path.into_inner();
+    let file = existing_weights(&state, &model, &query).await?;
+    let v = blocking(move || checksum_json(file)).await?;
+    Ok(response::json(v))
 }
 
-fn checksum_json(path: PathBuf) -> std::io::Result<serde_json::Value> {
-    let sum = sha256_file(&path)?;
-    let mtime = std::fs::metadata(&path)?
-        .modified()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+/// `GET /model/{model}`: the weights file, named `<model>.pt`.
 #[utoipa::path(
     get,
     path = "/model/{model}",
@@ -87,22 +87,22 @@ fn checksum_json(path: PathBuf) -> std::io::Result<serde_json::Value> {
         (status = 422, description = "A bad boolean", body = crate::openapi::schemas::Detail),
     )
 )]
-        .unwrap_or(0);
-    Ok(json!({"checksum": format!("SHA256:{sum}"), "modified_time": mtime}))
-}
-
-/// `GET /model/info/{model}`: `{"checksum": "SHA256:<hex>", "modified_time": <epoch s>}`.
-pub async fn info(
+pub async fn download(
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: QueryMap,
 ) -> ApiResult<HttpResponse> {
     let model = path.into_inner();
     let file = existing_weights(&state, &model, &query).await?;
-    let v = joined(tokio::task::spawn_blocking(move || checksum_json(file)).await)??;
-    Ok(response::json(v))
+    let ext = file
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    response::stream_file(&file, &format!("{model}{ext}"), ()).await
 }
 
+/// `PUT /model/{model}` (multipart `file`): checks that the weights load into the network,
+/// then replaces the weights file atomically; the engine picks it up on its next job.
 #[utoipa::path(
     put,
     path = "/model/{model}",
@@ -121,23 +121,6 @@ pub async fn info(
         (status = 422, description = "No `file` part, a bad boolean, or weights that do not load into the network", body = crate::openapi::schemas::Detail),
     )
 )]
-/// `GET /model/{model}`: the weights file, named `<model>.pt`.
-pub async fn download(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    query: QueryMap,
-) -> ApiResult<HttpResponse> {
-    let model = path.into_inner();
-    let file = existing_weights(&state, &model, &query).await?;
-    let ext = file
-        .extension()
-        .map(|e| format!(".{}", e.to_string_lossy()))
-        .unwrap_or_default();
-    response::stream_file(&file, &format!("{model}{ext}"), ()).await
-}
-
-/// `PUT /model/{model}` (multipart `file`): checks that the weights load into the network,
-/// then replaces the weights file atomically; the engine picks it up on its next job.
 pub async fn upload(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -148,7 +131,7 @@ pub async fn upload(
     let model = path.into_inner();
     let res = resolution(&state, &query)?;
     state.app.weights_path(&model, res)?;
-    let mut form = read_form(&req, payload, limits(&state)).await?;
+    let mut form = read_form(&req, payload, state.upload_limits()).await?;
     let file = form
         .take_file("file")
         .ok_or_else(|| ApiError::unprocessable("missing file part \"file\""))?;
@@ -167,6 +150,23 @@ pub async fn upload(
         .bundle_dir()
         .join("models")
         .join(res.model_file())
+        .with_extension(ext);
+    let v = blocking(move || -> ApiResult<serde_json::Value> {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".upload.{}.tmp", uuid::Uuid::new_v4().simple()));
+        std::fs::copy(&staged, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &dest)?;
+        checksum_json(dest)
+    })
+    .await?;
+    drop(staged_guard);
+    tracing::info!(model = %model, ?res, "weights replaced");
+    Ok(response::json(v))
+}
+
+/// `DELETE /model/{model}`: renames the weights to `<file>.<YYYYmmdd_HHMMSS>.deleted`.
 #[utoipa::path(
     delete,
     path = "/model/{model}",
@@ -181,25 +181,6 @@ pub async fn upload(
         (status = 422, description = "A bad boolean", body = crate::openapi::schemas::Detail),
     )
 )]
-        .with_extension(ext);
-    let v = joined(
-        tokio::task::spawn_blocking(move || -> std::io::Result<serde_json::Value> {
-            let dir = dest.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!(".upload.{}.tmp", uuid::Uuid::new_v4().simple()));
-            std::fs::copy(&staged, &tmp)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &dest)?;
-            checksum_json(dest)
-        })
-        .await,
-    )??;
-    drop(staged_guard);
-    tracing::info!(model = %model, ?res, "weights replaced");
-    Ok(response::json(v))
-}
-
-/// `DELETE /model/{model}`: renames the weights to `<file>.<YYYYmmdd_HHMMSS>.deleted`.
 pub async fn remove(
     state: web::Data<AppState>,
     path: web::Path<String>,

@@ -17,8 +17,8 @@ use ferrolabel_apps::scoring::ScoringMethod;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiResult;
+use crate::jobs::{json_params, kind_status, kind_stop, submit_options};
 use crate::response;
-use crate::routes::tasks::{json_params, kind_status, kind_stop, submit_options};
 use crate::routes::QueryMap;
 use crate::state::AppState;
 

@@ -12,7 +12,6 @@ use serde_json::json;
 use crate::error::{ApiError, ApiResult};
 use crate::multipart::read_form;
 use crate::response;
-use crate::routes::datastore::limits;
 use crate::routes::{q, q_bool, q_int, QueryMap};
 use crate::state::AppState;
 
@@ -20,6 +19,7 @@ use crate::state::AppState;
 const SERIES_IMAGE: &str = "series.nii.gz";
 
 /// `PUT /session/?expiry=&uncompress=false&series=` (multipart `files`, one or more; a
+/// `series` query parameter or form field chooses one series of a DICOM upload).
 #[utoipa::path(
     put,
     path = "/session/",
@@ -39,7 +39,6 @@ const SERIES_IMAGE: &str = "series.nii.gz";
         (status = 422, description = "No `files` part, `uncompress=true`, a bad `expiry`, or an image that cannot be read", body = crate::openapi::schemas::Detail),
     )
 )]
-/// `series` query parameter or form field chooses one series of a DICOM upload).
 pub async fn create(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -53,7 +52,7 @@ pub async fn create(
             "uncompress=true is not supported: upload the image files themselves",
         ));
     }
-    let mut form = read_form(&req, payload, limits(&state)).await?;
+    let mut form = read_form(&req, payload, state.upload_limits()).await?;
     let files = form.take_files("files");
     if files.is_empty() {
         return Err(ApiError::unprocessable("missing file part \"files\""));
@@ -98,6 +97,7 @@ fn session_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("Session ({id}) Not Found"))
 }
 
+/// `GET /session/{id}?update_ts=false&image=false`: the session info, or its image file.
 #[utoipa::path(
     get,
     path = "/session/{id}",
@@ -117,7 +117,6 @@ fn session_not_found(id: &str) -> ApiError {
         (status = 422, description = "A bad boolean, or `image=true` for a folder session", body = crate::openapi::schemas::Detail),
     )
 )]
-/// `GET /session/{id}?update_ts=false&image=false`: the session info, or its image file.
 pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -149,6 +148,7 @@ pub async fn get(
     Ok(response::json(info))
 }
 
+/// `DELETE /session/{id}`: the removed session's info.
 #[utoipa::path(
     delete,
     path = "/session/{id}",
@@ -162,7 +162,6 @@ pub async fn get(
         (status = 406, description = "Sessions are disabled (`MONAI_LABEL_SESSIONS=false`)", body = crate::openapi::schemas::Detail),
     )
 )]
-/// `DELETE /session/{id}`: the removed session's info.
 pub async fn remove(
     state: web::Data<AppState>,
     path: web::Path<String>,

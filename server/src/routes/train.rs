@@ -19,8 +19,8 @@ use ferrolabel_apps::MODEL_NAME;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ApiResult};
+use crate::jobs::{json_params, kind_status, kind_stop, submit_options};
 use crate::response;
-use crate::routes::tasks::{json_params, kind_status, kind_stop, submit_options};
 use crate::routes::QueryMap;
 use crate::state::AppState;
 

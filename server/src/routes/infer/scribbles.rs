@@ -1,5 +1,5 @@
 //! `POST /infer/{scribbles model}` (`Histogram+GraphCut`, `Model+GraphCut`;
-//! `docs/scribbles.md`), reached from [`crate::routes::infer`] once the form is read.
+//! `docs/scribbles.md`): part of the infer route, which hands over once the form is read.
 //!
 //! Order of checks after the infer route's own (output type, body type, body, params JSON):
 //! model and params (404/422, 503 without weights for `Model+GraphCut`) → `label` part (422) →
@@ -15,11 +15,12 @@ use ferrolabel_apps::scribbles::ScribblesUpload;
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ApiResult};
-use crate::form::Form;
+use crate::multipart::Form;
 use crate::response;
-use crate::routes::infer::{resolve, CancelOnDrop, Input};
 use crate::routes::{q, QueryMap};
 use crate::state::AppState;
+
+use super::{resolve, CancelOnDrop, Input};
 
 /// Whether `model` names a scribbles model (`+` may arrive percent-encoded).
 pub fn is_scribbles_model(model: &str) -> bool {
