@@ -13,6 +13,7 @@ mod auth;
 mod dicom_bad;
 mod dicom_seg;
 mod dicom_upload;
+mod engine_errors;
 mod errors;
 mod infer;
 mod pacs;
