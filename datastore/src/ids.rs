@@ -116,6 +116,20 @@ pub fn id_from_filename(name: &str) -> (String, String) {
     (id.to_string(), ext.to_string())
 }
 
+/// The naming rule for uploaded files: the basename of the client's file name, and its known
+/// extension (as [`id_from_filename`] finds it) when that is a valid one, else `""`. The server
+/// names the temp file of every uploaded part with it.
+pub fn upload_name(client_name: &str) -> (String, String) {
+    let base = basename(client_name).to_string();
+    let (_, ext) = id_from_filename(&base);
+    let ext = if validate_ext(&ext).is_ok() {
+        ext
+    } else {
+        String::new()
+    };
+    (base, ext)
+}
+
 /// Matches a file name found on disk against the configured extensions.
 ///
 /// Returns `(id, ext)` for the longest extension the name ends with (the id is the name minus that
@@ -147,6 +161,24 @@ pub fn validate_session_id(id: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_name_keeps_the_basename_and_a_valid_ext() {
+        assert_eq!(
+            upload_name(r"C:\Users\me\case.nii.gz"),
+            ("case.nii.gz".to_string(), ".nii.gz".to_string())
+        );
+        assert_eq!(
+            upload_name("/tmp/a.seg.nrrd"),
+            ("a.seg.nrrd".to_string(), ".nrrd".to_string())
+        );
+        assert_eq!(upload_name("noext"), ("noext".to_string(), String::new()));
+        assert_eq!(upload_name("x.a/b"), ("b".to_string(), String::new()));
+        assert_eq!(
+            upload_name("scan.bad\u{1}ext"),
+            ("scan.bad\u{1}ext".to_string(), String::new())
+        );
+    }
 
     #[test]
     fn rejects_unsafe_ids() {

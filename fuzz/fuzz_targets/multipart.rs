@@ -1,4 +1,4 @@
-//! The server's form reader on arbitrary request bodies: `multipart/form-data` through
+//! The server's form reader (`ferrolabel-forms`) on arbitrary request bodies: `multipart/form-data` through
 //! actix-multipart and the upload loop (temp files, size cap, text fields), and the
 //! urlencoded parser.
 //!
@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 
 use actix_web::http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use actix_web::web::Bytes;
-use ferrolabel_fuzz::form::{parse_multipart, parse_urlencoded, FormError, UploadLimits};
-use ferrolabel_fuzz::{ids, upload_name};
+use ferrolabel_datastore::ids::{self, upload_name};
+use ferrolabel_forms::{parse_multipart, parse_urlencoded, FormError, UploadLimits};
 use libfuzzer_sys::fuzz_target;
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -106,7 +106,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(left_over(dir), form.files.len());
             drop(form);
         }
-        Err(FormError::TooLarge) => assert!(total_fits(max_bytes, body.len())),
+        Err(FormError::TooLarge { max_bytes: m }) => {
+            assert_eq!(m, max_bytes);
+            assert!(total_fits(max_bytes, body.len()))
+        }
+        Err(FormError::Unprocessable(m)) => panic!("a form body is never a 422: {m}"),
         Err(FormError::BadRequest(m)) => assert!(!m.is_empty()),
         Err(FormError::Io(e)) => panic!("temp file I/O failed: {e}"),
     }

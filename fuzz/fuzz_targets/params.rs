@@ -7,10 +7,8 @@
 //! parses back to the same object; a name the validators accept is safe as a path component.
 #![no_main]
 
-use ferrolabel_fuzz::form::parse_json_object;
-use ferrolabel_fuzz::ids;
-use ferrolabel_fuzz::pyjson::python_json;
-use ferrolabel_fuzz::upload_name;
+use ferrolabel_datastore::ids::{self, upload_name};
+use ferrolabel_forms::{parse_json_object, python_json};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -1,48 +1,7 @@
-//! Shared code of the fuzz targets: the server's byte-level form, params and JSON code and the
-//! datastore's upload naming rule, compiled from their own source files (`#[path]`) so that the
-//! targets exercise exactly what the server runs, without linking libtorch or SQLite.
-
-#![allow(dead_code)]
-
-/// `server/src/form.rs`: multipart and urlencoded bodies, params JSON objects.
-#[path = "../../server/src/form.rs"]
-pub mod form;
-
-/// `server/src/pyjson.rs`: Python `json.dumps` layout for echoed params.
-#[path = "../../server/src/pyjson.rs"]
-pub mod pyjson;
-
-/// `datastore/src/ids.rs`: ids, tags, upload names and extensions.
-#[path = "../../datastore/src/ids.rs"]
-pub mod ids;
-
-/// The two variants of the datastore's error enum that `ids.rs` builds.
-pub mod error {
-    /// A subset of `ferrolabel_datastore::DatastoreError` with the same variant names.
-    #[derive(Debug)]
-    pub enum DatastoreError {
-        /// An id, tag or session id that is unsafe or malformed.
-        InvalidId(String),
-        /// Any other invalid argument.
-        Invalid(String),
-    }
-
-    /// `Result` with [`DatastoreError`].
-    pub type Result<T> = std::result::Result<T, DatastoreError>;
-}
-
-/// The server's upload naming rule (`server/src/multipart.rs::upload_name`), over the real
-/// `ids.rs`.
-pub fn upload_name(client_name: &str) -> (String, String) {
-    let base = ids::basename(client_name).to_string();
-    let (_, ext) = ids::id_from_filename(&base);
-    let ext = if ids::validate_ext(&ext).is_ok() {
-        ext
-    } else {
-        String::new()
-    };
-    (base, ext)
-}
+//! Shared code of the fuzz targets: the image limits they run under and the invariant every
+//! successful image read must satisfy. The code under test comes from the crates themselves
+//! (`ferrolabel-imaging`, `ferrolabel-forms`, `ferrolabel-datastore`, `ferrolabel-dicom`),
+//! none of which links libtorch.
 
 /// The limits the server applies by default, with the voxel and size limits scaled down so
 /// that an input which declares a huge (but within-limit) image cannot make one run allocate

@@ -7,46 +7,23 @@
 //! the request fails with 413 and nothing more is stored (the rest of the body is read and
 //! discarded, up to a bound, so that the client sees the answer instead of a broken pipe).
 //!
-//! The byte-level parsing lives in [`crate::form`] (fuzzed by `fuzz/`); this module feeds it
+//! The byte-level parsing lives in [`ferrolabel_forms`] (fuzzed by `fuzz/`); this module feeds it
 //! actix payloads and maps its errors to HTTP answers.
 
 use actix_web::http::header;
 use actix_web::web::{self, Bytes};
 use actix_web::HttpRequest;
-use ferrolabel_datastore::{id_from_filename, validate_ext};
+use ferrolabel_datastore::ids::upload_name;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ApiResult};
-pub use crate::form::{Form, UploadLimits, UploadedFile};
-use crate::form::{FormError, MAX_DRAIN, MAX_TEXT_FIELD};
-
-impl Form {
-    /// A text field holding a JSON object (absent or blank → `{}`); anything else is a 422.
-    pub fn json_object(&self, name: &str) -> ApiResult<Map<String, Value>> {
-        parse_json_object(
-            self.field(name).unwrap_or(""),
-            &format!("form field {name:?}"),
-        )
-    }
-}
+pub use ferrolabel_forms::{Form, UploadLimits, UploadedFile};
+use ferrolabel_forms::{FormError, MAX_DRAIN, MAX_TEXT_FIELD};
 
 /// Parses a JSON object from text (blank → `{}`); 422 with `what` in the message otherwise.
 pub fn parse_json_object(text: &str, what: &str) -> ApiResult<Map<String, Value>> {
-    crate::form::parse_json_object(text, what).map_err(ApiError::unprocessable)
-}
-
-/// The datastore's naming rule for uploads: the basename of the client's file name, and its
-/// known extension when that is a valid one (else `""`).
-pub fn upload_name(client_name: &str) -> (String, String) {
-    let base = ferrolabel_datastore::ids::basename(client_name).to_string();
-    let (_, ext) = id_from_filename(&base);
-    let ext = if validate_ext(&ext).is_ok() {
-        ext
-    } else {
-        String::new()
-    };
-    (base, ext)
+    ferrolabel_forms::parse_json_object(text, what).map_err(ApiError::unprocessable)
 }
 
 fn content_type(req: &HttpRequest) -> String {
@@ -65,11 +42,16 @@ fn too_large(max: u64) -> ApiError {
     ))
 }
 
-fn api_error(e: FormError, max: u64) -> ApiError {
-    match e {
-        FormError::BadRequest(m) => ApiError::bad_request(m),
-        FormError::TooLarge => too_large(max),
-        FormError::Io(e) => e.into(),
+/// A form body refused by [`ferrolabel_forms`] as an HTTP answer: malformed 400, not a JSON
+/// object 422 (e.g. [`Form::json_object`]), over the upload limit 413, temp file I/O 500.
+impl From<FormError> for ApiError {
+    fn from(e: FormError) -> Self {
+        match e {
+            FormError::BadRequest(m) => ApiError::bad_request(m),
+            FormError::Unprocessable(m) => ApiError::unprocessable(m),
+            FormError::TooLarge { max_bytes } => too_large(max_bytes),
+            FormError::Io(e) => e.into(),
+        }
     }
 }
 
@@ -83,13 +65,13 @@ pub async fn read_form(
 ) -> ApiResult<Form> {
     let ct = content_type(req);
     if ct.starts_with("multipart/") {
-        crate::form::parse_multipart(req.headers(), payload.into_inner(), limits, upload_name)
+        ferrolabel_forms::parse_multipart(req.headers(), payload.into_inner(), limits, upload_name)
             .await
-            .map_err(|e| api_error(e, limits.max_bytes))
+            .map_err(ApiError::from)
     } else if ct.starts_with("application/x-www-form-urlencoded") {
         let cap = limits.max_bytes.min(MAX_TEXT_FIELD as u64 * 4);
         let body = read_body(payload, cap).await?;
-        crate::form::parse_urlencoded(&body).map_err(|e| api_error(e, cap))
+        ferrolabel_forms::parse_urlencoded(&body).map_err(ApiError::from)
     } else {
         Ok(Form::default())
     }
@@ -122,19 +104,6 @@ async fn drain(payload: &mut web::Payload, mut seen: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upload_names() {
-        assert_eq!(
-            upload_name(r"C:\Users\me\case.nii.gz"),
-            ("case.nii.gz".to_string(), ".nii.gz".to_string())
-        );
-        assert_eq!(
-            upload_name("/tmp/a.seg.nrrd"),
-            ("a.seg.nrrd".to_string(), ".nrrd".to_string())
-        );
-        assert_eq!(upload_name("noext"), ("noext".to_string(), String::new()));
-    }
 
     #[test]
     fn json_objects_are_422() {

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
 use crate::error::{ApiError, ApiResult};
-pub use crate::pyjson::python_json;
+pub use ferrolabel_forms::python_json;
 
 /// The content type MONAI Label's `get_mime_type` gives a file name.
 pub fn mime_for(name: &str) -> &'static str {

@@ -1,8 +1,5 @@
 //! JSON in the layout of Python's `json.dumps`, which MONAI Label clients see in every answer
 //! that echoes params back.
-//!
-//! Pure serde code with no `crate::` paths, so that the fuzz targets under `fuzz/` compile this
-//! very file.
 
 use serde::Serialize;
 
@@ -63,5 +60,20 @@ impl serde_json::ser::Formatter for PythonFormatter {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_layout() {
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"a": [1,2], "é": "x😀", "b": {"c": null}}"#).unwrap();
+        assert_eq!(
+            String::from_utf8(python_json(&v)).unwrap(),
+            r#"{"a": [1, 2], "\u00e9": "x\ud83d\ude00", "b": {"c": null}}"#
+        );
     }
 }

@@ -1,10 +1,8 @@
 //! Form bodies as bytes: the `multipart/form-data` reader (file parts streamed to temp files
 //! under a size cap), urlencoded text, and text fields holding JSON objects.
 //!
-//! This module knows nothing of the server (no `crate::` paths, no handlers): it works on a
-//! header map and a byte stream, so that the fuzz targets under `fuzz/` compile this very file
-//! without libtorch. [`crate::multipart`] wraps it for actix handlers and maps [`FormError`] to
-//! HTTP answers.
+//! Nothing here knows of handlers or HTTP statuses: the server's `multipart` module feeds these
+//! functions actix payloads and maps [`FormError`] to answers.
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -20,6 +18,8 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{Map, Value};
 use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
+
+use crate::FormError;
 
 /// Field names that always hold files, even when a client omits the filename.
 pub const FILE_FIELDS: [&str; 3] = ["file", "label", "files"];
@@ -46,33 +46,6 @@ pub struct UploadLimits<'a> {
     pub tmp_dir: &'a Path,
     /// Largest accepted body, in bytes.
     pub max_bytes: u64,
-}
-
-/// Why a form body was refused.
-#[derive(Debug)]
-pub enum FormError {
-    /// The body is malformed (400); the message says how.
-    BadRequest(String),
-    /// The body is larger than [`UploadLimits::max_bytes`] (413).
-    TooLarge,
-    /// A temp file could not be written.
-    Io(std::io::Error),
-}
-
-impl From<std::io::Error> for FormError {
-    fn from(e: std::io::Error) -> Self {
-        FormError::Io(e)
-    }
-}
-
-impl std::fmt::Display for FormError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FormError::BadRequest(m) => f.write_str(m),
-            FormError::TooLarge => f.write_str("request body larger than the upload limit"),
-            FormError::Io(e) => write!(f, "cannot store the upload: {e}"),
-        }
-    }
 }
 
 /// A file part, stored in a temp file that is deleted on drop.
@@ -113,6 +86,16 @@ impl Form {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The text field `name` as a JSON object (absent or blank → `{}`); anything else is a
+    /// [`FormError::Unprocessable`] naming the field.
+    pub fn json_object(&self, name: &str) -> Result<Map<String, Value>, FormError> {
+        parse_json_object(
+            self.field(name).unwrap_or(""),
+            &format!("form field {name:?}"),
+        )
+        .map_err(FormError::Unprocessable)
     }
 
     /// Removes and returns the first file part named `name`.
@@ -268,7 +251,9 @@ where
             while let Some(Ok(chunk)) = next_item(&mut field, &ended).await {
                 total += chunk.len() as u64;
                 if total > limits.max_bytes.saturating_add(MAX_DRAIN) {
-                    return Err(FormError::TooLarge);
+                    return Err(FormError::TooLarge {
+                        max_bytes: limits.max_bytes,
+                    });
                 }
             }
             continue;
@@ -283,7 +268,9 @@ where
                 while let Some(Ok(chunk)) = next_item(&mut field, &ended).await {
                     total += chunk.len() as u64;
                     if total > limits.max_bytes.saturating_add(MAX_DRAIN) {
-                        return Err(FormError::TooLarge);
+                        return Err(FormError::TooLarge {
+                            max_bytes: limits.max_bytes,
+                        });
                     }
                 }
                 continue;
@@ -341,7 +328,9 @@ where
         }
     }
     if overflow || total > limits.max_bytes {
-        return Err(FormError::TooLarge);
+        return Err(FormError::TooLarge {
+            max_bytes: limits.max_bytes,
+        });
     }
     if too_many {
         return Err(FormError::BadRequest(format!(
@@ -448,5 +437,17 @@ mod tests {
         assert_eq!(parse_json_object("{\"a\":1}", "p").unwrap()["a"], 1);
         assert!(parse_json_object("[1]", "p").is_err());
         assert!(parse_json_object("{bad", "p").is_err());
+        let form = Form {
+            fields: vec![("params".into(), "[1]".into()), ("info".into(), " ".into())],
+            files: Vec::new(),
+        };
+        match form.json_object("params") {
+            Err(FormError::Unprocessable(m)) => {
+                assert!(m.starts_with("form field \"params\""), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(form.json_object("info").unwrap().is_empty());
+        assert!(form.json_object("absent").unwrap().is_empty());
     }
 }
