@@ -122,8 +122,14 @@ fuzz_target!(|data: &[u8]| {
     // the in-memory path may refuse more (the gzip ratio check), never accept what the
     // streamed path refuses, and reads the same voxels
     if let Ok(v) = &whole {
-        let s = streamed.as_ref().expect("accepted whole but refused streamed");
+        let s = streamed
+            .as_ref()
+            .expect("accepted whole but refused streamed");
         assert_eq!(v.dims, s.dims);
-        assert!(v.data.iter().zip(&s.data).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(v
+            .data
+            .iter()
+            .zip(&s.data)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 });
