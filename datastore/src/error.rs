@@ -1,6 +1,8 @@
 //! The crate's single error type.
 
-use std::path::{Path, PathBuf};
+#[cfg(feature = "store")]
+use std::path::Path;
+use std::path::PathBuf;
 
 /// Everything that can go wrong in the datastore.
 ///
@@ -30,9 +32,11 @@ pub enum DatastoreError {
         source: std::io::Error,
     },
     /// The SQLite database failed.
+    #[cfg(feature = "store")]
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     /// Applying the embedded migrations failed.
+    #[cfg(feature = "store")]
     #[error("database migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// JSON (de)serialisation failed.
@@ -65,11 +69,13 @@ pub enum DatastoreError {
 pub type Result<T, E = DatastoreError> = std::result::Result<T, E>;
 
 /// Attaches a path to an [`std::io::Error`].
+#[cfg(feature = "store")]
 pub(crate) trait IoContext<T> {
     /// Converts the error into [`DatastoreError::Io`] naming `path`.
     fn at(self, path: &Path) -> Result<T>;
 }
 
+#[cfg(feature = "store")]
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: &Path) -> Result<T> {
         self.map_err(|source| DatastoreError::Io {
@@ -79,6 +85,7 @@ impl<T> IoContext<T> for std::io::Result<T> {
     }
 }
 
+#[cfg(feature = "store")]
 impl From<crate::blocking::TaskFailed> for DatastoreError {
     fn from(e: crate::blocking::TaskFailed) -> Self {
         DatastoreError::Task(e.0)

@@ -37,38 +37,64 @@
 //! image exclusively; [`Datastore::refresh`] waits for all writes. Write transactions use
 //! `BEGIN IMMEDIATE`, and blocking file I/O runs on tokio's blocking pool.
 
-pub mod audit;
-pub mod blocking;
 pub mod error;
-pub mod files;
 pub mod ids;
-pub mod images;
-pub mod import;
-pub mod jobs;
-pub mod labels;
-mod monai_json;
-pub mod reconcile;
-pub mod remote;
-pub mod sessions;
-mod store;
 
-pub use audit::{read_audit_log, AuditEntry};
-pub use blocking::{blocking, TaskFailed};
 pub use error::{DatastoreError, Result};
-pub use files::Source;
 pub use ids::{
     id_from_filename, match_extension, normalize_tag, validate_ext, validate_id,
     validate_session_id, validate_tag, DEFAULT_EXTENSIONS, FINAL_TAG, ORIGINAL_TAG,
 };
+
+// Everything below is the store (the default `store` feature); without it only the id/tag/name
+// rules and the error type are built (fuzz/).
+#[cfg(feature = "store")]
+pub mod audit;
+#[cfg(feature = "store")]
+pub mod blocking;
+#[cfg(feature = "store")]
+pub mod files;
+#[cfg(feature = "store")]
+pub mod images;
+#[cfg(feature = "store")]
+pub mod import;
+#[cfg(feature = "store")]
+pub mod jobs;
+#[cfg(feature = "store")]
+pub mod labels;
+#[cfg(feature = "store")]
+mod monai_json;
+#[cfg(feature = "store")]
+pub mod reconcile;
+#[cfg(feature = "store")]
+pub mod remote;
+#[cfg(feature = "store")]
+pub mod sessions;
+#[cfg(feature = "store")]
+mod store;
+
+#[cfg(feature = "store")]
+pub use audit::{read_audit_log, AuditEntry};
+#[cfg(feature = "store")]
+pub use blocking::{blocking, TaskFailed};
+#[cfg(feature = "store")]
+pub use files::Source;
+#[cfg(feature = "store")]
 pub use images::{DatastoreStatus, ImageRecord};
+#[cfg(feature = "store")]
 pub use jobs::{Heartbeat, JobOutcome, JobRow, JobState, JobUpdate, NewJob};
+#[cfg(feature = "store")]
 pub use labels::{LabelRecord, RevisionRecord};
+#[cfg(feature = "store")]
 pub use monai_json::{DEFAULT_DESCRIPTION, DEFAULT_NAME};
+#[cfg(feature = "store")]
 pub use remote::{OutboxItem, RemoteImage, RemoteSource, SyncStats};
+#[cfg(feature = "store")]
 pub use sessions::{SessionInfo, Sessions};
+#[cfg(feature = "store")]
 pub use store::{Datastore, DatastoreOptions, DATASTORE_JSON, PRIVATE_DIR};
 
-#[cfg(test)]
+#[cfg(all(test, feature = "store"))]
 mod send_sync {
     fn check<T: Send + Sync + Clone + 'static>() {}
 
