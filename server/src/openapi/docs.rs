@@ -2,13 +2,13 @@
 //! and `GET /docs/{file}` (the UI's vendored files, `server/static/swagger-ui/`, compiled into
 //! the binary: no CDN, the page works offline).
 
-use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
+use crate::response::{embedded_file, EmbeddedFile};
 
 /// The Swagger UI files `/docs/{file}` serves: name, content type, bytes.
-const ASSETS: &[(&str, &str, &[u8])] = &[
+const ASSETS: &[EmbeddedFile] = &[
     (
         "swagger-ui-bundle.js",
         "text/javascript; charset=utf-8",
@@ -87,12 +87,5 @@ pub async fn swagger_ui() -> HttpResponse {
     )
 )]
 pub async fn asset(file: web::Path<String>) -> ApiResult<HttpResponse> {
-    let (_, content_type, bytes) = ASSETS
-        .iter()
-        .find(|(name, _, _)| *name == file.as_str())
-        .ok_or_else(|| ApiError::not_found("Not Found"))?;
-    Ok(HttpResponse::Ok()
-        .content_type(*content_type)
-        .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
-        .body(*bytes))
+    embedded_file(ASSETS, &file, "public, max-age=86400")
 }

@@ -51,8 +51,6 @@ use crate::routes;
         routes::datastore::remove_image,
         routes::datastore::download_image,
         routes::datastore::head_image,
-        routes::datastore::upload_image_at,
-        routes::datastore::remove_image_at,
         routes::datastore::image_info,
         routes::datastore::update_image_info,
         routes::datastore::download_label,
@@ -140,10 +138,40 @@ pub struct ApiDoc;
 /// The methods an OpenAPI path item may hold.
 const METHODS: &[&str] = &["get", "put", "post", "delete", "head", "patch", "options"];
 
+/// Operations served by the same handler under a second path (MONAI Label's two upload and
+/// delete paths): `(path, method, the path whose operation it repeats)`. utoipa describes one
+/// path per handler, so the second is copied here.
+const ALIASES: &[(&str, &str, &str)] = &[
+    ("/datastore/image", "put", "/datastore/"),
+    ("/datastore/image", "delete", "/datastore/"),
+];
+
+/// Adds each of [`ALIASES`] to `paths`, its description naming the path it repeats.
+fn add_aliases(paths: &mut Map<String, Value>) {
+    for (path, method, from) in ALIASES {
+        let Some(mut op) = paths.get(*from).and_then(|item| item.get(*method)).cloned() else {
+            continue;
+        };
+        if let Some(op) = op.as_object_mut() {
+            let same = format!("Same as `{} {from}`.", method.to_uppercase());
+            let text = match op.get("description").and_then(Value::as_str) {
+                Some(d) => format!("{d} {same}"),
+                None => same,
+            };
+            op.insert("description".into(), Value::String(text));
+        }
+        let item = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        if let Some(item) = item.as_object_mut() {
+            item.insert(method.to_string(), op);
+        }
+    }
+}
+
 /// The description as JSON, with the access rules of [`crate::auth::rbac`] added.
 pub fn spec() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        add_aliases(paths);
         for (path, item) in paths.iter_mut() {
             for method in METHODS {
                 if let Some(op) = item.get_mut(*method).and_then(Value::as_object_mut) {

@@ -156,35 +156,6 @@ pub async fn upload_image(
     Ok(response::json(json!({"image": rec.id})))
 }
 
-/// `PUT /datastore/image?image=`: [`upload_image`] (its own function for the API description).
-#[utoipa::path(
-    put,
-    path = "/datastore/image",
-    tag = "datastore",
-    description = "Stores an image: the format is decided by the content (NIfTI-1, NRRD, or a DICOM series as a zip or as several DICOM files, stored as the NIfTI it assembles to). The id is `image`, else the file name without its extension. Same as `PUT /datastore/`.",
-    params(
-        ("image" = Option<String>, Query, description = "Image id (default: from the file name)"),
-        ("series" = Option<String>, Query, description = "A DICOM series instance UID, to pick one series of several"),
-    ),
-    request_body(content = crate::openapi::schemas::ImageForm, content_type = "multipart/form-data"),
-    responses(
-        (status = 200, description = "Stored", body = crate::openapi::schemas::ImageSaved),
-        (status = 400, description = "A broken multipart body", body = crate::openapi::schemas::Detail),
-        (status = 413, description = "Body over `--max-upload-mb`", body = crate::openapi::schemas::Detail),
-        (status = 409, description = "An id clash", body = crate::openapi::schemas::Detail),
-        (status = 422, description = "No `file` part, bad params JSON, an unsafe id, or an image that cannot be read (corrupt, not NIfTI/NRRD/DICOM, NaN voxels, singular geometry)", body = crate::openapi::schemas::Detail),
-        (status = 502, description = "DICOMweb datastore: the PACS refused the upload or is unreachable", body = crate::openapi::schemas::Detail),
-    )
-)]
-pub async fn upload_image_at(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    query: QueryMap,
-    payload: web::Payload,
-) -> ApiResult<HttpResponse> {
-    upload_image(state, req, query, payload).await
-}
-
 fn image_not_found(e: DatastoreError) -> ApiError {
     match e {
         DatastoreError::NotFound(_) => ApiError::not_found(IMAGE_NOT_FOUND),
@@ -226,28 +197,6 @@ pub async fn remove_image(state: web::Data<AppState>, query: QueryMap) -> ApiRes
         })?;
     crate::dicom_source::remove(&state, id).await;
     Ok(response::empty_object())
-}
-
-/// `DELETE /datastore/image?id=`: [`remove_image`] (its own function for the API description).
-#[utoipa::path(
-    delete,
-    path = "/datastore/image",
-    tag = "datastore",
-    description = "Removes an image and its labels. Same as `DELETE /datastore/`.",
-    params(
-        ("id" = String, Query, description = "Image id"),
-    ),
-    responses(
-        (status = 200, description = "Removed", body = crate::openapi::schemas::Empty),
-        (status = 404, description = "Unknown image", body = crate::openapi::schemas::Detail),
-        (status = 422, description = "Missing or unsafe `id`", body = crate::openapi::schemas::Detail),
-    )
-)]
-pub async fn remove_image_at(
-    state: web::Data<AppState>,
-    query: QueryMap,
-) -> ApiResult<HttpResponse> {
-    remove_image(state, query).await
 }
 
 /// `HEAD /datastore/image?image=&check_sum=SHA256:<hex>`: 200 `{}` if the file exists (and

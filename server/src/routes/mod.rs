@@ -138,8 +138,8 @@ pub const ROUTES: &[Endpoint] = &[
         &[
             ("GET", || web::to(datastore::download_image)),
             ("HEAD", || web::to(datastore::head_image)),
-            ("PUT", || web::to(datastore::upload_image_at)),
-            ("DELETE", || web::to(datastore::remove_image_at)),
+            ("PUT", || web::to(datastore::upload_image)),
+            ("DELETE", || web::to(datastore::remove_image)),
         ],
     ),
     ep(

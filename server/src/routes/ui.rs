@@ -8,22 +8,23 @@
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
+use crate::response::{embedded_file, EmbeddedFile};
 
 /// The dashboard page.
 const PAGE: &str = include_str!("../../ui/index.html");
 
 /// The files `/ui/{file}` serves: name, content type, bytes.
-const ASSETS: &[(&str, &str, &str)] = &[
+const ASSETS: &[EmbeddedFile] = &[
     (
         "dashboard.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../ui/dashboard.js"),
+        include_str!("../../ui/dashboard.js").as_bytes(),
     ),
     (
         "dashboard.css",
         "text/css; charset=utf-8",
-        include_str!("../../ui/dashboard.css"),
+        include_str!("../../ui/dashboard.css").as_bytes(),
     ),
 ];
 
@@ -58,14 +59,7 @@ pub async fn page() -> HttpResponse {
     )
 )]
 pub async fn asset(file: web::Path<String>) -> ApiResult<HttpResponse> {
-    let (_, content_type, text) = ASSETS
-        .iter()
-        .find(|(name, _, _)| *name == file.as_str())
-        .ok_or_else(|| ApiError::not_found("Not Found"))?;
-    Ok(HttpResponse::Ok()
-        .content_type(*content_type)
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(*text))
+    embedded_file(ASSETS, &file, "no-cache")
 }
 
 #[cfg(test)]
@@ -78,7 +72,11 @@ mod tests {
             assert!(PAGE.contains(&format!("/ui/{name}")), "{name} is not used");
         }
         // no CDN: nothing is fetched from another host (the SVG namespace is a name, not a fetch)
-        for text in std::iter::once(PAGE).chain(ASSETS.iter().map(|(_, _, t)| *t)) {
+        for text in std::iter::once(PAGE).chain(
+            ASSETS
+                .iter()
+                .map(|(_, _, t)| std::str::from_utf8(t).unwrap()),
+        ) {
             let text = text.replace("http://www.w3.org/2000/svg", "");
             assert!(
                 !text.contains("http://") && !text.contains("https://") && !text.contains("//cdn")
