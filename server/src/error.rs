@@ -1,6 +1,6 @@
 //! [`ApiError`]: every handled failure becomes `{"detail": "<message>"}` with a status code; and
 //! the one table from the library crates' errors to HTTP statuses ([`app_status`],
-//! [`models_status`], [`datastore_status`], [`dicomweb_status`]). The library crates know no
+//! [`models_status`], [`datastore_status`], [`dicomweb_status`], [`form_status`]). The library crates know no
 //! HTTP status; this module is the only place that picks one for their errors.
 //!
 //! Statuses (documented in docs/protocol.md):
@@ -28,6 +28,7 @@ use actix_web::{HttpResponse, ResponseError};
 use ferrolabel_apps::AppError;
 use ferrolabel_datastore::DatastoreError;
 use ferrolabel_dicomweb::DicomWebError;
+use ferrolabel_forms::FormError;
 use ferrolabel_models::ModelsError;
 
 /// The body of every 500: the cause is in the log, not in the answer.
@@ -119,6 +120,25 @@ pub fn dicomweb_status(e: &DicomWebError) -> StatusCode {
         DicomWebError::Unsupported(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
+}
+
+/// The status answered for a refused form body ([`ferrolabel_forms`]): malformed 400, a text
+/// field that is not a JSON object 422, over the upload limit 413, temp-file I/O 500.
+pub fn form_status(e: &FormError) -> StatusCode {
+    match e {
+        FormError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        FormError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        FormError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        FormError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The detail of a 413: the upload limit in MiB and the flag that sets it.
+pub fn upload_too_large(max_bytes: u64) -> String {
+    format!(
+        "request body larger than the upload limit of {} MiB (--max-upload-mb)",
+        max_bytes >> 20
+    )
 }
 
 /// The detail of a datastore error: `Invalid` and `Conflict` answer their message alone, the
@@ -292,6 +312,17 @@ impl From<DicomWebError> for ApiError {
             tracing::warn!(status = status.as_u16(), error = %e, "PACS failure");
         }
         ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<FormError> for ApiError {
+    fn from(e: FormError) -> Self {
+        let status = form_status(&e);
+        match e {
+            FormError::BadRequest(m) | FormError::Unprocessable(m) => ApiError::new(status, m),
+            FormError::TooLarge { max_bytes } => ApiError::new(status, upload_too_large(max_bytes)),
+            FormError::Io(e) => e.into(),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ApiResult};
 pub use ferrolabel_forms::{Form, UploadLimits, UploadedFile};
-use ferrolabel_forms::{FormError, MAX_DRAIN, MAX_TEXT_FIELD};
+use ferrolabel_forms::{MAX_DRAIN, MAX_TEXT_FIELD};
 
 /// Parses a JSON object from text (blank → `{}`); 422 with `what` in the message otherwise.
 pub fn parse_json_object(text: &str, what: &str) -> ApiResult<Map<String, Value>> {
@@ -36,23 +36,7 @@ fn content_type(req: &HttpRequest) -> String {
 }
 
 fn too_large(max: u64) -> ApiError {
-    ApiError::too_large(format!(
-        "request body larger than the upload limit of {} MiB (--max-upload-mb)",
-        max >> 20
-    ))
-}
-
-/// A form body refused by [`ferrolabel_forms`] as an HTTP answer: malformed 400, not a JSON
-/// object 422 (e.g. [`Form::json_object`]), over the upload limit 413, temp file I/O 500.
-impl From<FormError> for ApiError {
-    fn from(e: FormError) -> Self {
-        match e {
-            FormError::BadRequest(m) => ApiError::bad_request(m),
-            FormError::Unprocessable(m) => ApiError::unprocessable(m),
-            FormError::TooLarge { max_bytes } => too_large(max_bytes),
-            FormError::Io(e) => e.into(),
-        }
-    }
+    ApiError::too_large(crate::error::upload_too_large(max))
 }
 
 /// Reads a form body: `multipart/form-data` (files streamed to temp files) or

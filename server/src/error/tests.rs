@@ -311,3 +311,33 @@ fn the_logged_chain_names_each_cause_once() {
         "series 1.2: modality MR is not supported (only CT series are accepted)"
     );
 }
+
+#[test]
+fn every_form_error_has_its_status() {
+    let cases = [
+        (
+            FormError::BadRequest("malformed multipart body".into()),
+            400,
+            "malformed multipart body",
+        ),
+        (
+            FormError::Unprocessable("params: not an object".into()),
+            422,
+            "params: not an object",
+        ),
+        (
+            FormError::TooLarge { max_bytes: 3 << 20 },
+            413,
+            "request body larger than the upload limit of 3 MiB (--max-upload-mb)",
+        ),
+        (FormError::Io(io()), 500, INTERNAL_DETAIL),
+    ];
+    for (e, want, detail) in cases {
+        assert_eq!(form_status(&e).as_u16(), want, "{e}");
+        let a = ApiError::from(e);
+        assert_eq!(
+            (a.status().as_u16(), body(&a)["detail"].as_str()),
+            (want, Some(detail))
+        );
+    }
+}
