@@ -144,6 +144,26 @@ pub fn empty_object() -> HttpResponse {
     HttpResponse::Ok().json(Value::Object(Default::default()))
 }
 
+/// A file compiled into the binary: name, content type, bytes (the dashboard's and Swagger UI's).
+pub type EmbeddedFile = (&'static str, &'static str, &'static [u8]);
+
+/// The file `name` of `files` with its content type and `Cache-Control: cache_control`; 404 when
+/// `files` has none of that name. Serves `/ui/{file}` and `/docs/{file}`.
+pub fn embedded_file(
+    files: &[EmbeddedFile],
+    name: &str,
+    cache_control: &'static str,
+) -> ApiResult<HttpResponse> {
+    let (_, content_type, bytes) = files
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .ok_or_else(|| ApiError::not_found("Not Found"))?;
+    Ok(HttpResponse::Ok()
+        .content_type(*content_type)
+        .insert_header((header::CACHE_CONTROL, cache_control))
+        .body(*bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,24 +189,4 @@ mod tests {
             "attachment; filename*=utf-8''%C3%A9.nrrd"
         );
     }
-}
-
-/// A file compiled into the binary: name, content type, bytes (the dashboard's and Swagger UI's).
-pub type EmbeddedFile = (&'static str, &'static str, &'static [u8]);
-
-/// The file `name` of `files` with its content type and `Cache-Control: cache_control`; 404 when
-/// `files` has none of that name. Serves `/ui/{file}` and `/docs/{file}`.
-pub fn embedded_file(
-    files: &[EmbeddedFile],
-    name: &str,
-    cache_control: &'static str,
-) -> ApiResult<HttpResponse> {
-    let (_, content_type, bytes) = files
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .ok_or_else(|| ApiError::not_found("Not Found"))?;
-    Ok(HttpResponse::Ok()
-        .content_type(*content_type)
-        .insert_header((header::CACHE_CONTROL, cache_control))
-        .body(*bytes))
 }
