@@ -3,7 +3,7 @@
 //! must not outlive it, the server's own resident size).
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -85,29 +85,7 @@ impl Server {
     }
 
     fn wait_ready(&mut self) {
-        let t0 = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("server exited with {status}: {}", self.stderr());
-            }
-            if let Ok(r) = self
-                .http
-                .get(self.url("/info/"))
-                .timeout(Duration::from_secs(2))
-                .send()
-            {
-                // 401: authentication is on, the server is up
-                if r.status().is_success() || r.status() == 401 {
-                    return;
-                }
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(120),
-                "server not ready: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_ready(&mut self.child, &self.http, &self.base, &self.log);
     }
 
     /// Kills the server process with SIGKILL and reaps it.
@@ -142,5 +120,34 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until the spawned server `child` answers `GET {base}/info/` (2xx, or 401 when
+/// authentication is on); panics with its stderr (the file `log`) when it exits or is not up
+/// within 120 s.
+pub fn wait_ready(child: &mut Child, http: &reqwest::blocking::Client, base: &str, log: &Path) {
+    let stderr = || std::fs::read_to_string(log).unwrap_or_default();
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("server exited with {status}: {}", stderr());
+        }
+        if let Ok(r) = http
+            .get(format!("{base}/info/"))
+            .timeout(Duration::from_secs(2))
+            .send()
+        {
+            // 401: authentication is on, the server is up
+            if r.status().is_success() || r.status() == 401 {
+                return;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "server not ready: {}",
+            stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

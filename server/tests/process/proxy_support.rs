@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use ferrolabel_testkit::{
     ct_slice, free_port, new_uid, stow_body, Orthanc, PASSWORD as PACS_PASSWORD, USER as PACS_USER,
@@ -130,28 +130,8 @@ impl PacsServer {
     }
 
     fn wait_ready(&mut self) {
-        let t0 = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("server exited with {status}: {}", self.stderr());
-            }
-            if let Ok(r) = self
-                .http
-                .get(self.url("/info/"))
-                .timeout(Duration::from_secs(2))
-                .send()
-            {
-                if r.status().is_success() || r.status() == 401 {
-                    return;
-                }
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(120),
-                "server not ready: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let log = self.dir.path().join("server-stderr.txt");
+        crate::common::spawned::wait_ready(&mut self.child, &self.http, &self.base, &log);
     }
 
     /// Resets the server's peak resident size (`VmHWM`; `/proc/PID/clear_refs` 5).
