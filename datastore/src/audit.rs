@@ -10,8 +10,8 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::Row;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Executor, Row};
 
 use crate::error::Result;
 use crate::store::Datastore;
@@ -69,9 +69,9 @@ impl AuditEntry {
 impl Datastore {
     /// Appends `entry` to the audit log (its `id` is ignored); returns the new row id.
     pub async fn append_audit(&self, entry: &AuditEntry) -> Result<i64> {
-        let res = sqlx::query(
+        let id: i64 = sqlx::query_scalar(
             "INSERT INTO audit_log (ts_ms, username, action, image_id, tag, status, request) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(entry.ts_ms)
         .bind(&entry.username)
@@ -80,9 +80,9 @@ impl Datastore {
         .bind(&entry.tag)
         .bind(i64::from(entry.status))
         .bind(&entry.request)
-        .execute(self.pool())
+        .fetch_one(self.pool())
         .await?;
-        Ok(res.last_insert_rowid())
+        Ok(id)
     }
 
     /// The audit log, oldest first: every entry after row `after_id` (0 = from the start), at
@@ -112,7 +112,7 @@ impl Datastore {
 const SELECT: &str = "SELECT id, ts_ms, username, action, image_id, tag, status, request \
                       FROM audit_log WHERE id > ? ORDER BY id LIMIT ?";
 
-fn entry_of_row(r: &SqliteRow) -> Result<AuditEntry> {
+fn entry_of_row(r: &AnyRow) -> Result<AuditEntry> {
     Ok(AuditEntry {
         id: r.try_get("id")?,
         ts_ms: r.try_get("ts_ms")?,
@@ -125,20 +125,32 @@ fn entry_of_row(r: &SqliteRow) -> Result<AuditEntry> {
     })
 }
 
-/// Reads the audit log of the database file `db` **read-only**, without opening the datastore
-/// (safe while a server runs on it): entries after row `after_id`, at most `limit`.
+/// Reads the audit log of the SQLite database file `db` **read-only**, without opening the
+/// datastore (safe while a server runs on it): entries after row `after_id`, at most `limit`.
 pub async fn read_audit_log(db: &Path, after_id: i64, limit: u32) -> Result<Vec<AuditEntry>> {
     if !db.is_file() {
         return Err(crate::DatastoreError::NotFound(db.display().to_string()));
     }
-    let opts = SqliteConnectOptions::new()
-        .filename(db)
-        .read_only(true)
-        .busy_timeout(std::time::Duration::from_secs(30));
-    let pool: SqlitePool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts)
-        .await?;
+    let url = crate::store::sqlite_url(db).replace("mode=rwc", "mode=ro");
+    read_audit_log_url(&url, after_id, limit).await
+}
+
+/// Reads the audit log of the database at `url` (`postgres://...`, or a `sqlite://` URL)
+/// without opening the datastore: entries after row `after_id`, at most `limit`. Writes
+/// nothing and runs no migration.
+pub async fn read_audit_log_url(url: &str, after_id: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+    let backend = crate::Backend::of_url(url)?;
+    sqlx::any::install_default_drivers();
+    let mut opts = AnyPoolOptions::new().max_connections(1);
+    if backend == crate::Backend::Sqlite {
+        opts = opts.after_connect(|conn, _meta| {
+            Box::pin(async move {
+                conn.execute("PRAGMA busy_timeout = 30000").await?;
+                Ok(())
+            })
+        });
+    }
+    let pool = opts.connect(url).await?;
     let rows = sqlx::query(SELECT)
         .bind(after_id)
         .bind(i64::from(limit))

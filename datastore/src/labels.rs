@@ -256,7 +256,7 @@ impl Datastore {
                 ext: row.try_get("ext")?,
                 info: parse_info(&row.try_get::<String, _>("info")?)?,
                 rev: row.try_get("rev")?,
-                deleted: row.try_get("deleted")?,
+                deleted: row.try_get::<i64, _>("deleted")? != 0,
             })
         })
         .transpose()

@@ -72,9 +72,11 @@ pub mod remote;
 pub mod sessions;
 #[cfg(feature = "store")]
 mod store;
+#[cfg(feature = "store")]
+pub mod tokens;
 
 #[cfg(feature = "store")]
-pub use audit::{read_audit_log, AuditEntry};
+pub use audit::{read_audit_log, read_audit_log_url, AuditEntry};
 #[cfg(feature = "store")]
 pub use blocking::{blocking, TaskFailed};
 #[cfg(feature = "store")]
@@ -92,7 +94,9 @@ pub use remote::{OutboxItem, RemoteImage, RemoteSource, SyncStats};
 #[cfg(feature = "store")]
 pub use sessions::{SessionInfo, Sessions};
 #[cfg(feature = "store")]
-pub use store::{Datastore, DatastoreOptions, DATASTORE_JSON, PRIVATE_DIR};
+pub use tokens::TokenInfo;
+#[cfg(feature = "store")]
+pub use store::{Backend, Datastore, DatastoreOptions, DATASTORE_JSON, PRIVATE_DIR};
 
 #[cfg(all(test, feature = "store"))]
 mod send_sync {

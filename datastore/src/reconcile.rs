@@ -186,14 +186,14 @@ impl Datastore {
 
     async fn snapshot(&self) -> Result<Snapshot> {
         let mut tx = self.pool().begin().await?;
-        let rows = sqlx::query("SELECT id, ext, remote IS NOT NULL AS r FROM images ORDER BY seq")
+        let rows = sqlx::query("SELECT id, ext, remote FROM images ORDER BY seq")
             .fetch_all(&mut *tx)
             .await?;
         let mut images = Vec::with_capacity(rows.len());
         let mut remote = HashSet::new();
         for r in rows {
             let id: String = r.try_get("id")?;
-            if r.try_get::<bool, _>("r")? {
+            if r.try_get::<Option<String>, _>("remote")?.is_some() {
                 remote.insert(id.clone());
             }
             images.push((id, r.try_get("ext")?));

@@ -251,17 +251,17 @@ impl Datastore {
         tag: &str,
         rev: Option<i64>,
     ) -> Result<i64> {
-        let id = sqlx::query(
-            "INSERT INTO outbox (kind, image_id, tag, rev, created_at) VALUES (?, ?, ?, ?, ?)",
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (kind, image_id, tag, rev, created_at) VALUES (?, ?, ?, ?, ?) \
+             RETURNING id",
         )
         .bind(kind)
         .bind(image_id)
         .bind(tag)
         .bind(rev)
         .bind(now_secs())
-        .execute(self.pool())
-        .await?
-        .last_insert_rowid();
+        .fetch_one(self.pool())
+        .await?;
         Ok(id)
     }
 
@@ -271,7 +271,7 @@ impl Datastore {
             "SELECT id, kind, image_id, tag, rev, attempts, last_error FROM outbox \
              WHERE done_at IS NULL ORDER BY id LIMIT ?",
         )
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?
         .into_iter()

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::Row;
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+use sqlx::{Executor, Row};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use crate::blocking::blocking;
@@ -25,9 +24,38 @@ pub const DATASTORE_JSON: &str = "datastore_v2.json";
 /// Our private folder inside the studies folder (database, label revisions).
 pub const PRIVATE_DIR: &str = ".ferrolabel";
 
+/// Which database engine a [`Datastore`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file (the default; one machine).
+    Sqlite,
+    /// A PostgreSQL server (several servers and workers may share it).
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names: `postgres://` / `postgresql://` → PostgreSQL,
+    /// `sqlite:` → SQLite; anything else is [`DatastoreError::Invalid`].
+    pub fn of_url(url: &str) -> Result<Backend> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else {
+            Err(DatastoreError::Invalid(
+                "datastore URL must start with postgres://, postgresql:// or sqlite:".into(),
+            ))
+        }
+    }
+}
+
 /// How a [`Datastore`] is opened.
 #[derive(Debug, Clone)]
 pub struct DatastoreOptions {
+    /// The database: `None` → SQLite at [`DatastoreOptions::db_path`] (the default);
+    /// `postgres://user@host/db` → PostgreSQL (`db_path` is then unused); `sqlite://<path>`
+    /// → that SQLite file.
+    pub url: Option<String>,
     /// Where the SQLite file lives; `None` → `<studies>/.ferrolabel/datastore.db`.
     pub db_path: Option<PathBuf>,
     /// Image/label extensions the folder scan recognises, e.g. `.nii.gz`.
@@ -41,6 +69,7 @@ pub struct DatastoreOptions {
 impl Default for DatastoreOptions {
     fn default() -> Self {
         Self {
+            url: None,
             db_path: None,
             extensions: crate::ids::DEFAULT_EXTENSIONS
                 .iter()
@@ -62,13 +91,15 @@ impl std::fmt::Debug for Datastore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Datastore")
             .field("studies", &self.inner.studies)
+            .field("backend", &self.inner.backend)
             .field("db_path", &self.inner.db_path)
             .finish_non_exhaustive()
     }
 }
 
 pub(crate) struct Inner {
-    pub(crate) pool: SqlitePool,
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
     pub(crate) studies: PathBuf,
     pub(crate) db_path: PathBuf,
     pub(crate) extensions: Vec<String>,
@@ -150,30 +181,32 @@ impl Datastore {
         })
         .await?;
 
-        let db_path = opts
-            .db_path
-            .clone()
-            .unwrap_or_else(|| studies.join(PRIVATE_DIR).join("datastore.db"));
+        let db_path = match opts.url.as_deref().and_then(sqlite_path_of_url) {
+            Some(path) => path,
+            None => opts
+                .db_path
+                .clone()
+                .unwrap_or_else(|| studies.join(PRIVATE_DIR).join("datastore.db")),
+        };
         if let Some(dir) = db_path.parent().filter(|d| !d.as_os_str().is_empty()) {
             let dir = dir.to_path_buf();
             blocking(move || files::create_dir_durable(&dir)).await?;
         }
-        let connect = SqliteConnectOptions::new()
-            .filename(&db_path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(opts.busy_timeout)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(opts.max_connections.max(1))
-            .connect_with(connect)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        let (backend, url) = match opts.url.as_deref().map(|u| (Backend::of_url(u), u)) {
+            Some((Ok(Backend::Postgres), url)) => (Backend::Postgres, url.to_string()),
+            Some((Err(e), _)) => return Err(e),
+            _ => (Backend::Sqlite, sqlite_url(&db_path)),
+        };
+        let pool = connect(backend, &url, &opts).await?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
 
         let ds = Datastore {
             inner: Arc::new(Inner {
                 pool,
+                backend,
                 studies,
                 db_path,
                 extensions: opts.extensions,
@@ -218,9 +251,14 @@ impl Datastore {
         &self.inner.studies
     }
 
-    /// The SQLite database file.
+    /// The SQLite database file (on PostgreSQL: where it would be, unused).
     pub fn db_path(&self) -> &Path {
         &self.inner.db_path
+    }
+
+    /// The database engine this datastore runs on.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
     }
 
     /// The extensions the folder scan recognises.
@@ -228,12 +266,21 @@ impl Datastore {
         &self.inner.extensions
     }
 
-    /// Runs `PRAGMA integrity_check` and returns its first line (`"ok"` when healthy).
+    /// SQLite: runs `PRAGMA integrity_check` and returns its first line (`"ok"` when healthy).
+    /// PostgreSQL (which has no such check): `"ok"` once the server answers a query.
     pub async fn integrity_check(&self) -> Result<String> {
-        let row = sqlx::query("PRAGMA integrity_check")
-            .fetch_one(&self.inner.pool)
-            .await?;
-        Ok(row.try_get::<String, _>(0)?)
+        match self.inner.backend {
+            Backend::Sqlite => {
+                let row = sqlx::query("PRAGMA integrity_check")
+                    .fetch_one(&self.inner.pool)
+                    .await?;
+                Ok(row.try_get::<String, _>(0)?)
+            }
+            Backend::Postgres => {
+                sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+                Ok("ok".into())
+            }
+        }
     }
 
     /// Closes the connection pool (waits for connections to be returned). Later calls fail.
@@ -243,13 +290,18 @@ impl Datastore {
 
     // ----- crate-internal helpers -------------------------------------------------------------
 
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    pub(crate) fn pool(&self) -> &AnyPool {
         &self.inner.pool
     }
 
-    /// Starts a write transaction that takes SQLite's write lock up front (no upgrade deadlocks).
-    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.inner.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// Starts a write transaction. SQLite: `BEGIN IMMEDIATE`, which takes the write lock up
+    /// front (no upgrade deadlocks). PostgreSQL: a plain `BEGIN`; callers that need more take
+    /// explicit locks inside it.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.inner.backend {
+            Backend::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.inner.pool.begin().await?,
+        })
     }
 
     pub(crate) fn image_file(&self, id: &str, ext: &str) -> PathBuf {
@@ -367,6 +419,64 @@ impl Datastore {
             .await?
             .ok_or_else(|| DatastoreError::NotFound(format!("image {id:?}")))
     }
+}
+
+/// Connects the pool. SQLite connections get WAL, `synchronous=FULL`, the busy timeout and
+/// foreign keys on every connect (the Any driver opens SQLite from a URL, which carries none
+/// of these).
+async fn connect(backend: Backend, url: &str, opts: &DatastoreOptions) -> Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let mut pool = AnyPoolOptions::new().max_connections(opts.max_connections.max(1));
+    if backend == Backend::Sqlite {
+        let busy_ms = opts.busy_timeout.as_millis();
+        pool = pool.after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                let busy = format!("PRAGMA busy_timeout = {busy_ms}");
+                conn.execute(busy.as_str()).await?;
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute("PRAGMA synchronous = FULL").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                Ok(())
+            })
+        });
+    }
+    Ok(pool.connect(url).await?)
+}
+
+/// `sqlite://<path>?mode=rwc`, the path percent-encoded (the SQLite driver decodes it).
+pub(crate) fn sqlite_url(path: &Path) -> String {
+    let mut out = String::from("sqlite://");
+    for &b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.push_str("?mode=rwc");
+    out
+}
+
+/// The file a `sqlite:` URL names (percent-decoded, query dropped); `None` for other URLs.
+fn sqlite_path_of_url(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or(url.strip_prefix("sqlite:"))?;
+    let enc = rest.split(['?', '#']).next().unwrap_or_default().as_bytes();
+    let mut bytes = Vec::with_capacity(enc.len());
+    let mut i = 0;
+    while i < enc.len() {
+        let hex = enc.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match hex.filter(|_| enc[i] == b'%').map(|h| u8::from_str_radix(h, 16)) {
+            Some(Ok(b)) => {
+                bytes.push(b);
+                i += 3;
+            }
+            _ => {
+                bytes.push(enc[i]);
+                i += 1;
+            }
+        }
+    }
+    Some(PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Deletes `.*.tmp` files in every folder this crate writes to.

@@ -102,7 +102,7 @@ impl Datastore {
         update: &JobUpdate,
     ) -> Result<Heartbeat> {
         let (progress, checkpoint, details) = update_columns(update)?;
-        let cancel: Option<bool> = sqlx::query_scalar(
+        let cancel: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET lease_until = ?, heartbeat_at = ?, \
              progress = COALESCE(?, progress), checkpoint = COALESCE(?, checkpoint), \
              details = COALESCE(?, details) \
@@ -120,17 +120,17 @@ impl Datastore {
         if let Some(cancel_requested) = cancel {
             return Ok(Heartbeat {
                 owned: true,
-                cancel_requested,
+                cancel_requested: cancel_requested != 0,
             });
         }
-        let cancel: Option<bool> =
+        let cancel: Option<i64> =
             sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = ?")
                 .bind(id)
                 .fetch_optional(self.pool())
                 .await?;
         Ok(Heartbeat {
             owned: false,
-            cancel_requested: cancel.unwrap_or(false),
+            cancel_requested: cancel.unwrap_or(0) != 0,
         })
     }
 
@@ -270,7 +270,7 @@ impl Datastore {
 
 /// Releases the lapsed leases of stopped jobs, closing their attempt as `"lease expired"`.
 async fn release_lapsed_stopped(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     now_ms: i64,
 ) -> Result<()> {
     let rows = sqlx::query(

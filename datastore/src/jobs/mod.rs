@@ -22,7 +22,7 @@ mod lease;
 mod queue;
 
 use serde_json::Value;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow as SqliteRow;
 use sqlx::Row;
 
 use crate::error::{DatastoreError, Result};
@@ -245,7 +245,7 @@ pub(crate) fn job_of_row(r: &SqliteRow) -> Result<JobRow> {
         heartbeat_at: r.try_get("heartbeat_at")?,
         attempts: r.try_get("attempts")?,
         history: serde_json::from_str(&r.try_get::<String, _>("history")?)?,
-        cancel_requested: r.try_get("cancel_requested")?,
+        cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
         not_before: r.try_get("not_before")?,
         every_ms: r.try_get("every_ms")?,
         created_at: r.try_get("created_at")?,
