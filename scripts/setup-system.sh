@@ -6,9 +6,14 @@
 #     starts on loopback with a generated configuration
 #   chromium, chromium-driver: the headless browser of tests/conformance/test_openapi.py (/docs)
 #     and tests/conformance/test_dashboard.py (/ui/), driven by selenium
+#   postgresql: the throwaway PostgreSQL clusters (initdb in a temp folder) that testkit/src/postgres.rs
+#     starts for the datastore tests on PostgreSQL, server/tests/process/cluster.rs and the
+#     conformance suite's cluster mode (FERROLABEL_CLUSTER=1, tests/conformance/conftest.py)
+#   haproxy: the load balancer in front of 2 servers in server/tests/process/cluster.rs and the
+#     conformance suite's cluster mode (config from deploy/team/haproxy.cfg)
 # Add a package here when a test starts one (and say which test in a comment).
 set -euo pipefail
-want=(dicom3tools dcmtk orthanc orthanc-dicomweb chromium chromium-driver)
+want=(dicom3tools dcmtk orthanc orthanc-dicomweb chromium chromium-driver postgresql haproxy)
 missing=()
 for p in "${want[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -7,11 +7,20 @@
 //! Without Orthanc, [`Orthanc::start`] prints why and returns `None` on a developer machine, but
 //! panics under `CI=true` (`scripts/setup-system.sh` installs it): the tests never skip in CI.
 //!
+//! For the multi-server tests: a throwaway PostgreSQL cluster from Debian's `postgresql`
+//! package ([`Postgres`]) and haproxy on loopback in front of several servers ([`Haproxy`],
+//! rendered from `deploy/team/haproxy.cfg`). Both panic when their package is missing.
+//!
 //! This crate is test support only: it is `publish = false` and must only ever be a
 //! `[dev-dependencies]` entry, never a normal dependency of any crate of the workspace.
 
+mod haproxy;
 mod orthanc;
+mod postgres;
 mod series;
+
+pub use haproxy::{Haproxy, HAPROXY_TEMPLATE};
+pub use postgres::{postgres_bin_dir, Postgres, PG_USER};
 
 pub use orthanc::{free_port, in_ci, orthanc_install, stow_body, Orthanc, PASSWORD, USER};
 pub use series::{
