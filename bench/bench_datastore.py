@@ -279,6 +279,73 @@ def ratio(x, y):
     return round(x / y, 3) if x and y else None
 
 
+def attempt(name, fn, *args):
+    """Runs one configuration; a failure is recorded (and printed) instead of ending the run."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001
+        print(f"{name}: FAILED: {str(e).strip().splitlines()[-1][-400:] if str(e).strip() else repr(e)}", flush=True)
+        return {"error": str(e)[-3000:]}
+
+
+def throughput_part(a, pg, pg_skip, counts, image, label_bytes):
+    tp = {}
+    configs = [("SQLite-1", 1, None)] + ([] if pg_skip else [(f"PG-{n}", n, pg) for n in counts])
+    for name, n, db in configs:
+        tp[name] = r = attempt(name, throughput, name, n, db, a, image, label_bytes)
+        if "error" not in r:
+            print(f"{name:9s} saves {r['save']['per_s']:8.1f}/s (p50 {r['save']['latency'].get('p50_ms')} ms, "
+                  f"{r['save']['errors']} errors)  listings {r['listing']['per_s']:8.1f}/s "
+                  f"(p50 {r['listing']['latency'].get('p50_ms')} ms, {r['listing']['errors']} errors)  "
+                  f"served {r['served_per_server']}", flush=True)
+    ok = {k: v for k, v in tp.items() if "error" not in v}
+    ratios, base, pg1 = {}, ok.get("SQLite-1"), ok.get("PG-1")
+    for name, r in ok.items():
+        if not name.startswith("PG-"):
+            continue
+        x = ratios[name] = {}
+        for ref_name, ref in (("sqlite1", base), ("pg1", pg1)):
+            for kind in ("save", "listing"):
+                x[f"{kind}_vs_{ref_name}"] = ratio(r[kind]["per_s"], ref[kind]["per_s"]) if ref else None
+        print(f"{name:9s} vs SQLite-1: saves x{x['save_vs_sqlite1']}, listings x{x['listing_vs_sqlite1']};  "
+              f"vs PG-1: saves x{x['save_vs_pg1']}, listings x{x['listing_vs_pg1']}")
+    return tp, ratios
+
+
+def scale_part(a, pg, pg_skip, image, label, label_bytes):
+    sc = {"empty_ready_s": {"sqlite": attempt("empty sqlite", empty_ready, None, a, image)}}
+    if pg:
+        sc["empty_ready_s"]["postgres"] = attempt("empty postgres", empty_ready, pg, a, image)
+    rows = [(f"sqlite_{a.scale_images}", a.scale_images, None)]
+    rows += [] if pg_skip else [(f"postgres_{a.scale_images}", a.scale_images, pg)]
+    rows += [(f"sqlite_{a.peer_images}", a.peer_images, None)]
+    for name, n, db in rows:
+        sc[name] = r = attempt(name, scale, name, n, db, a, image, label_bytes)
+        if "error" not in r:
+            print(f"{name:16s} first open {r['first_open_s']:7.2f} s  reopen {r['reopen_s']:6.2f} s  "
+                  f"listing(all) p50 {r['listing_all']['p50_ms']:9.1f} ms ({r['listing_all_bytes']} B)  "
+                  f"listing(stats) p50 {r['listing_stats']['p50_ms']:7.1f} ms  save p50 "
+                  f"{r['save']['p50_ms']:8.1f} ms mean {r['save']['mean_ms']:8.1f} ms", flush=True)
+    m = sc[f"monailabel_local_{a.peer_images}"] = peer(a, image, label)
+    if "error" in m:
+        print(f"MONAI Label LocalDatastore failed: {m['error'][-500:]}")
+        return sc
+    print(f"{'monailabel_' + str(a.peer_images):16s} first open {m['first_open_s']:7.2f} s  reopen "
+          f"{m['reopen_s']:6.2f} s  listing(json) p50 {m['listing']['p50_ms']:9.1f} ms "
+          f"({m['listing_bytes']} B)  save_label p50 {m['save']['p50_ms']:8.1f} ms mean {m['save']['mean_ms']:8.1f} ms")
+    rat = sc["ratios"] = {}
+    for name, _, _ in rows:
+        r = sc[name]
+        if "error" in r:
+            continue
+        x = rat[f"{name}_vs_monailabel_{a.peer_images}"] = {
+            "save_p50_peer_over_ours": ratio(m["save"]["p50_ms"], r["save"]["p50_ms"]),
+            "listing_p50_peer_over_ours": ratio(m["listing"]["p50_ms"], r["listing_all"]["p50_ms"])}
+        print(f"{name} vs MONAI Label at {a.peer_images}: save_label p50 / our save p50 = "
+              f"{x['save_p50_peer_over_ours']}, listing p50 / our listing p50 = {x['listing_p50_peer_over_ours']}")
+    return sc
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small counts: a smoke run of every part")
@@ -328,60 +395,10 @@ def main():
             pg = team.TempPostgres()
             results["postgres_version"] = pg.version()
         if not a.skip_throughput:
-            tp = {}
-            configs = [("SQLite-1", 1, None)] + ([] if pg_skip else [(f"PG-{n}", n, pg) for n in counts])
-            for name, n, db in configs:
-                tp[name] = r = throughput(name, n, db, a, image, label_bytes)
-                print(f"{name:9s} saves {r['save']['per_s']:8.1f}/s (p50 {r['save']['latency'].get('p50_ms')} ms, "
-                      f"{r['save']['errors']} errors)  listings {r['listing']['per_s']:8.1f}/s "
-                      f"(p50 {r['listing']['latency'].get('p50_ms')} ms, {r['listing']['errors']} errors)  "
-                      f"served {r['served_per_server']}", flush=True)
-            ratios = {}
-            base, pg1 = tp.get("SQLite-1"), tp.get("PG-1")
-            for name, r in tp.items():
-                if name.startswith("PG-"):
-                    ratios[name] = {
-                        "save_vs_sqlite1": ratio(r["save"]["per_s"], base["save"]["per_s"]),
-                        "listing_vs_sqlite1": ratio(r["listing"]["per_s"], base["listing"]["per_s"]),
-                        "save_vs_pg1": ratio(r["save"]["per_s"], pg1["save"]["per_s"]) if pg1 else None,
-                        "listing_vs_pg1": ratio(r["listing"]["per_s"], pg1["listing"]["per_s"]) if pg1 else None}
-                    print(f"{name:9s} vs SQLite-1: saves x{ratios[name]['save_vs_sqlite1']}, listings "
-                          f"x{ratios[name]['listing_vs_sqlite1']};  vs PG-1: saves x{ratios[name]['save_vs_pg1']}, "
-                          f"listings x{ratios[name]['listing_vs_pg1']}")
-            results["throughput"] = tp
-            results["throughput_ratios"] = ratios
+            results["throughput"], results["throughput_ratios"] = throughput_part(a, pg, pg_skip, counts, image,
+                                                                                   label_bytes)
         if not a.skip_scale:
-            sc = {"empty_ready_s": {"sqlite": empty_ready(None, a, image)}}
-            if pg:
-                sc["empty_ready_s"]["postgres"] = empty_ready(pg, a, image)
-            rows = [(f"sqlite_{a.scale_images}", a.scale_images, None)]
-            rows += [] if pg_skip else [(f"postgres_{a.scale_images}", a.scale_images, pg)]
-            rows += [(f"sqlite_{a.peer_images}", a.peer_images, None)]
-            for name, n, db in rows:
-                sc[name] = r = scale(name, n, db, a, image, label_bytes)
-                print(f"{name:16s} first open {r['first_open_s']:7.2f} s  reopen {r['reopen_s']:6.2f} s  "
-                      f"listing(all) p50 {r['listing_all']['p50_ms']:9.1f} ms ({r['listing_all_bytes']} B)  "
-                      f"listing(stats) p50 {r['listing_stats']['p50_ms']:7.1f} ms  save p50 "
-                      f"{r['save']['p50_ms']:8.1f} ms mean {r['save']['mean_ms']:8.1f} ms", flush=True)
-            m = sc["monailabel_local_" + str(a.peer_images)] = peer(a, image, label)
-            if "error" in m:
-                print(f"MONAI Label LocalDatastore failed: {m['error'][-500:]}")
-            else:
-                print(f"{'monailabel_' + str(a.peer_images):16s} first open {m['first_open_s']:7.2f} s  reopen "
-                      f"{m['reopen_s']:6.2f} s  listing(json) p50 {m['listing']['p50_ms']:9.1f} ms "
-                      f"({m['listing_bytes']} B)  save_label p50 {m['save']['p50_ms']:8.1f} ms "
-                      f"mean {m['save']['mean_ms']:8.1f} ms")
-                rat = {}
-                for name, _, _ in rows:
-                    r = sc[name]
-                    x = rat[f"{name}_vs_monailabel_{a.peer_images}"] = {
-                        "save_p50_peer_over_ours": ratio(m["save"]["p50_ms"], r["save"]["p50_ms"]),
-                        "listing_p50_peer_over_ours": ratio(m["listing"]["p50_ms"], r["listing_all"]["p50_ms"])}
-                    print(f"{name} vs MONAI Label at {a.peer_images}: save_label p50 / our save p50 = "
-                          f"{x['save_p50_peer_over_ours']}, listing p50 / our listing p50 = "
-                          f"{x['listing_p50_peer_over_ours']}")
-                sc["ratios"] = rat
-            results["scale"] = sc
+            results["scale"] = scale_part(a, pg, pg_skip, image, label, label_bytes)
     finally:
         if pg:
             pg.stop()
