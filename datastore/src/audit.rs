@@ -71,7 +71,7 @@ impl Datastore {
     pub async fn append_audit(&self, entry: &AuditEntry) -> Result<i64> {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO audit_log (ts_ms, username, action, image_id, tag, status, request) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(entry.ts_ms)
         .bind(&entry.username)
@@ -100,7 +100,7 @@ impl Datastore {
     pub async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(
             "SELECT id, ts_ms, username, action, image_id, tag, status, request \
-             FROM audit_log ORDER BY id DESC LIMIT ?",
+             FROM audit_log ORDER BY id DESC LIMIT $1",
         )
         .bind(i64::from(limit))
         .fetch_all(self.pool())
@@ -110,7 +110,7 @@ impl Datastore {
 }
 
 const SELECT: &str = "SELECT id, ts_ms, username, action, image_id, tag, status, request \
-                      FROM audit_log WHERE id > ? ORDER BY id LIMIT ?";
+                      FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2";
 
 fn entry_of_row(r: &AnyRow) -> Result<AuditEntry> {
     Ok(AuditEntry {

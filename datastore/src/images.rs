@@ -59,21 +59,22 @@ impl Datastore {
         validate_id(id)?;
         validate_ext(ext)?;
         let _guard = self.lock_image(id).await;
+        let mut held = self.hold_image(id).await?;
         let name = format!("{id}{ext}");
         let clash: Option<String> =
-            sqlx::query_scalar("SELECT id FROM images WHERE id || ext = ? AND id != ?")
+            sqlx::query_scalar("SELECT id FROM images WHERE id || ext = $1 AND id != $2")
                 .bind(&name)
                 .bind(id)
-                .fetch_optional(self.pool())
+                .fetch_optional(held.conn())
                 .await?;
         if let Some(other) = clash {
             return Err(DatastoreError::Conflict(format!(
                 "file {name:?} already belongs to image {other:?}"
             )));
         }
-        let old_ext: Option<String> = sqlx::query_scalar("SELECT ext FROM images WHERE id = ?")
+        let old_ext: Option<String> = sqlx::query_scalar("SELECT ext FROM images WHERE id = $1")
             .bind(id)
-            .fetch_optional(self.pool())
+            .fetch_optional(held.conn())
             .await?;
 
         let ts = now_secs();
@@ -91,9 +92,9 @@ impl Datastore {
         })
         .await?;
 
-        let mut tx = self.begin_write().await?;
+        let mut tx = held.write().await?;
         sqlx::query(
-            "INSERT INTO images (id, ext, info, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
+            "INSERT INTO images (id, ext, info, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT(id) DO UPDATE SET ext = excluded.ext, info = excluded.info, \
              updated_at = excluded.updated_at",
         )
@@ -105,6 +106,7 @@ impl Datastore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        held.finish().await?;
 
         if let Some(old) = old_ext.filter(|o| o != ext) {
             let old = self.image_file(id, &old);
@@ -128,10 +130,11 @@ impl Datastore {
     pub async fn remove_image(&self, id: &str) -> Result<()> {
         validate_id(id)?;
         let _guard = self.lock_image(id).await;
-        let ext = self.require_image_ext(id).await?;
-        let labels = sqlx::query("SELECT tag, ext FROM labels WHERE image_id = ? AND deleted = 0")
+        let mut held = self.hold_image(id).await?;
+        let ext = self.require_image_ext_on(held.conn(), id).await?;
+        let labels = sqlx::query("SELECT tag, ext FROM labels WHERE image_id = $1 AND deleted = 0")
             .bind(id)
-            .fetch_all(self.pool())
+            .fetch_all(held.conn())
             .await?;
         let mut doomed = Vec::with_capacity(labels.len() + 1);
         for row in labels {
@@ -147,12 +150,13 @@ impl Datastore {
             Ok(())
         })
         .await?;
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM images WHERE id = ?")
+        let mut tx = held.write().await?;
+        sqlx::query("DELETE FROM images WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        held.finish().await?;
         self.committed().await;
         Ok(())
     }
@@ -160,7 +164,7 @@ impl Datastore {
     /// The image, if registered.
     pub async fn image(&self, id: &str) -> Result<Option<ImageRecord>> {
         validate_id(id)?;
-        let row = sqlx::query("SELECT ext, info, remote FROM images WHERE id = ?")
+        let row = sqlx::query("SELECT ext, info, remote FROM images WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -224,7 +228,8 @@ impl Datastore {
     ) -> Result<()> {
         validate_id(id)?;
         let mut tx = self.begin_write().await?;
-        let info: Option<String> = sqlx::query_scalar("SELECT info FROM images WHERE id = ?")
+        let sql = format!("SELECT info FROM images WHERE id = $1{}", self.for_update());
+        let info: Option<String> = sqlx::query_scalar(&sql)
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -234,7 +239,7 @@ impl Datastore {
         if let Some(user) = user {
             info.insert("user".into(), user.into());
         }
-        sqlx::query("UPDATE images SET info = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE images SET info = $1, updated_at = $2 WHERE id = $3")
             .bind(serde_json::to_string(&info)?)
             .bind(now_secs())
             .bind(id)
@@ -265,7 +270,7 @@ impl Datastore {
     async fn images_by_final(&self, labeled: bool) -> Result<Vec<String>> {
         let sql = format!(
             "SELECT id FROM images i WHERE {} EXISTS (SELECT 1 FROM labels l \
-             WHERE l.image_id = i.id AND l.tag = ? AND l.deleted = 0) ORDER BY seq",
+             WHERE l.image_id = i.id AND l.tag = $1 AND l.deleted = 0) ORDER BY seq",
             if labeled { "" } else { "NOT" }
         );
         Ok(sqlx::query_scalar(&sql)
@@ -359,7 +364,7 @@ impl Datastore {
     pub async fn datalist(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
         let rows = sqlx::query(
             "SELECT i.id, i.ext AS iext, i.remote, l.ext AS lext FROM images i JOIN labels l \
-             ON l.image_id = i.id AND l.tag = ? AND l.deleted = 0 ORDER BY i.seq",
+             ON l.image_id = i.id AND l.tag = $1 AND l.deleted = 0 ORDER BY i.seq",
         )
         .bind(FINAL_TAG)
         .fetch_all(self.pool())

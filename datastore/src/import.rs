@@ -70,7 +70,7 @@ impl Datastore {
         let mut tx = self.begin_write().await?;
         for (k, v) in [("name", &model.name), ("description", &model.description)] {
             sqlx::query(
-                "INSERT INTO meta (key, value) VALUES (?, ?) \
+                "INSERT INTO meta (key, value) VALUES ($1, $2) \
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             )
             .bind(k)
@@ -87,7 +87,7 @@ impl Datastore {
                 .and_then(Value::as_i64)
                 .unwrap_or(now);
             sqlx::query(
-                "INSERT INTO images (id, ext, info, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
+                "INSERT INTO images (id, ext, info, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT(id) DO UPDATE SET ext = excluded.ext, info = excluded.info, \
                  updated_at = excluded.updated_at",
             )
@@ -103,7 +103,7 @@ impl Datastore {
                 // the file may have been replaced outside, so it counts as un-revisioned.
                 sqlx::query(
                     "INSERT INTO labels (image_id, tag, ext, info, rev, deleted, updated_at) \
-                     VALUES (?, ?, ?, ?, NULL, 0, ?) ON CONFLICT(image_id, tag) DO UPDATE SET \
+                     VALUES ($1, $2, $3, $4, NULL, 0, $5) ON CONFLICT(image_id, tag) DO UPDATE SET \
                      rev = CASE WHEN labels.deleted = 0 AND labels.ext = excluded.ext \
                      AND labels.info = excluded.info THEN labels.rev ELSE NULL END, \
                      ext = excluded.ext, info = excluded.info, deleted = 0, \

@@ -20,6 +20,7 @@ use crate::blocking::blocking;
 use crate::error::{DatastoreError, Result};
 use crate::files::{self, Source};
 use crate::ids::{normalize_tag, validate_ext, validate_id};
+use crate::locks::Held;
 use crate::store::{now_secs, parse_info, Datastore};
 
 /// The label currently served for an (image, tag).
@@ -92,16 +93,17 @@ impl Datastore {
         let tag = normalize_tag(tag)?;
         validate_ext(ext)?;
         let _guard = self.lock_label(image_id, tag).await;
-        self.require_image_ext(image_id).await?;
+        let mut held = self.hold_label(image_id, tag).await?;
+        self.require_image_ext_on(held.conn(), image_id).await?;
         let name = format!("{image_id}{ext}");
         let clash: Option<String> = sqlx::query_scalar(
-            "SELECT image_id FROM labels WHERE tag = ? AND image_id || ext = ? AND image_id != ? \
+            "SELECT image_id FROM labels WHERE tag = $1 AND image_id || ext = $2 AND image_id != $3 \
              AND deleted = 0",
         )
         .bind(tag)
         .bind(&name)
         .bind(image_id)
-        .fetch_optional(self.pool())
+        .fetch_optional(held.conn())
         .await?;
         if let Some(other) = clash {
             return Err(DatastoreError::Conflict(format!(
@@ -109,12 +111,16 @@ impl Datastore {
             )));
         }
 
-        let mut current = self.label_row(image_id, tag).await?.filter(|r| !r.deleted);
+        let mut current = label_row(held.conn(), image_id, tag)
+            .await?
+            .filter(|r| !r.deleted);
         if let Some(cur) = current.as_mut().filter(|c| c.rev.is_none()) {
-            cur.rev = self.preserve_unrevisioned(image_id, tag, cur).await?;
+            cur.rev = self
+                .preserve_unrevisioned(&mut held, image_id, tag, cur)
+                .await?;
         }
         let parent = current.as_ref().and_then(|c| c.rev);
-        let rev = self.max_rev(image_id, tag).await?.unwrap_or(0) + 1;
+        let rev = max_rev(held.conn(), image_id, tag).await?.unwrap_or(0) + 1;
 
         let ts = now_secs();
         info.insert("ts".into(), ts.into());
@@ -141,10 +147,10 @@ impl Datastore {
         .await?;
 
         let info_json = serde_json::to_string(&info)?;
-        let mut tx = self.begin_write().await?;
+        let mut tx = held.write().await?;
         sqlx::query(
             "INSERT INTO label_revisions (image_id, tag, rev, parent_rev, author, created_at, \
-             sha256, ext, path, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             sha256, ext, path, info) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(image_id)
         .bind(tag)
@@ -160,7 +166,7 @@ impl Datastore {
         .await?;
         sqlx::query(
             "INSERT INTO labels (image_id, tag, ext, info, rev, deleted, updated_at) \
-             VALUES (?, ?, ?, ?, ?, 0, ?) ON CONFLICT(image_id, tag) DO UPDATE SET \
+             VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT(image_id, tag) DO UPDATE SET \
              ext = excluded.ext, info = excluded.info, rev = excluded.rev, deleted = 0, \
              updated_at = excluded.updated_at",
         )
@@ -173,6 +179,7 @@ impl Datastore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        held.finish().await?;
 
         if let Some(old) = current.filter(|c| c.ext != ext) {
             let old = self.label_file(tag, image_id, &old.ext);
@@ -195,6 +202,7 @@ impl Datastore {
     /// is missing).
     async fn preserve_unrevisioned(
         &self,
+        held: &mut Held,
         image_id: &str,
         tag: &str,
         cur: &LabelRow,
@@ -203,7 +211,7 @@ impl Datastore {
         if !files::is_file(&live) {
             return Ok(None);
         }
-        let parent = self.max_rev(image_id, tag).await?;
+        let parent = max_rev(held.conn(), image_id, tag).await?;
         let rev = parent.unwrap_or(0) + 1;
         let rev_rel = Self::revision_dir_rel(tag, image_id).join(format!("{rev}{}", cur.ext));
         let rev_abs = self.studies().join(&rev_rel);
@@ -217,10 +225,10 @@ impl Datastore {
             .get("ts")
             .and_then(Value::as_i64)
             .unwrap_or_else(now_secs);
-        let mut tx = self.begin_write().await?;
+        let mut tx = held.write().await?;
         sqlx::query(
             "INSERT INTO label_revisions (image_id, tag, rev, parent_rev, author, created_at, \
-             sha256, ext, path, info) VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
+             sha256, ext, path, info) VALUES ($1, $2, $3, $4, NULL, $5, $6, $7, $8, $9)",
         )
         .bind(image_id)
         .bind(tag)
@@ -233,7 +241,7 @@ impl Datastore {
         .bind(serde_json::to_string(&cur.info)?)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE labels SET rev = ? WHERE image_id = ? AND tag = ?")
+        sqlx::query("UPDATE labels SET rev = $1 WHERE image_id = $2 AND tag = $3")
             .bind(rev)
             .bind(image_id)
             .bind(tag)
@@ -243,41 +251,11 @@ impl Datastore {
         Ok(Some(rev))
     }
 
-    async fn label_row(&self, image_id: &str, tag: &str) -> Result<Option<LabelRow>> {
-        let row = sqlx::query(
-            "SELECT ext, info, rev, deleted FROM labels WHERE image_id = ? AND tag = ?",
-        )
-        .bind(image_id)
-        .bind(tag)
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(|row| {
-            Ok(LabelRow {
-                ext: row.try_get("ext")?,
-                info: parse_info(&row.try_get::<String, _>("info")?)?,
-                rev: row.try_get("rev")?,
-                deleted: row.try_get::<i64, _>("deleted")? != 0,
-            })
-        })
-        .transpose()
-    }
-
-    pub(crate) async fn max_rev(&self, image_id: &str, tag: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT MAX(rev) FROM label_revisions WHERE image_id = ? AND tag = ?",
-        )
-        .bind(image_id)
-        .bind(tag)
-        .fetch_one(self.pool())
-        .await?)
-    }
-
     /// The label served for (image, tag), if any. An empty tag means `final`.
     pub async fn label(&self, image_id: &str, tag: &str) -> Result<Option<LabelRecord>> {
         validate_id(image_id)?;
         let tag = normalize_tag(tag)?;
-        Ok(self
-            .label_row(image_id, tag)
+        Ok(label_row(self.pool(), image_id, tag)
             .await?
             .filter(|r| !r.deleted)
             .map(|r| LabelRecord {
@@ -323,13 +301,15 @@ impl Datastore {
         validate_id(image_id)?;
         let tag = normalize_tag(tag)?;
         let mut tx = self.begin_write().await?;
-        let info: Option<String> = sqlx::query_scalar(
-            "SELECT info FROM labels WHERE image_id = ? AND tag = ? AND deleted = 0",
-        )
-        .bind(image_id)
-        .bind(tag)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let sql = format!(
+            "SELECT info FROM labels WHERE image_id = $1 AND tag = $2 AND deleted = 0{}",
+            self.for_update()
+        );
+        let info: Option<String> = sqlx::query_scalar(&sql)
+            .bind(image_id)
+            .bind(tag)
+            .fetch_optional(&mut *tx)
+            .await?;
         let info = info.ok_or_else(|| {
             DatastoreError::NotFound(format!("label {image_id:?} with tag {tag:?}"))
         })?;
@@ -338,13 +318,15 @@ impl Datastore {
         if let Some(user) = user {
             info.insert("user".into(), user.into());
         }
-        sqlx::query("UPDATE labels SET info = ?, updated_at = ? WHERE image_id = ? AND tag = ?")
-            .bind(serde_json::to_string(&info)?)
-            .bind(now_secs())
-            .bind(image_id)
-            .bind(tag)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE labels SET info = $1, updated_at = $2 WHERE image_id = $3 AND tag = $4",
+        )
+        .bind(serde_json::to_string(&info)?)
+        .bind(now_secs())
+        .bind(image_id)
+        .bind(tag)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         self.committed().await;
         Ok(())
@@ -357,19 +339,26 @@ impl Datastore {
         validate_id(image_id)?;
         let tag = normalize_tag(tag)?;
         let _guard = self.lock_label(image_id, tag).await;
-        let Some(row) = self.label_row(image_id, tag).await?.filter(|r| !r.deleted) else {
+        let mut held = self.hold_label(image_id, tag).await?;
+        let Some(row) = label_row(held.conn(), image_id, tag)
+            .await?
+            .filter(|r| !r.deleted)
+        else {
             return Ok(());
         };
         let live = self.label_file(tag, image_id, &row.ext);
         blocking(move || files::remove_if_exists(&live)).await?;
-        let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE labels SET deleted = 1, updated_at = ? WHERE image_id = ? AND tag = ?")
-            .bind(now_secs())
-            .bind(image_id)
-            .bind(tag)
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = held.write().await?;
+        sqlx::query(
+            "UPDATE labels SET deleted = 1, updated_at = $1 WHERE image_id = $2 AND tag = $3",
+        )
+        .bind(now_secs())
+        .bind(image_id)
+        .bind(tag)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
+        held.finish().await?;
         self.committed().await;
         Ok(())
     }
@@ -380,7 +369,7 @@ impl Datastore {
         let tag = normalize_tag(tag)?;
         let rows = sqlx::query(
             "SELECT rev, parent_rev, author, created_at, sha256, ext, path, info \
-             FROM label_revisions WHERE image_id = ? AND tag = ? ORDER BY rev",
+             FROM label_revisions WHERE image_id = $1 AND tag = $2 ORDER BY rev",
         )
         .bind(image_id)
         .bind(tag)
@@ -408,7 +397,7 @@ impl Datastore {
     pub async fn recent_revisions(&self, limit: u32) -> Result<Vec<RevisionRecord>> {
         let rows = sqlx::query(
             "SELECT image_id, tag, rev, parent_rev, author, created_at, sha256, ext, path, info \
-             FROM label_revisions ORDER BY id DESC LIMIT ?",
+             FROM label_revisions ORDER BY id DESC LIMIT $1",
         )
         .bind(i64::from(limit))
         .fetch_all(self.pool())
@@ -441,7 +430,7 @@ impl Datastore {
         validate_id(image_id)?;
         let tag = normalize_tag(tag)?;
         let path: Option<String> = sqlx::query_scalar(
-            "SELECT path FROM label_revisions WHERE image_id = ? AND tag = ? AND rev = ?",
+            "SELECT path FROM label_revisions WHERE image_id = $1 AND tag = $2 AND rev = $3",
         )
         .bind(image_id)
         .bind(tag)
@@ -452,4 +441,40 @@ impl Datastore {
             DatastoreError::NotFound(format!("revision {rev} of label {image_id:?}/{tag:?}"))
         })
     }
+}
+
+/// The live label row of (image, tag), deleted or not.
+async fn label_row<'e, E>(ex: E, image_id: &str, tag: &str) -> Result<Option<LabelRow>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let row =
+        sqlx::query("SELECT ext, info, rev, deleted FROM labels WHERE image_id = $1 AND tag = $2")
+            .bind(image_id)
+            .bind(tag)
+            .fetch_optional(ex)
+            .await?;
+    row.map(|row| {
+        Ok(LabelRow {
+            ext: row.try_get("ext")?,
+            info: parse_info(&row.try_get::<String, _>("info")?)?,
+            rev: row.try_get("rev")?,
+            deleted: row.try_get::<i64, _>("deleted")? != 0,
+        })
+    })
+    .transpose()
+}
+
+/// The highest revision number of (image, tag), if any.
+async fn max_rev<'e, E>(ex: E, image_id: &str, tag: &str) -> Result<Option<i64>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    Ok(
+        sqlx::query_scalar("SELECT MAX(rev) FROM label_revisions WHERE image_id = $1 AND tag = $2")
+            .bind(image_id)
+            .bind(tag)
+            .fetch_one(ex)
+            .await?,
+    )
 }

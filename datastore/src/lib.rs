@@ -63,6 +63,8 @@ pub mod jobs;
 #[cfg(feature = "store")]
 pub mod labels;
 #[cfg(feature = "store")]
+mod locks;
+#[cfg(feature = "store")]
 mod monai_json;
 #[cfg(feature = "store")]
 pub mod reconcile;
@@ -94,9 +96,9 @@ pub use remote::{OutboxItem, RemoteImage, RemoteSource, SyncStats};
 #[cfg(feature = "store")]
 pub use sessions::{SessionInfo, Sessions};
 #[cfg(feature = "store")]
-pub use tokens::TokenInfo;
-#[cfg(feature = "store")]
 pub use store::{Backend, Datastore, DatastoreOptions, DATASTORE_JSON, PRIVATE_DIR};
+#[cfg(feature = "store")]
+pub use tokens::TokenInfo;
 
 #[cfg(all(test, feature = "store"))]
 mod send_sync {

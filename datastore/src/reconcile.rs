@@ -21,7 +21,7 @@ use crate::blocking::blocking;
 use crate::error::{IoContext, Result};
 use crate::files;
 use crate::ids::{match_extension, validate_ext, validate_id, validate_tag};
-use crate::store::{now_secs, subdirs, Datastore, PRIVATE_DIR};
+use crate::store::{now_secs, parse_info, subdirs, Datastore, PRIVATE_DIR};
 
 /// One change the scan makes to the database.
 #[derive(Debug)]
@@ -93,7 +93,7 @@ impl Datastore {
                 Change::AddImage { id, ext } => {
                     sqlx::query(
                         "INSERT INTO images (id, ext, info, created_at, updated_at) \
-                         VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT(id) DO NOTHING",
                     )
                     .bind(id)
                     .bind(ext)
@@ -104,19 +104,30 @@ impl Datastore {
                     .await?;
                 }
                 Change::SetImageExt { id, ext } => {
+                    // The info's `name` follows the file (read-modify-write: JSON functions
+                    // differ between SQLite and PostgreSQL, and the info stays byte-stable).
+                    let info: Option<String> =
+                        sqlx::query_scalar("SELECT info FROM images WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let mut info = match info {
+                        Some(text) => parse_info(&text)?,
+                        None => Map::new(),
+                    };
+                    info.insert("name".into(), format!("{id}{ext}").into());
                     sqlx::query(
-                        "UPDATE images SET ext = ?, info = json_set(info, '$.name', ?), \
-                         updated_at = ? WHERE id = ?",
+                        "UPDATE images SET ext = $1, info = $2, updated_at = $3 WHERE id = $4",
                     )
                     .bind(ext)
-                    .bind(format!("{id}{ext}"))
+                    .bind(serde_json::to_string(&info)?)
                     .bind(now)
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
                 }
                 Change::DropImage { id } => {
-                    sqlx::query("DELETE FROM images WHERE id = ?")
+                    sqlx::query("DELETE FROM images WHERE id = $1")
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
@@ -124,7 +135,7 @@ impl Datastore {
                 Change::SetLabelFile { id, tag, ext } => {
                     sqlx::query(
                         "INSERT INTO labels (image_id, tag, ext, info, rev, deleted, updated_at) \
-                         VALUES (?, ?, ?, ?, NULL, 0, ?) ON CONFLICT(image_id, tag) DO UPDATE \
+                         VALUES ($1, $2, $3, $4, NULL, 0, $5) ON CONFLICT(image_id, tag) DO UPDATE \
                          SET ext = excluded.ext, info = excluded.info, rev = NULL, deleted = 0, \
                          updated_at = excluded.updated_at",
                     )
@@ -138,8 +149,8 @@ impl Datastore {
                 }
                 Change::MarkLabelDeleted { id, tag } => {
                     sqlx::query(
-                        "UPDATE labels SET deleted = 1, updated_at = ? \
-                         WHERE image_id = ? AND tag = ?",
+                        "UPDATE labels SET deleted = 1, updated_at = $1 \
+                         WHERE image_id = $2 AND tag = $3",
                     )
                     .bind(now)
                     .bind(id)
@@ -151,9 +162,9 @@ impl Datastore {
                     let mut info = Map::new();
                     info.insert("recovered".into(), true.into());
                     sqlx::query(
-                        "INSERT OR IGNORE INTO label_revisions (image_id, tag, rev, parent_rev, \
+                        "INSERT INTO label_revisions (image_id, tag, rev, parent_rev, \
                          author, created_at, sha256, ext, path, info) \
-                         VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
+                         VALUES ($1, $2, $3, $4, NULL, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
                     )
                     .bind(&o.id)
                     .bind(&o.tag)
@@ -169,7 +180,7 @@ impl Datastore {
                 }
                 Change::SetLabelRev { id, tag, rev } => {
                     sqlx::query(
-                        "UPDATE labels SET rev = ? WHERE image_id = ? AND tag = ? AND deleted = 0",
+                        "UPDATE labels SET rev = $1 WHERE image_id = $2 AND tag = $3 AND deleted = 0",
                     )
                     .bind(rev)
                     .bind(id)

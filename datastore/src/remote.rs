@@ -21,6 +21,7 @@ use sqlx::Row;
 
 use crate::error::{DatastoreError, Result};
 use crate::ids::{validate_id, FINAL_TAG};
+use crate::locks::PgLock;
 use crate::store::{now_secs, parse_info, Datastore};
 
 /// A boxed future, as [`RemoteSource::fetch`] returns.
@@ -94,7 +95,7 @@ impl Datastore {
     pub async fn remote_of(&self, id: &str) -> Result<Option<Map<String, Value>>> {
         validate_id(id)?;
         let s: Option<Option<String>> =
-            sqlx::query_scalar("SELECT remote FROM images WHERE id = ?")
+            sqlx::query_scalar("SELECT remote FROM images WHERE id = $1")
                 .bind(id)
                 .fetch_optional(self.pool())
                 .await?;
@@ -139,6 +140,10 @@ impl Datastore {
         let mut stats = SyncStats::default();
         let now = now_secs();
         let mut tx = self.begin_write().await?;
+        // Several servers: one sync at a time, none during a folder scan.
+        self.lock_in(&mut tx, PgLock::Scan { exclusive: false })
+            .await?;
+        self.lock_in(&mut tx, PgLock::Named("remote_sync")).await?;
         let known: std::collections::HashMap<String, (Option<String>, String)> =
             sqlx::query("SELECT id, remote, info FROM images")
                 .fetch_all(&mut *tx)
@@ -159,7 +164,7 @@ impl Datastore {
                     info.insert("name".into(), format!("{}.nii", img.id).into());
                     sqlx::query(
                         "INSERT INTO images (id, ext, info, created_at, updated_at, remote) \
-                         VALUES (?, '.nii', ?, ?, ?, ?)",
+                         VALUES ($1, '.nii', $2, $3, $4, $5)",
                     )
                     .bind(&img.id)
                     .bind(serde_json::to_string(&info)?)
@@ -179,7 +184,7 @@ impl Datastore {
                     info.extend(img.info.clone());
                     if *old_remote != remote || info != before {
                         sqlx::query(
-                            "UPDATE images SET remote = ?, info = ?, updated_at = ? WHERE id = ?",
+                            "UPDATE images SET remote = $1, info = $2, updated_at = $3 WHERE id = $4",
                         )
                         .bind(&remote)
                         .bind(serde_json::to_string(&info)?)
@@ -198,7 +203,7 @@ impl Datastore {
                     continue;
                 }
                 let labelled: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM labels WHERE image_id = ? AND deleted = 0",
+                    "SELECT COUNT(*) FROM labels WHERE image_id = $1 AND deleted = 0",
                 )
                 .bind(id)
                 .fetch_one(&mut *tx)
@@ -206,7 +211,7 @@ impl Datastore {
                 if labelled > 0 {
                     continue;
                 }
-                sqlx::query("DELETE FROM images WHERE id = ?")
+                sqlx::query("DELETE FROM images WHERE id = $1")
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
@@ -225,7 +230,7 @@ impl Datastore {
     pub async fn datalist_local(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
         let rows = sqlx::query(
             "SELECT i.id, i.ext AS iext, i.remote, l.ext AS lext FROM images i JOIN labels l \
-             ON l.image_id = i.id AND l.tag = ? AND l.deleted = 0 ORDER BY i.seq",
+             ON l.image_id = i.id AND l.tag = $1 AND l.deleted = 0 ORDER BY i.seq",
         )
         .bind(FINAL_TAG)
         .fetch_all(self.pool())
@@ -252,7 +257,7 @@ impl Datastore {
         rev: Option<i64>,
     ) -> Result<i64> {
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO outbox (kind, image_id, tag, rev, created_at) VALUES (?, ?, ?, ?, ?) \
+            "INSERT INTO outbox (kind, image_id, tag, rev, created_at) VALUES ($1, $2, $3, $4, $5) \
              RETURNING id",
         )
         .bind(kind)
@@ -269,7 +274,7 @@ impl Datastore {
     pub async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxItem>> {
         sqlx::query(
             "SELECT id, kind, image_id, tag, rev, attempts, last_error FROM outbox \
-             WHERE done_at IS NULL ORDER BY id LIMIT ?",
+             WHERE done_at IS NULL ORDER BY id LIMIT $1",
         )
         .bind(i64::from(limit))
         .fetch_all(self.pool())
@@ -292,7 +297,7 @@ impl Datastore {
     /// Records a failed attempt.
     pub async fn outbox_failed(&self, id: i64, error: &str) -> Result<()> {
         sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, last_try = ? WHERE id = ?",
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $1, last_try = $2 WHERE id = $3",
         )
         .bind(error)
         .bind(now_secs())
@@ -306,8 +311,8 @@ impl Datastore {
     pub async fn outbox_done(&self, id: i64, result: &Map<String, Value>) -> Result<()> {
         let now = now_secs();
         sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, last_try = ?, done_at = ?, result = ?, \
-             last_error = NULL WHERE id = ?",
+            "UPDATE outbox SET attempts = attempts + 1, last_try = $1, done_at = $2, result = $3, \
+             last_error = NULL WHERE id = $4",
         )
         .bind(now)
         .bind(now)
@@ -321,7 +326,7 @@ impl Datastore {
     /// Results of the done tasks of one image (e.g. the SEG UIDs stored), oldest first.
     pub async fn outbox_results(&self, image_id: &str) -> Result<Vec<Map<String, Value>>> {
         let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT result FROM outbox WHERE image_id = ? AND done_at IS NOT NULL \
+            "SELECT result FROM outbox WHERE image_id = $1 AND done_at IS NOT NULL \
              AND result IS NOT NULL ORDER BY id",
         )
         .bind(image_id)

@@ -1,6 +1,5 @@
 //! The [`Datastore`] handle: opening the database, locks, paths and the JSON mirror.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,12 +9,13 @@ use serde_json::{Map, Value};
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 use sqlx::{Executor, Row};
-use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+use tokio::sync::RwLock;
 
 use crate::blocking::blocking;
 use crate::error::{DatastoreError, IoContext, Result};
 use crate::files;
 use crate::ids::{FINAL_TAG, ORIGINAL_TAG};
+use crate::locks::{KeyLocks, PgLock};
 use crate::monai_json;
 
 /// The MONAI Label datastore model file inside the studies folder.
@@ -105,37 +105,16 @@ pub(crate) struct Inner {
     pub(crate) extensions: Vec<String>,
     /// Held shared by every operation and exclusively by `refresh`, so a scan never sees a
     /// half-done write (file renamed, row not yet committed).
-    scan_lock: Arc<RwLock<()>>,
+    pub(crate) scan_lock: Arc<RwLock<()>>,
     /// Per-image locks: shared for label writes, exclusive for image writes.
-    image_locks: KeyLocks,
+    pub(crate) image_locks: KeyLocks,
     /// Per-(image, tag) locks serialising label saves.
-    label_locks: KeyLocks,
+    pub(crate) label_locks: KeyLocks,
     /// Bumped after every committed change; the JSON mirror records which one it wrote.
     generation: AtomicU64,
     json_written: tokio::sync::Mutex<u64>,
     /// Where remote images are made local (see [`crate::remote`]).
     pub(crate) remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteSource>>,
-}
-
-#[derive(Default)]
-struct KeyLocks(std::sync::Mutex<HashMap<String, Arc<RwLock<()>>>>);
-
-impl KeyLocks {
-    fn get(&self, key: &str) -> Arc<RwLock<()>> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > 1024 {
-            map.retain(|_, l| Arc::strong_count(l) > 1);
-        }
-        map.entry(key.to_string()).or_default().clone()
-    }
-}
-
-/// Locks held for the duration of one write operation.
-pub(crate) struct Guards {
-    _scan: OwnedRwLockReadGuard<()>,
-    _image_shared: Option<OwnedRwLockReadGuard<()>>,
-    _image_exclusive: Option<OwnedRwLockWriteGuard<()>>,
-    _label: Option<OwnedRwLockWriteGuard<()>>,
 }
 
 /// Epoch seconds now.
@@ -220,6 +199,9 @@ impl Datastore {
         };
         {
             let _scan = ds.inner.scan_lock.clone().write_owned().await;
+            let _other_servers = ds
+                .pg_locks(&[PgLock::Scan { exclusive: true }, PgLock::Named("json")])
+                .await?;
             ds.import_json().await?;
             ds.reconcile().await?;
         }
@@ -235,6 +217,7 @@ impl Datastore {
     pub async fn refresh(&self) -> Result<()> {
         {
             let _scan = self.inner.scan_lock.clone().write_owned().await;
+            let _other_servers = self.pg_locks(&[PgLock::Scan { exclusive: true }]).await?;
             blocking({
                 let s = self.inner.studies.clone();
                 move || remove_all_temp_files(&s)
@@ -321,39 +304,6 @@ impl Datastore {
         Path::new(PRIVATE_DIR).join("revisions").join(tag).join(id)
     }
 
-    /// Holds off the folder scan (shared) for a write that touches no file.
-    pub(crate) async fn lock_scan_shared(&self) -> OwnedRwLockReadGuard<()> {
-        self.inner.scan_lock.clone().read_owned().await
-    }
-
-    pub(crate) async fn lock_image(&self, id: &str) -> Guards {
-        let scan = self.inner.scan_lock.clone().read_owned().await;
-        let image = self.inner.image_locks.get(id).write_owned().await;
-        Guards {
-            _scan: scan,
-            _image_shared: None,
-            _image_exclusive: Some(image),
-            _label: None,
-        }
-    }
-
-    pub(crate) async fn lock_label(&self, id: &str, tag: &str) -> Guards {
-        let scan = self.inner.scan_lock.clone().read_owned().await;
-        let image = self.inner.image_locks.get(id).read_owned().await;
-        let label = self
-            .inner
-            .label_locks
-            .get(&format!("{id}\0{tag}"))
-            .write_owned()
-            .await;
-        Guards {
-            _scan: scan,
-            _image_shared: Some(image),
-            _image_exclusive: None,
-            _label: Some(label),
-        }
-    }
-
     /// Records that a change was committed, then rewrites the JSON mirror.
     pub(crate) async fn committed(&self) {
         self.bump();
@@ -381,6 +331,9 @@ impl Datastore {
         if *written >= wanted {
             return Ok(());
         }
+        // Several servers: one writes the file at a time, each from the rows committed when it
+        // holds the lock, so the last file written shows every committed change.
+        let _other_servers = self.pg_locks(&[PgLock::Named("json")]).await?;
         let snapshot = self.inner.generation.load(Ordering::SeqCst);
         let model = self.datastore_json().await?;
         let bytes = monai_json::to_bytes(&model)?;
@@ -393,7 +346,7 @@ impl Datastore {
     }
 
     pub(crate) async fn get_meta(&self, key: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
             .bind(key)
             .fetch_optional(&self.inner.pool)
             .await?)
@@ -401,7 +354,7 @@ impl Datastore {
 
     pub(crate) async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO meta (key, value) VALUES (?, ?) \
+            "INSERT INTO meta (key, value) VALUES ($1, $2) \
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         )
         .bind(key)
@@ -413,11 +366,28 @@ impl Datastore {
 
     /// Fails with [`DatastoreError::NotFound`] unless the image is registered; returns its ext.
     pub(crate) async fn require_image_ext(&self, id: &str) -> Result<String> {
-        sqlx::query_scalar::<_, String>("SELECT ext FROM images WHERE id = ?")
+        self.require_image_ext_on(self.pool(), id).await
+    }
+
+    /// [`Datastore::require_image_ext`] on a given connection.
+    pub(crate) async fn require_image_ext_on<'e, E>(&self, ex: E, id: &str) -> Result<String>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        sqlx::query_scalar::<_, String>("SELECT ext FROM images WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.inner.pool)
+            .fetch_optional(ex)
             .await?
             .ok_or_else(|| DatastoreError::NotFound(format!("image {id:?}")))
+    }
+
+    /// `" FOR UPDATE"` on PostgreSQL (a read-modify-write locks the row it read), `""` on
+    /// SQLite (whose `BEGIN IMMEDIATE` already excludes other writers).
+    pub(crate) fn for_update(&self) -> &'static str {
+        match self.inner.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
     }
 }
 
@@ -426,7 +396,10 @@ impl Datastore {
 /// of these).
 async fn connect(backend: Backend, url: &str, opts: &DatastoreOptions) -> Result<AnyPool> {
     sqlx::any::install_default_drivers();
-    let mut pool = AnyPoolOptions::new().max_connections(opts.max_connections.max(1));
+    // PostgreSQL: the scan and the JSON mirror hold a lock transaction while they work on a
+    // second connection, so a pool needs two.
+    let min = if backend == Backend::Postgres { 2 } else { 1 };
+    let mut pool = AnyPoolOptions::new().max_connections(opts.max_connections.max(min));
     if backend == Backend::Sqlite {
         let busy_ms = opts.busy_timeout.as_millis();
         pool = pool.after_connect(move |conn, _meta| {
@@ -459,13 +432,20 @@ pub(crate) fn sqlite_url(path: &Path) -> String {
 
 /// The file a `sqlite:` URL names (percent-decoded, query dropped); `None` for other URLs.
 fn sqlite_path_of_url(url: &str) -> Option<PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or(url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or(url.strip_prefix("sqlite:"))?;
     let enc = rest.split(['?', '#']).next().unwrap_or_default().as_bytes();
     let mut bytes = Vec::with_capacity(enc.len());
     let mut i = 0;
     while i < enc.len() {
-        let hex = enc.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match hex.filter(|_| enc[i] == b'%').map(|h| u8::from_str_radix(h, 16)) {
+        let hex = enc
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match hex
+            .filter(|_| enc[i] == b'%')
+            .map(|h| u8::from_str_radix(h, 16))
+        {
             Some(Ok(b)) => {
                 bytes.push(b);
                 i += 3;

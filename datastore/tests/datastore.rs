@@ -1,21 +1,19 @@
-//! Datastore tests against real SQLite files in temp folders.
+//! Datastore tests against real databases: each test runs on SQLite (a file in its temp
+//! folder) and on PostgreSQL (a fresh database on a throwaway cluster), see `common`.
+
+mod common;
 
 use std::fs;
 use std::path::Path;
 
+use common::Db;
 use ferrolabel_datastore::{
-    Datastore, DatastoreError, DatastoreOptions, Source, DATASTORE_JSON, PRIVATE_DIR,
+    Backend, Datastore, DatastoreError, DatastoreOptions, Source, DATASTORE_JSON, PRIVATE_DIR,
 };
 use serde_json::{json, Map, Value};
 
 fn obj(v: Value) -> Map<String, Value> {
     v.as_object().cloned().expect("object")
-}
-
-async fn open(dir: &Path) -> Datastore {
-    Datastore::open(dir, DatastoreOptions::default())
-        .await
-        .expect("open")
 }
 
 fn bytes(s: &str) -> Source {
@@ -26,15 +24,18 @@ fn read_json(dir: &Path) -> Value {
     serde_json::from_slice(&fs::read(dir.join(DATASTORE_JSON)).unwrap()).unwrap()
 }
 
-#[tokio::test]
-async fn open_empty_folder() {
+async fn open_empty_folder(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     let studies = tmp.path().join("studies");
-    let ds = open(&studies).await;
+    let ds = db.open(&studies).await;
     for d in ["labels/final", "labels/original", ".ferrolabel"] {
         assert!(studies.join(d).is_dir(), "{d}");
     }
-    assert!(studies.join(".ferrolabel/datastore.db").is_file());
+    // the SQLite file only when the rows live there
+    assert_eq!(
+        studies.join(".ferrolabel/datastore.db").is_file(),
+        db.backend() == Backend::Sqlite
+    );
     assert!(ds.list_images().await.unwrap().is_empty());
     let st = ds.status().await.unwrap();
     assert_eq!(
@@ -48,6 +49,7 @@ async fn open_empty_folder() {
     assert_eq!(ds.integrity_check().await.unwrap(), "ok");
 }
 
+/// SQLite only: the database file outside the studies folder.
 #[tokio::test]
 async fn db_can_live_elsewhere() {
     let tmp = tempfile::tempdir().unwrap();
@@ -94,12 +96,11 @@ fn monai_folder(dir: &Path) {
     .unwrap();
 }
 
-#[tokio::test]
-async fn imports_monai_label_folder() {
+async fn imports_monai_label_folder(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     monai_folder(dir);
-    let ds = open(dir).await;
+    let ds = db.open(dir).await;
     // JSON order first, then files found by the scan; "gone" has no file; notes.txt no pattern.
     assert_eq!(
         ds.list_images().await.unwrap(),
@@ -142,22 +143,18 @@ async fn imports_monai_label_folder() {
     assert!(v["objects"].get("gone").is_none());
 }
 
-#[tokio::test]
-async fn malformed_json_is_an_error_naming_the_file() {
+async fn malformed_json_is_an_error_naming_the_file(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     fs::write(tmp.path().join(DATASTORE_JSON), b"{\"objects\": [").unwrap();
-    let err = Datastore::open(tmp.path(), DatastoreOptions::default())
-        .await
-        .unwrap_err();
+    let err = Datastore::open(tmp.path(), db.options()).await.unwrap_err();
     assert!(matches!(err, DatastoreError::MalformedJson { .. }), "{err}");
     assert!(err.to_string().contains(DATASTORE_JSON), "{err}");
 }
 
-#[tokio::test]
-async fn files_changed_while_stopped_are_reconciled() {
+async fn files_changed_while_stopped_are_reconciled(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let ds = open(dir).await;
+    let ds = db.open(dir).await;
     ds.add_image("a", ".nii.gz", bytes("A"), Map::new(), None)
         .await
         .unwrap();
@@ -176,7 +173,7 @@ async fn files_changed_while_stopped_are_reconciled() {
     fs::write(dir.join("labels/reviewer1/c.nrrd"), b"RC").unwrap();
     fs::remove_file(dir.join("labels/final/b.nii.gz")).unwrap();
 
-    let ds = open(dir).await;
+    let ds = db.open(dir).await;
     assert_eq!(ds.list_images().await.unwrap(), ["a", "b", "c"]);
     assert_eq!(ds.labeled_images().await.unwrap(), ["a"]);
     assert_eq!(
@@ -198,11 +195,10 @@ async fn files_changed_while_stopped_are_reconciled() {
     assert_eq!(v["objects"]["d"]["image"]["ext"], ".nii");
 }
 
-#[tokio::test]
-async fn add_replace_remove_image() {
+async fn add_replace_remove_image(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let ds = open(dir).await;
+    let ds = db.open(dir).await;
     let rec = ds
         .add_image(
             "img",
@@ -280,10 +276,9 @@ async fn add_replace_remove_image() {
     assert!(read_json(dir)["objects"].get("img").is_none());
 }
 
-#[tokio::test]
-async fn label_saves_keep_revisions() {
+async fn label_saves_keep_revisions(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     ds.add_image("ct", ".nii.gz", bytes("img"), Map::new(), None)
         .await
         .unwrap();
@@ -393,11 +388,10 @@ async fn label_saves_keep_revisions() {
     assert_eq!(fs::read(&revs[2].path).unwrap(), b"third");
 }
 
-#[tokio::test]
-async fn imported_label_is_preserved_before_replacement() {
+async fn imported_label_is_preserved_before_replacement(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     monai_folder(tmp.path());
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     assert_eq!(
         ds.label("spleen_3", "final").await.unwrap().unwrap().rev,
         None
@@ -420,10 +414,9 @@ async fn imported_label_is_preserved_before_replacement() {
     assert_eq!((revs[1].rev, revs[1].parent_rev), (2, Some(1)));
 }
 
-#[tokio::test]
-async fn empty_tag_means_final_and_status() {
+async fn empty_tag_means_final_and_status(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     for id in ["a", "b", "c"] {
         ds.add_image(id, ".nii.gz", bytes(id), Map::new(), None)
             .await
@@ -463,10 +456,9 @@ async fn empty_tag_means_final_and_status() {
     );
 }
 
-#[tokio::test]
-async fn invalid_ids_are_rejected() {
+async fn invalid_ids_are_rejected(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     ds.add_image("ok", ".nii.gz", bytes("x"), Map::new(), None)
         .await
         .unwrap();
@@ -519,11 +511,10 @@ async fn invalid_ids_are_rejected() {
     assert_eq!(ds.list_images().await.unwrap(), ["ok"]);
 }
 
-#[tokio::test]
-async fn json_round_trip() {
+async fn json_round_trip(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let ds = open(dir).await;
+    let ds = db.open(dir).await;
     ds.add_image(
         "z",
         ".nii.gz",
@@ -565,16 +556,15 @@ async fn json_round_trip() {
 
     // A fresh database (as if the folder were copied elsewhere) re-imports the same model.
     fs::remove_dir_all(dir.join(PRIVATE_DIR)).unwrap();
-    let ds = open(dir).await;
+    let ds = db.open(dir).await;
     assert_eq!(ds.datastore_json().await.unwrap(), model);
     assert_eq!(read_json(dir), model);
 }
 
-#[tokio::test]
-async fn leftover_temp_files_are_removed_at_open() {
+async fn leftover_temp_files_are_removed_at_open(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    open(dir).await.close().await;
+    db.open(dir).await.close().await;
     let leftovers = [
         dir.join(".img.1234.tmp"),
         dir.join("labels/final/.img.5678.tmp"),
@@ -584,7 +574,7 @@ async fn leftover_temp_files_are_removed_at_open() {
         fs::write(p, b"partial").unwrap();
     }
     fs::write(dir.join(".hidden.nii.gz"), b"keep").unwrap();
-    let ds = open(dir).await;
+    let ds = db.open(dir).await;
     for p in &leftovers {
         assert!(!p.exists(), "{}", p.display());
     }
@@ -595,11 +585,10 @@ async fn leftover_temp_files_are_removed_at_open() {
     assert!(ds.list_images().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn interrupted_save_is_healed_at_open() {
+async fn interrupted_save_is_healed_at_open(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let ds = open(dir).await;
+    let ds = db.open(dir).await;
     ds.add_image("k", ".nii.gz", bytes("k"), Map::new(), None)
         .await
         .unwrap();
@@ -612,7 +601,7 @@ async fn interrupted_save_is_healed_at_open() {
     fs::write(dir.join(".ferrolabel/revisions/final/k/2.nii.gz"), b"two").unwrap();
     fs::write(dir.join("labels/final/k.nii.gz"), b"two").unwrap();
 
-    let ds = open(dir).await;
+    let ds = db.open(dir).await;
     let revs = ds.label_revisions("k", "final").await.unwrap();
     assert_eq!(revs.len(), 2);
     assert_eq!((revs[1].rev, revs[1].parent_rev), (2, Some(1)));
@@ -629,10 +618,9 @@ async fn interrupted_save_is_healed_at_open() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_saves_lose_nothing() {
+async fn concurrent_saves_lose_nothing(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     for i in 0..4 {
         ds.add_image(&format!("img{i}"), ".nii.gz", bytes("x"), Map::new(), None)
             .await
@@ -705,3 +693,19 @@ async fn concurrent_saves_lose_nothing() {
     // The JSON mirror caught up with the last write.
     assert_eq!(read_json(tmp.path()), ds.datastore_json().await.unwrap());
 }
+
+on_both!(
+    open_empty_folder,
+    imports_monai_label_folder,
+    malformed_json_is_an_error_naming_the_file,
+    files_changed_while_stopped_are_reconciled,
+    add_replace_remove_image,
+    label_saves_keep_revisions,
+    imported_label_is_preserved_before_replacement,
+    empty_tag_means_final_and_status,
+    invalid_ids_are_rejected,
+    json_round_trip,
+    leftover_temp_files_are_removed_at_open,
+    interrupted_save_is_healed_at_open,
+    concurrent_saves_lose_nothing,
+);

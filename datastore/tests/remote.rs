@@ -1,16 +1,17 @@
-//! Remote (PACS) images and the outbox, against real SQLite files: listed series become images
+//! Remote (PACS) images and the outbox, on SQLite and PostgreSQL (see `common`): listed series become images
 //! without files that the folder scan keeps, survive reopening, are made local only through the
 //! installed source (a missing or failing source is `Remote`), keep their labels when the PACS
 //! forgets them, and outbox rows stay pending until done.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use common::Db;
 use ferrolabel_datastore::remote::BoxFuture;
-use ferrolabel_datastore::{
-    Datastore, DatastoreError, DatastoreOptions, RemoteImage, RemoteSource, Source, FINAL_TAG,
-};
+use ferrolabel_datastore::{DatastoreError, RemoteImage, RemoteSource, Source, FINAL_TAG};
 use serde_json::{json, Map, Value};
 
 fn listed(ids: &[&str]) -> Vec<RemoteImage> {
@@ -62,17 +63,10 @@ impl RemoteSource for Folder {
     }
 }
 
-async fn open(dir: &Path) -> Datastore {
-    Datastore::open(dir, DatastoreOptions::default())
-        .await
-        .expect("open")
-}
-
-#[tokio::test]
-async fn remote_images_sync_fetch_and_outbox() {
+async fn remote_images_sync_fetch_and_outbox(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     let studies = tmp.path().join("studies");
-    let ds = open(&studies).await;
+    let ds = db.open(&studies).await;
     let stats = ds
         .sync_remote_images(&listed(&["1.2.3.1", "1.2.3.2", "9.9"]), true)
         .await
@@ -134,7 +128,7 @@ async fn remote_images_sync_fetch_and_outbox() {
 
     // reopened: rows, label and outbox are still there
     ds.close().await;
-    let ds = open(&studies).await;
+    let ds = db.open(&studies).await;
     assert_eq!(ds.list_images().await.unwrap(), ["1.2.3.2", "9.9"]);
     assert_eq!(ds.status().await.unwrap().completed, 1);
     let pending = ds.outbox_pending(10).await.unwrap();
@@ -181,10 +175,9 @@ async fn remote_images_sync_fetch_and_outbox() {
     assert_eq!(ds.outbox_results("1.2.3.2").await.unwrap(), [result]);
 }
 
-#[tokio::test]
-async fn thousands_of_series_sync_in_one_transaction() {
+async fn thousands_of_series_sync_in_one_transaction(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = open(&tmp.path().join("studies")).await;
+    let ds = db.open(&tmp.path().join("studies")).await;
     let ids: Vec<String> = (0..5000).map(|i| format!("1.2.826.0.1.{i}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let t0 = std::time::Instant::now();
@@ -205,3 +198,8 @@ async fn thousands_of_series_sync_in_one_transaction() {
         t2.elapsed().as_secs_f64() * 1e3
     );
 }
+
+on_both!(
+    remote_images_sync_fetch_and_outbox,
+    thousands_of_series_sync_in_one_transaction,
+);
