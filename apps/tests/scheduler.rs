@@ -47,6 +47,7 @@ async fn a_panicking_job_fails_alone_and_periodic_jobs_repeat() {
         SchedulerOptions {
             lease: Duration::from_secs(2),
             max_running: 2,
+            ..SchedulerOptions::default()
         },
         vec![
             ("panics".into(), every, panicking),

@@ -45,7 +45,9 @@ pub fn create_app(
             }
         })
         .default_service(web::to(routes::not_found))
-        .wrap_fn(move |req, srv| guard.handle(req, srv))
+        .wrap(actix_web::middleware::from_fn(move |req, next| {
+            guard.clone().handle(req, next)
+        }))
         .wrap_fn(move |req, srv| cors.handle(req, srv))
         .wrap_fn(|req, srv| routes::log_request(req, srv))
 }

@@ -52,6 +52,16 @@ pub struct ServerArgs {
     /// taken up again this long after its last heartbeat (docs/jobs.md).
     #[arg(long, env = "FERROLABEL_JOB_LEASE", default_value_t = 30)]
     pub job_lease: u64,
+    /// The database: `postgres://USER@HOST[:PORT]/DB` (PostgreSQL, which several servers and
+    /// workers can share: docs/team.md) or `sqlite://PATH`; default: SQLite in
+    /// `<studies>/.ferrolabel/datastore.db`.
+    #[arg(long, env = "FERROLABEL_DATASTORE_URL", hide_env_values = true)]
+    pub datastore_url: Option<String>,
+    /// Run no submitted jobs here (batch inference, scoring, training): they wait in the jobs
+    /// table for `ferrolabel worker` processes (or other servers) on the same database. The
+    /// server still submits, lists and stops them, and runs its periodic sweeps.
+    #[arg(long, env = "FERROLABEL_NO_JOBS", default_value = "false", value_parser = parse_bool, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub no_jobs: bool,
     /// Largest accepted image, in voxels (default 512 x 512 x 2048).
     #[arg(long, env = "FERROLABEL_MAX_VOXELS")]
     pub max_voxels: Option<u64>,
@@ -355,7 +365,7 @@ impl ServerArgs {
         let tmp_dir = private.join("tmp");
         std::fs::create_dir_all(&tmp_dir)
             .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
-        clean_dir(&tmp_dir);
+        clean_dir(&tmp_dir, STALE_TMP);
         let session_path = self.sessions.then(|| {
             self.session_path
                 .clone()
@@ -400,11 +410,23 @@ impl ServerArgs {
     }
 }
 
-/// Removes leftovers of a previous run (staged uploads, temp results).
-fn clean_dir(dir: &Path) {
+/// How old a staged upload or temp result must be before a starting process removes it: other
+/// servers and workers may share the studies folder, and their files in flight are younger.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes leftovers of a previous run (staged uploads, temp results) older than `min_age`.
+fn clean_dir(dir: &Path, min_age: std::time::Duration) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let p = e.path();
+            let age = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            if age.is_some_and(|a| a < min_age) {
+                continue;
+            }
             let _ = if p.is_dir() {
                 std::fs::remove_dir_all(&p)
             } else {

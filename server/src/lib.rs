@@ -18,6 +18,7 @@ pub mod logging;
 pub mod multipart;
 pub mod openapi;
 pub mod pacs;
+pub mod pickup;
 pub mod response;
 pub mod routes;
 pub mod serve;

@@ -4,6 +4,7 @@
 //!
 //! Subcommands:
 //! * `start_server` — the MONAI Label REST server ([`ferrolabel::commands::start_server`]);
+//! * `worker` — runs the jobs of the servers on a shared database, no HTTP ([`ferrolabel::commands::worker`]);
 //! * `infer` — one-shot segmentation of a file ([`ferrolabel::commands::infer`]);
 //! * `auth add-user` / `auth hash-password` — the users file of the auth mode ([`ferrolabel::commands::auth`]);
 //! * `dev make-weights` (hidden) — random, seeded weights for demos and tests (not a model).
@@ -23,6 +24,9 @@ enum Command {
     /// Serve the MONAI Label REST API (3D Slicer, the monailabel Python client).
     #[command(name = "start_server", alias = "start-server")]
     StartServer(Box<ferrolabel::config::ServerArgs>),
+    /// Run background jobs (batch inference, scoring, training) for the servers on the same
+    /// database and studies folder, with no HTTP (one per GPU: --device cuda:N).
+    Worker(Box<ferrolabel::commands::worker::WorkerArgs>),
     /// Segment one image with a MONAI bundle and write the label map.
     Infer(ferrolabel::commands::infer::InferArgs),
     /// Users of the auth mode: add a user to a users file, hash a password.
@@ -42,6 +46,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::StartServer(args) => ferrolabel::commands::start_server::run(*args),
+        Command::Worker(args) => ferrolabel::commands::worker::run(*args),
         Command::Infer(args) => {
             ferrolabel::logging::init_stderr("warn");
             ferrolabel::commands::infer::run(args)

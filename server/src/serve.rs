@@ -167,7 +167,7 @@ fn periodic_jobs(
     if let Some(a) = auth {
         let f: PeriodicFn = Arc::new(move || {
             let a = a.clone();
-            Box::pin(async move { Ok(json!({ "removed": a.sweep() })) })
+            Box::pin(async move { Ok(json!({ "removed": a.sweep().await? })) })
         });
         jobs.push(("token_sweep".into(), SESSION_SWEEP, f));
     }
@@ -222,16 +222,10 @@ impl Plan {
             auth,
             tls,
         } = self;
-        let app = open_app(&args, &settings)?;
-        let datastore = Datastore::open(
-            &settings.studies,
-            DatastoreOptions {
-                extensions: settings.extensions.clone(),
-                ..DatastoreOptions::default()
-            },
-        )
-        .await
-        .with_context(|| format!("cannot open the datastore {}", settings.studies.display()))?;
+        let (app, datastore) = open_core(&args, &settings, worker_exe).await?;
+        if let Some(a) = &auth {
+            a.attach(datastore.clone());
+        }
         let pacs = open_pacs(&settings, &datastore, &app).await?;
         let sessions = match &settings.session_path {
             Some(p) => Some(
@@ -241,19 +235,12 @@ impl Plan {
             ),
             None => None,
         };
-        match worker_exe {
-            Some(exe) => app.trainer().set_worker_exe(exe),
-            None => tracing::warn!("training is unavailable: no worker executable"),
-        }
         let app = Arc::new(app);
         let periodic = periodic_jobs(&settings, sessions.clone(), auth.clone(), pacs.clone());
         let jobs = Scheduler::start(
             app.clone(),
             datastore.clone(),
-            SchedulerOptions {
-                lease: Duration::from_secs(args.job_lease.max(1)),
-                ..SchedulerOptions::default()
-            },
+            scheduler_options(&args, !args.no_jobs),
             periodic,
         )
         .await
@@ -291,6 +278,52 @@ impl Plan {
             tls,
         })
     }
+}
+
+/// What every process of a deployment opens, a server or a worker: the app (bundle, engine
+/// thread, trainer; `worker_exe` runs the trainings) and the datastore (`--datastore-url`, else
+/// SQLite in the studies folder).
+pub(crate) async fn open_core(
+    args: &ServerArgs,
+    settings: &Settings,
+    worker_exe: Option<PathBuf>,
+) -> Result<(WholeBodyApp, Datastore)> {
+    let app = open_app(args, settings)?;
+    let url = args.datastore_url.clone().filter(|u| !u.trim().is_empty());
+    let datastore = Datastore::open(
+        &settings.studies,
+        DatastoreOptions {
+            url,
+            extensions: settings.extensions.clone(),
+            ..DatastoreOptions::default()
+        },
+    )
+    .await
+    .with_context(|| format!("cannot open the datastore {}", settings.studies.display()))?;
+    match worker_exe {
+        Some(exe) => app.trainer().set_worker_exe(exe),
+        None => tracing::warn!("training is unavailable: no worker executable"),
+    }
+    Ok((app, datastore))
+}
+
+/// The scheduler settings of `args`; `run_submitted`: whether this process runs submitted jobs.
+pub(crate) fn scheduler_options(args: &ServerArgs, run_submitted: bool) -> SchedulerOptions {
+    SchedulerOptions {
+        lease: Duration::from_secs(args.job_lease.max(1)),
+        run_submitted,
+        ..SchedulerOptions::default()
+    }
+}
+
+/// Whether `--conf preload` is on (the default): weights are loaded before the first request,
+/// and reloaded as soon as a new checkpoint appears ([`crate::pickup`]).
+pub(crate) fn preload_on(settings: &Settings) -> bool {
+    settings
+        .conf
+        .get("preload")
+        .map(|v| crate::config::parse_bool(v).unwrap_or(true))
+        .unwrap_or(true)
 }
 
 /// Opens the app of `args`: the bundle, the engine thread and the trainer; removes checkpoint
@@ -389,12 +422,7 @@ impl Built {
                 env!("CARGO_PKG_VERSION")
             );
         }
-        let preload = state
-            .settings
-            .conf
-            .get("preload")
-            .map(|v| crate::config::parse_bool(v).unwrap_or(true))
-            .unwrap_or(true);
+        let preload = preload_on(&state.settings);
         if preload {
             let app = state.app.clone();
             actix_web::rt::spawn(async move {
@@ -404,10 +432,12 @@ impl Built {
                 }
             });
         }
+        let pickup = crate::pickup::spawn(state.app.clone(), crate::pickup::POLL, preload);
         Ok(Serving {
             server: server.run(),
             addrs,
             state,
+            pickup,
         })
     }
 }
@@ -417,6 +447,7 @@ pub struct Serving {
     server: actix_web::dev::Server,
     addrs: Vec<SocketAddr>,
     state: web::Data<AppState>,
+    pickup: tokio::task::JoinHandle<()>,
 }
 
 impl Serving {
@@ -435,6 +466,7 @@ impl Serving {
     /// thread and closes the datastore.
     pub async fn run(self) -> Result<()> {
         let served = self.server.await.context("server failed");
+        self.pickup.abort();
         let state = self.state;
         state.jobs.shutdown().await;
         state.app.engine().shutdown();

@@ -45,6 +45,10 @@ pub struct SchedulerOptions {
     pub lease: Duration,
     /// Jobs this process runs at once (over all lanes).
     pub max_running: usize,
+    /// Whether this process runs submitted jobs (batch inference, scoring, training); `false`
+    /// (`start_server --no-jobs`): it runs only its periodic jobs and leaves the others to the
+    /// workers on the same database.
+    pub run_submitted: bool,
 }
 
 impl Default for SchedulerOptions {
@@ -52,6 +56,7 @@ impl Default for SchedulerOptions {
         SchedulerOptions {
             lease: Duration::from_secs(30),
             max_running: 4,
+            run_submitted: true,
         }
     }
 }
@@ -92,8 +97,6 @@ pub(crate) struct Inner {
     /// Jobs running here, with their lanes.
     live: Mutex<Vec<(String, Arc<handle::Live>)>>,
     periodic: Mutex<HashMap<String, PeriodicFn>>,
-    /// Lanes of periodic jobs in the table that this process has no code for.
-    pub(crate) foreign_periodic_lanes: Vec<String>,
     pub(crate) wake: Notify,
     /// Notified when the runner has taken a job.
     pub(crate) claimed: Notify,
@@ -143,6 +146,15 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// Whether this process has the code of the periodic job of `lane`.
+    pub(crate) fn has_periodic_lane(&self, lane: &str) -> bool {
+        self.periodic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .any(|n| periodic_lane(n) == lane)
     }
 
     pub(crate) fn remember_error(&self, id: &str, error: AppError) {
@@ -214,13 +226,6 @@ impl Scheduler {
             .await?;
             fns.insert(name, f);
         }
-        let foreign_periodic_lanes = ds
-            .list_jobs(Some(spec::PERIODIC), 10_000)
-            .await?
-            .into_iter()
-            .filter(|r| !fns.keys().any(|n| periodic_lane(n) == r.lane))
-            .map(|r| r.lane)
-            .collect();
         let inner = Arc::new(Inner {
             app,
             ds,
@@ -228,7 +233,6 @@ impl Scheduler {
             opts,
             live: Mutex::new(Vec::new()),
             periodic: Mutex::new(fns),
-            foreign_periodic_lanes,
             wake: Notify::new(),
             claimed: Notify::new(),
             ended: Notify::new(),
@@ -249,7 +253,12 @@ impl Scheduler {
                 rt.shutdown_timeout(Duration::from_secs(5));
             })
             .map_err(AppError::Io)?;
-        tracing::info!(runner = %inner.runner_id, lease_s = inner.opts.lease.as_secs_f64(), "job scheduler started");
+        tracing::info!(
+            runner = %inner.runner_id,
+            lease_s = inner.opts.lease.as_secs_f64(),
+            submitted_jobs = inner.opts.run_submitted,
+            "job scheduler started"
+        );
         Ok(Scheduler {
             inner,
             thread: Arc::new(Mutex::new(Some(thread))),

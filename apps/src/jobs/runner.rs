@@ -14,13 +14,17 @@ use futures_util::FutureExt;
 use serde_json::Value;
 
 use super::handle::{JobHandle, Live};
-use super::spec::{execute, TaskSpec};
+use super::spec::{execute, TaskSpec, PERIODIC, SUBMITTED_KINDS};
 use super::{now_ms, Inner};
 use crate::error::AppError;
 
 /// How often the runner looks for due work when nothing woke it (periodic jobs, leases of
 /// dead runners running out).
 const POLL: Duration = Duration::from_millis(500);
+
+/// The longest time between two heartbeats, in ms: a stop requested on another server reaches
+/// the job within it, and other servers see its progress that fresh.
+const HEARTBEAT_MAX_MS: i64 = 2000;
 
 /// Attempts ended by a dead server (a lapsed lease) after which a job fails instead of being
 /// taken up again: the job itself may be what kills the server. Hand-backs at a graceful
@@ -56,9 +60,9 @@ async fn claim_while_room(inner: &Arc<Inner>) {
         if running.len() >= inner.opts.max_running {
             return;
         }
-        // never take up again a job this process still runs (a heartbeat that came too late)
-        let mut exclude: Vec<String> = inner.live_lanes();
-        exclude.extend(inner.foreign_periodic_lanes.iter().cloned());
+        let Some(exclude) = excluded_lanes(inner).await else {
+            return;
+        };
         let claimed = inner
             .ds
             .claim_job(&inner.runner_id, inner.lease_ms(), now_ms(), &exclude)
@@ -75,6 +79,29 @@ async fn claim_while_room(inner: &Arc<Inner>) {
             }
         }
     }
+}
+
+/// The lanes this process must not claim from: the lanes of the jobs it runs (never take up
+/// again a job still running here, after a heartbeat that came too late), the periodic jobs
+/// registered by other processes that it has no code for, and with `run_submitted` off the
+/// submitted kinds (workers run them). `None` when the table cannot be read.
+async fn excluded_lanes(inner: &Inner) -> Option<Vec<String>> {
+    let mut exclude: Vec<String> = inner.live_lanes();
+    if !inner.opts.run_submitted {
+        exclude.extend(SUBMITTED_KINDS.iter().map(|k| k.to_string()));
+    }
+    match inner.ds.list_jobs(Some(PERIODIC), 10_000).await {
+        Ok(rows) => exclude.extend(
+            rows.into_iter()
+                .filter(|r| !inner.has_periodic_lane(&r.lane))
+                .map(|r| r.lane),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the periodic jobs");
+            return None;
+        }
+    }
+    Some(exclude)
 }
 
 /// Starts a claimed job on the runtime.
@@ -163,10 +190,11 @@ fn take_update(live: &Live, all: bool) -> Option<JobUpdate> {
     })
 }
 
-/// Keeps the lease of `live` while it runs: every third of the lease, writes what changed,
-/// and turns a stop requested elsewhere or a lost lease into the cancel flag.
+/// Keeps the lease of `live` while it runs: every third of the lease (at most every
+/// [`HEARTBEAT_MAX`]), writes what changed, and turns a stop requested elsewhere (another
+/// server's `DELETE`, through `cancel_requested`) or a lost lease into the cancel flag.
 async fn heartbeat(inner: Arc<Inner>, live: Arc<Live>) {
-    let every = Duration::from_millis((inner.lease_ms() / 3).max(50) as u64);
+    let every = Duration::from_millis((inner.lease_ms() / 3).clamp(50, HEARTBEAT_MAX_MS) as u64);
     loop {
         tokio::time::sleep(every).await;
         let update = take_update(&live, false).unwrap_or_default();

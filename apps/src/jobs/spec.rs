@@ -22,6 +22,9 @@ pub const BATCH_INFER: &str = "batch_infer";
 pub const SCORING: &str = "scoring";
 /// Kind of the periodic jobs (sweeps, PACS sync).
 pub const PERIODIC: &str = "periodic";
+/// The kinds clients submit (each its own lane), which `start_server --no-jobs` leaves to
+/// the workers.
+pub const SUBMITTED_KINDS: [&str; 3] = [TRAIN, BATCH_INFER, SCORING];
 
 /// The protocol's capitalised kind name, used in its messages (`Train`, `Batch_infer`,
 /// `Scoring`).

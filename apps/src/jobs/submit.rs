@@ -21,6 +21,9 @@ use crate::{batch, MODEL_NAME};
 /// answer says `RUNNING` (a job queued behind another answers `SUBMITTED` at once).
 const CLAIM_WAIT: Duration = Duration::from_secs(2);
 
+/// How often [`Scheduler::until_claimed`] looks at the table.
+const CLAIM_POLL: Duration = Duration::from_millis(100);
+
 /// How a job is submitted.
 #[derive(Debug, Clone, Default)]
 pub struct Submit {
@@ -152,17 +155,19 @@ impl Scheduler {
             .any(|r| matches!(r.state, JobState::Queued | JobState::Running) || r.lease_live(now)))
     }
 
-    /// Waits (at most [`CLAIM_WAIT`]) until job `id` has left the queue.
+    /// Waits (at most [`CLAIM_WAIT`]) until job `id` has left the queue: woken by this
+    /// process's runner, and looking every [`CLAIM_POLL`] for a runner elsewhere (a worker).
     async fn until_claimed(&self, id: &str) -> Result<()> {
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         loop {
             let claimed = self.inner.claimed.notified();
             let state = self.inner.ds.get_job(id).await?.map(|r| r.state);
-            if state != Some(JobState::Queued) {
+            if state != Some(JobState::Queued) || tokio::time::Instant::now() >= deadline {
                 return Ok(());
             }
             tokio::select! {
                 _ = claimed => {}
+                _ = tokio::time::sleep(CLAIM_POLL) => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(()),
             }
         }

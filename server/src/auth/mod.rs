@@ -6,7 +6,8 @@
 //! `--auth-enable true --auth-users users.json`:
 //! * `POST /auth/token` (form `username`, `password`) checks the argon2id hash from the users
 //!   file ([`users`]) and answers `{"access_token", "token_type": "Bearer"}`; tokens are random
-//!   and opaque, kept server-side with an expiry ([`tokens`]);
+//!   and opaque, kept in the datastore with an expiry, so that every server on one database
+//!   accepts them ([`tokens`]);
 //! * every other request is checked against the role table ([`rbac`]) by [`AuthLayer`]: no or a
 //!   malformed `Authorization: Bearer` header → `401 {"detail":"Not authenticated"}`, an
 //!   unknown or expired token → `401 {"detail":"Could not validate credentials"}` (both with
@@ -33,13 +34,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::body::BoxBody;
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
+use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use anyhow::Result;
 use ferrolabel_datastore::{blocking, Datastore, TaskFailed};
-use futures_util::future::LocalBoxFuture;
 use serde_json::json;
 
 use rbac::Access;
@@ -186,7 +187,7 @@ pub enum LoginError {
 }
 
 impl Auth {
-    /// Loads the users file and prepares an empty token store.
+    /// Loads the users file and prepares the token store ([`Auth::attach`] opens it).
     pub fn load(opts: &AuthOptions) -> Result<Auth> {
         let users = users::load(&opts.users_file)?;
         Ok(Auth {
@@ -196,6 +197,11 @@ impl Auth {
             dummy_hash: users::hash_password("ferrolabel-dummy-password")?,
             verify_slots: tokio::sync::Semaphore::new(4),
         })
+    }
+
+    /// Keeps the bearer tokens in `datastore` (the server's, opened after the users file).
+    pub fn attach(&self, datastore: Datastore) {
+        self.tokens.attach(datastore);
     }
 
     /// Number of users.
@@ -229,25 +235,32 @@ impl Auth {
             .await
             .map_err(|e| LoginError::Internal(e.to_string()))?;
         if ok && known {
-            Ok(self.tokens.issue(username))
+            self.tokens
+                .issue(username)
+                .await
+                .map_err(|e| LoginError::Internal(e.to_string()))
         } else {
             Err(LoginError::BadCredentials)
         }
     }
 
-    /// Drops expired tokens.
-    pub fn sweep(&self) -> usize {
-        self.tokens.sweep()
+    /// Deletes expired and revoked tokens; how many.
+    pub async fn sweep(&self) -> Result<u64, ferrolabel_datastore::DatastoreError> {
+        self.tokens.sweep().await
     }
 
-    /// The identity a bearer token stands for.
-    fn identity(&self, token: &str) -> Option<Identity> {
-        let name = self.tokens.check(token)?;
-        self.users.get(&name).map(Identity::of_user)
+    /// The identity a bearer token stands for (`None`: unknown, expired, revoked, or a user
+    /// no longer in the users file).
+    async fn identity(&self, token: &str) -> Result<Option<Identity>, Denied> {
+        let name = self.tokens.check(token).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot check a token");
+            Denied::Unavailable
+        })?;
+        Ok(name.and_then(|n| self.users.get(&n).map(Identity::of_user)))
     }
 
     /// Authorises a request: its identity, or why not.
-    fn authorize(&self, req: &ServiceRequest) -> Result<Identity, Denied> {
+    async fn authorize(&self, req: &ServiceRequest) -> Result<Identity, Denied> {
         let access = rbac::access(req.method(), canonical::routed_path(req));
         if access == Access::Public {
             return Ok(Identity::anonymous());
@@ -260,13 +273,13 @@ impl Auth {
                 let (scheme, token) = v.trim().split_once(' ')?;
                 scheme
                     .eq_ignore_ascii_case("bearer")
-                    .then(|| token.trim())
+                    .then(|| token.trim().to_string())
                     .filter(|t| !t.is_empty())
             });
         let Some(token) = token else {
             return Err(Denied::NoToken);
         };
-        let Some(identity) = self.identity(token) else {
+        let Some(identity) = self.identity(&token).await? else {
             return Err(Denied::BadToken);
         };
         if let Access::Role(role) = access {
@@ -287,6 +300,8 @@ enum Denied {
     BadToken,
     /// The user (named) lacks the role: 403.
     Forbidden(Role, String),
+    /// The token store could not be read: 503.
+    Unavailable,
 }
 
 impl Denied {
@@ -306,6 +321,8 @@ impl Denied {
             Denied::Forbidden(role, _) => HttpResponse::build(StatusCode::FORBIDDEN).json(json!({
                 "detail": format!("Role \"{}\" is required to perform this action", role.name())
             })),
+            Denied::Unavailable => HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE)
+                .json(json!({ "detail": "the token store is unavailable" })),
         }
     }
 }
@@ -347,23 +364,20 @@ impl AuthLayer {
         }
     }
 
-    /// The middleware function for `App::wrap_fn`.
-    pub fn handle<S>(
-        &self,
+    /// The middleware (for `actix_web::middleware::from_fn`): checks the path, authorises
+    /// the request (the token is looked up in the datastore), sets its [`Identity`], and
+    /// appends audited requests to the audit log once answered.
+    pub async fn handle(
+        self,
         req: ServiceRequest,
-        srv: &S,
-    ) -> LocalBoxFuture<'static, Result<ServiceResponse<BoxBody>, actix_web::Error>>
-    where
-        S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = actix_web::Error>,
-        S::Future: 'static,
-    {
+        next: Next<impl MessageBody + 'static>,
+    ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
         if let Err(why) = canonical::check(req.path()) {
             tracing::warn!(method = %req.method(), path = req.path(), reason = %why, "non-canonical path refused");
             let res = HttpResponse::build(StatusCode::BAD_REQUEST).json(json!({ "detail": why }));
-            return Box::pin(async move { Ok(req.into_response(res)) });
+            return Ok(req.into_response(res));
         }
         let audited = audit::classify(req.method(), canonical::routed_path(&req));
-        let datastore = self.datastore.clone();
         let record = move |username: &str, req: &HttpRequest, status: StatusCode| {
             audited.map(|a| {
                 a.entry(
@@ -377,7 +391,7 @@ impl AuthLayer {
         };
         let identity = match &self.auth {
             None => Identity::builtin_admin(),
-            Some(auth) => match auth.authorize(&req) {
+            Some(auth) => match auth.authorize(&req).await {
                 Ok(identity) => identity,
                 Err(denied) => {
                     if let Denied::Forbidden(role, user) = &denied {
@@ -386,25 +400,20 @@ impl AuthLayer {
                     let res = denied.response();
                     let entry = record(denied.username(), req.request(), res.status());
                     let res = req.into_response(res);
-                    return Box::pin(async move {
-                        if let Some(e) = entry {
-                            audit::append(&datastore, e).await;
-                        }
-                        Ok(res)
-                    });
+                    if let Some(e) = entry {
+                        audit::append(&self.datastore, e).await;
+                    }
+                    return Ok(res);
                 }
             },
         };
         let username = identity.username.clone();
         req.extensions_mut().insert(identity);
-        let fut = srv.call(req);
-        Box::pin(async move {
-            let res = fut.await?;
-            if let Some(e) = record(&username, res.request(), res.status()) {
-                audit::append(&datastore, e).await;
-            }
-            Ok(res)
-        })
+        let res = next.call(req).await?.map_into_boxed_body();
+        if let Some(e) = record(&username, res.request(), res.status()) {
+            audit::append(&self.datastore, e).await;
+        }
+        Ok(res)
     }
 }
 

@@ -1,44 +1,50 @@
-//! Bearer tokens: random, opaque, kept server-side with an expiry.
+//! Bearer tokens: random, opaque, kept in the datastore with an expiry.
 //!
-//! A token is 32 bytes from the OS random generator, sent as 64 hex characters. The server keeps
-//! only its SHA-256 (so a memory dump holds no usable token) with the user name and the expiry.
-//! Tokens live in memory: a restart logs everyone out (the clients log in again when
-//! `/auth/token/valid` says no).
+//! A token is 32 bytes from the OS random generator, sent as 64 hex characters. The datastore
+//! keeps only its SHA-256 with the user name, issue time and expiry (table `auth_tokens`,
+//! [`ferrolabel_datastore::tokens`]), so every server on one database accepts a token any of
+//! them issued (several servers behind a load balancer), a restart logs nobody out, and a
+//! database dump holds no usable token. The expired ones are deleted by the `token_sweep`
+//! periodic job.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ferrolabel_datastore::{Datastore, DatastoreError};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 
-/// Most live tokens kept; past that the one closest to expiry is dropped.
-const MAX_TOKENS: usize = 100_000;
-
-#[derive(Debug)]
-struct Entry {
-    username: String,
-    expires: Instant,
-}
-
-/// The token store.
+/// The token store: a lifetime and, once the server has opened it, the datastore.
 #[derive(Debug)]
 pub struct Tokens {
     ttl: Duration,
-    map: Mutex<HashMap<[u8; 32], Entry>>,
+    store: OnceLock<Datastore>,
 }
 
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether `token` has the shape of one of ours (64 lowercase or uppercase hex digits).
+fn well_formed(token: &str) -> bool {
+    token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 impl Tokens {
-    /// A store whose tokens last `ttl`.
+    /// A store whose tokens last `ttl`; [`Tokens::attach`] gives it its datastore.
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
-            map: Mutex::new(HashMap::new()),
+            store: OnceLock::new(),
         }
+    }
+
+    /// Keeps the tokens in `datastore` (once; later calls are ignored).
+    pub fn attach(&self, datastore: Datastore) {
+        let _ = self.store.set(datastore);
     }
 
     /// How long a token lasts.
@@ -46,81 +52,48 @@ impl Tokens {
         self.ttl
     }
 
-    /// A new token for `username`.
-    pub fn issue(&self, username: &str) -> String {
+    fn store(&self) -> Result<&Datastore, DatastoreError> {
+        self.store
+            .get()
+            .ok_or_else(|| DatastoreError::Invalid("the token store is not open".into()))
+    }
+
+    /// A new token for `username`, recorded in the datastore.
+    pub async fn issue(&self, username: &str) -> Result<String, DatastoreError> {
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let token = hex::encode(bytes);
-        let now = Instant::now();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_TOKENS {
-            map.retain(|_, e| e.expires > now);
-            if map.len() >= MAX_TOKENS {
-                if let Some(k) = map.iter().min_by_key(|(_, e)| e.expires).map(|(k, _)| *k) {
-                    map.remove(&k);
-                }
-            }
-        }
-        map.insert(
-            digest(&token),
-            Entry {
-                username: username.to_string(),
-                expires: now + self.ttl,
-            },
-        );
-        token
+        let now = now_ms();
+        let ttl = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        self.store()?
+            .insert_token(&token, username, now, now.saturating_add(ttl))
+            .await?;
+        Ok(token)
     }
 
-    /// The user a live token belongs to; `None` for an unknown, malformed or expired token
-    /// (an expired one is forgotten).
-    pub fn check(&self, token: &str) -> Option<String> {
-        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
+    /// The user a live token belongs to; `None` for an unknown, malformed, expired or revoked
+    /// token.
+    pub async fn check(&self, token: &str) -> Result<Option<String>, DatastoreError> {
+        if !well_formed(token) || token.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Ok(None);
         }
-        let key = digest(token);
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&key) {
-            Some(e) if e.expires > Instant::now() => Some(e.username.clone()),
-            Some(_) => {
-                map.remove(&key);
-                None
-            }
-            None => None,
-        }
+        Ok(self
+            .store()?
+            .token(token, now_ms())
+            .await?
+            .map(|t| t.username))
     }
 
-    /// Drops expired tokens; returns how many.
-    pub fn sweep(&self) -> usize {
-        let now = Instant::now();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let before = map.len();
-        map.retain(|_, e| e.expires > now);
-        before - map.len()
+    /// Revokes a token; whether it was live.
+    pub async fn revoke(&self, token: &str) -> Result<bool, DatastoreError> {
+        if !well_formed(token) {
+            return Ok(false);
+        }
+        self.store()?.revoke_token(token, now_ms()).await
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn issue_check_expire() {
-        let t = Tokens::new(Duration::from_secs(60));
-        let a = t.issue("alice");
-        let b = t.issue("alice");
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 64);
-        assert_eq!(t.check(&a).as_deref(), Some("alice"));
-        assert_eq!(t.check(&a.to_uppercase()), None);
-        assert_eq!(t.check("nope"), None);
-        assert_eq!(t.check(&"0".repeat(64)), None);
-
-        let short = Tokens::new(Duration::from_millis(1));
-        let c = short.issue("bob");
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(short.check(&c), None);
-        let _ = short.issue("bob");
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(short.sweep(), 1);
+    /// Deletes the expired and revoked tokens; how many.
+    pub async fn sweep(&self) -> Result<u64, DatastoreError> {
+        self.store()?.purge_tokens(now_ms()).await
     }
 }

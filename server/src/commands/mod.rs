@@ -4,3 +4,4 @@ pub mod auth;
 pub mod dev;
 pub mod infer;
 pub mod start_server;
+pub mod worker;
