@@ -2,7 +2,9 @@
 detects auth with `GET /auth/`, logs in with `POST /auth/token` (OAuth2 password form), checks the token with
 `GET /auth/token/valid` and then works with `Authorization: Bearer <token>`. The server runs
 over HTTPS with a self-signed certificate made by `openssl` (the client uses an unverified TLS
-context); without `openssl` it runs over plain HTTP, except under CI=true where it fails.
+context); without `openssl` it runs over plain HTTP, except under CI=true where it fails. In
+cluster mode (FERROLABEL_CLUSTER=1, conftest.Deployment) it runs over plain HTTP through haproxy
+in front of two servers, so a token issued by one server is checked by the other.
 
 ferrolabel only: MONAI Label's own auth mode needs a Keycloak realm (and, as shipped, refuses
 every token, docs/protocol.md §9)."""
@@ -13,7 +15,6 @@ import shutil
 import ssl
 import subprocess
 import tempfile
-import time
 import urllib.parse
 
 import nibabel as nib
@@ -21,7 +22,7 @@ import pytest
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from conftest import BIN, GOLDEN, REPO, SMALL_CT, free_port
+from conftest import BIN, CLUSTER, GOLDEN, SMALL_CT, Deployment
 
 pytestmark = pytest.mark.ferrolabel_only
 
@@ -46,40 +47,34 @@ class AuthServer:
         users = os.path.join(tmp, "users.json")
         for name, (pw, role) in USERS.items():
             add_user(users, name, pw, role)
-        self.port = free_port()
-        cmd = [BIN, "start_server", "--app", os.path.join(REPO, "apps", "wholebody"), "--studies", self.studies,
-               "--conf", "bundle_dir", bundle, "--host", "127.0.0.1", "--port", str(self.port),
-               "--threads", "2", "--auth-enable", "true", "--auth-users", users]
+        extra = ["--auth-enable", "true", "--auth-users", users]
         self.scheme = "http"
         self.cert = None
-        if shutil.which("openssl"):
+        # in cluster mode (conftest.Deployment) haproxy speaks plain HTTP to the client: HTTPS is
+        # the single-server run's
+        if not CLUSTER and shutil.which("openssl"):
             cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
             subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                             "-keyout", key, "-out", cert],
                            check=True, capture_output=True)
-            cmd += ["--ssl_certfile", cert, "--ssl_keyfile", key]
+            extra += ["--ssl_certfile", cert, "--ssl_keyfile", key]
             self.scheme = "https"
             self.cert = cert
-        elif os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        elif not CLUSTER and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             # CI must test the HTTPS flow, never silently the plain one
             raise RuntimeError("test_auth.py needs `openssl` to make the TLS certificate "
                                "(apt-get install openssl); under CI=true it does not fall back to HTTP")
-        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
-        self.log_path = os.path.join(tmp, "server.log")
-        self.log = open(self.log_path, "wb")
-        env = dict(os.environ, MONAI_LABEL_SESSION_PATH=os.path.join(tmp, "sessions"))
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {open(self.log_path).read()[-3000:]}")
-            try:
-                if self.raw("GET", "/auth/")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not start")
+        self.deployment = Deployment(tmp, self.studies, bundle, extra=extra, scheme=self.scheme)
+        self.port, self.url = self.deployment.port, self.deployment.url
+        assert self.raw("GET", "/auth/")[0] == 200
+
+    def audit_log_cmd(self):
+        """`ferrolabel auth audit-log` for this server's database."""
+        cmd = [BIN, "auth", "audit-log", "--studies", self.studies]
+        if CLUSTER:
+            cmd += ["--datastore-url", self.deployment.database_url]
+        return cmd
 
     def raw(self, method, path, headers=None, body=None):
         if self.scheme == "https":
@@ -95,12 +90,7 @@ class AuthServer:
             conn.close()
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        self.deployment.stop()
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +199,7 @@ def test_roles(server):
 
 
 def test_audit_log_names_who_did_what(server):
-    out = subprocess.run([BIN, "auth", "audit-log", "--studies", server.studies],
+    out = subprocess.run(server.audit_log_cmd(),
                          check=True, capture_output=True, text=True).stdout
     rows = [json.loads(line) for line in out.splitlines()]
     seen = {(r["username"], r["action"], r["image_id"], r["status"]) for r in rows}
@@ -245,7 +235,7 @@ def path_variants(path):
 
 
 def audit_rows(server):
-    out = subprocess.run([BIN, "auth", "audit-log", "--studies", server.studies],
+    out = subprocess.run(server.audit_log_cmd(),
                          check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines()]
 

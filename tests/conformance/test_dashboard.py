@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 
 import nibabel as nib
 import numpy as np
@@ -26,7 +25,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from conftest import BIN, GOLDEN, REPO, SMALL_CT, free_port
+from conftest import BIN, GOLDEN, REPO, SMALL_CT, Deployment
 
 pytestmark = pytest.mark.ferrolabel_only
 
@@ -66,24 +65,10 @@ class DashServer:
         for name, (pw, role) in USERS.items():
             subprocess.run([BIN, "auth", "add-user", "--users", users, "--username", name, "--role", role],
                            input=pw + "\n", text=True, check=True, capture_output=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.path.join(tmp, "server.log"), "wb")
-        cmd = [BIN, "start_server", "--app", os.path.join(REPO, "apps", "wholebody"), "--studies", self.studies,
-               "--conf", "bundle_dir", self.bundle, "--host", "127.0.0.1", "--port", str(self.port),
-               "--threads", "2", "--auth-enable", "true", "--auth-users", users]
-        env = dict(os.environ, MONAI_LABEL_SESSION_PATH=os.path.join(tmp, "sessions"))
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert self.proc.poll() is None, open(os.path.join(tmp, "server.log")).read()[-3000:]
-            try:
-                if requests.get(self.url + "/auth/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("server did not start")
+        # one server, or the team deployment of FERROLABEL_CLUSTER=1 (conftest.Deployment)
+        self.deployment = Deployment(tmp, self.studies, self.bundle,
+                                     extra=["--auth-enable", "true", "--auth-users", users])
+        self.port, self.url = self.deployment.port, self.deployment.url
         self.tokens = {name: self.login(name) for name in USERS}
 
     def login(self, name):
@@ -101,12 +86,7 @@ class DashServer:
         return r.json()
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        self.deployment.stop()
 
 
 def save_label(server, user, image, tag, path):

@@ -25,7 +25,7 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
-from conftest import BIN, GOLDEN, REPO, free_port
+from conftest import GOLDEN, Deployment, free_port
 
 MODEL = "wholeBody_ct_segmentation"
 USER, PASSWORD = "ferro", "conformance-pw"
@@ -157,32 +157,13 @@ def pacs():
     orthanc.stow(study, ct_files + mr_files)
     bundle = os.path.join(GOLDEN, "bundle_small")
     assert os.path.exists(os.path.join(bundle, "models", "model.pt")), f"golden bundle missing at {bundle}"
-    port = free_port()
-    log = open(os.path.join(tmp, "server.log"), "wb")
-    env = dict(os.environ, MONAI_LABEL_DICOMWEB_USERNAME=USER, MONAI_LABEL_DICOMWEB_PASSWORD=PASSWORD,
+    env = dict(MONAI_LABEL_DICOMWEB_USERNAME=USER, MONAI_LABEL_DICOMWEB_PASSWORD=PASSWORD,
                MONAI_LABEL_DICOMWEB_CACHE_PATH=os.path.join(tmp, "cache"))
-    proc = subprocess.Popen([BIN, "start_server", "--app", os.path.join(REPO, "apps", "wholebody"),
-                             "--studies", orthanc.root, "--conf", "bundle_dir", bundle,
-                             "--host", "127.0.0.1", "--port", str(port), "--threads", "2"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        assert proc.poll() is None, open(os.path.join(tmp, "server.log")).read()[-3000:]
-        try:
-            with urllib.request.urlopen(url + "/info/", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except Exception:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.2)
+    # one server, or the team deployment of FERROLABEL_CLUSTER=1 (conftest.Deployment)
+    deployment = Deployment(tmp, orthanc.root, bundle, env=env)
+    url = deployment.url
     yield {"url": url, "orthanc": orthanc, "study": study, "ct": ct, "tmp": tmp}
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    deployment.stop()
     orthanc.stop()
     shutil.rmtree(tmp, ignore_errors=True)
 
