@@ -2,10 +2,11 @@
 //! answer was.
 //!
 //! Rows live in the `audit_log` table of the datastore database (migration `0002_audit_log`),
-//! which SQLite triggers make append-only: an `UPDATE` or `DELETE` on it is refused. The server
-//! appends one [`AuditEntry`] per audited request after answering it; [`Datastore::audit_log`]
-//! reads them back (newest last), and [`read_audit_log`] does so from the database file alone,
-//! read-only, while a server may be running on it.
+//! which triggers (SQLite's, or plpgsql ones on PostgreSQL) make append-only: an `UPDATE` or
+//! `DELETE` on it is refused. The server appends one [`AuditEntry`] per audited request after
+//! answering it; [`Datastore::audit_log`] reads them back (newest last), and [`read_audit_log`]
+//! (a SQLite file, read-only) or [`read_audit_log_url`] (any database URL) do so without
+//! opening the datastore, while a server may be running on it.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -163,14 +164,34 @@ pub async fn read_audit_log_url(url: &str, after_id: i64, limit: u32) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DatastoreOptions;
+    use crate::{Backend, DatastoreOptions};
 
-    #[tokio::test]
-    async fn append_read_and_append_only() {
+    fn run(body: impl std::future::Future<Output = ()>) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(body)
+    }
+
+    #[test]
+    fn append_read_and_append_only_sqlite() {
+        run(append_read_and_append_only(None));
+    }
+
+    #[test]
+    fn append_read_and_append_only_postgres() {
+        let url = ferrolabel_testkit::Postgres::shared().fresh_database();
+        run(append_read_and_append_only(Some(url)));
+    }
+
+    async fn append_read_and_append_only(url: Option<String>) {
         let dir = tempfile::tempdir().unwrap();
-        let ds = Datastore::open(dir.path(), DatastoreOptions::default())
-            .await
-            .unwrap();
+        let opts = DatastoreOptions {
+            url: url.clone(),
+            ..DatastoreOptions::default()
+        };
+        let ds = Datastore::open(dir.path(), opts).await.unwrap();
         let a = AuditEntry::now(
             "alice",
             "label.save",
@@ -210,9 +231,16 @@ mod tests {
             .execute(ds.pool())
             .await;
         assert!(del.unwrap_err().to_string().contains("append-only"));
+        if ds.backend() == Backend::Postgres {
+            let trunc = sqlx::query("TRUNCATE audit_log").execute(ds.pool()).await;
+            assert!(trunc.unwrap_err().to_string().contains("append-only"));
+        }
         assert_eq!(ds.audit_log(0, 100).await.unwrap().len(), 2);
-        // the read-only reader sees the same rows while the datastore is open
-        let ro = read_audit_log(ds.db_path(), 0, 100).await.unwrap();
+        // the reader that opens no datastore sees the same rows while the datastore is open
+        let ro = match &url {
+            None => read_audit_log(ds.db_path(), 0, 100).await.unwrap(),
+            Some(url) => read_audit_log_url(url, 0, 100).await.unwrap(),
+        };
         assert_eq!(ro, ds.audit_log(0, 100).await.unwrap());
         assert!(read_audit_log(&dir.path().join("none.db"), 0, 1)
             .await

@@ -31,7 +31,7 @@ pub enum DatastoreError {
         #[source]
         source: std::io::Error,
     },
-    /// The SQLite database failed.
+    /// The database (SQLite or PostgreSQL) failed.
     #[cfg(feature = "store")]
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),

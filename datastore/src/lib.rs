@@ -1,12 +1,17 @@
-//! The ferrolabel datastore: the SQLite label store and the MONAI Label studies-folder layout.
+//! The ferrolabel datastore: the label store (SQLite, or PostgreSQL for several servers) and the
+//! MONAI Label studies-folder layout.
 //!
 //! This crate owns everything persistent about images and labels:
 //! * the studies folder in MONAI Label's layout — images at the top level
 //!   (`<studies>/<id><ext>`), labels in `<studies>/labels/<tag>/<id><ext>`, and the
 //!   `datastore_v2.json` model, which we import at open and rewrite after every change so that
 //!   MONAI Label can still open a folder we wrote;
-//! * the SQLite database (by default `<studies>/.ferrolabel/datastore.db`; WAL,
-//!   `synchronous=FULL`, migrations embedded from `migrations/`), which is the source of truth;
+//! * the database, which is the source of truth: by default SQLite at
+//!   `<studies>/.ferrolabel/datastore.db` (WAL, `synchronous=FULL`, migrations embedded from
+//!   `migrations/sqlite/`), or PostgreSQL when [`DatastoreOptions::url`] is `postgres://...`
+//!   (migrations from `migrations/postgres/`: the same versions and tables in its dialect).
+//!   Both run through sqlx's `Any` driver with the same SQL (`$N` placeholders, `RETURNING`,
+//!   `ON CONFLICT`); [`Datastore::backend`] tells which;
 //! * immutable label revisions under `<studies>/.ferrolabel/revisions/<tag>/<id>/<rev><ext>`;
 //! * the session store ([`Sessions`]);
 //! * the append-only audit log of label and image writes ([`audit`]);
@@ -35,7 +40,12 @@
 //! [`Datastore`] is `Clone + Send + Sync`. Label saves for the same (image, tag) are serialised
 //! by an async mutex (so revision numbers and parent links never race); image writes hold the
 //! image exclusively; [`Datastore::refresh`] waits for all writes. Write transactions use
-//! `BEGIN IMMEDIATE`, and blocking file I/O runs on tokio's blocking pool.
+//! `BEGIN IMMEDIATE` on SQLite, and blocking file I/O runs on tokio's blocking pool.
+//!
+//! Several servers (or workers) on one PostgreSQL database and one studies folder are ordered
+//! the same way across processes by transaction-scoped advisory locks, the twins of the
+//! in-process ones; a write's transaction is begun before its file write and committed after
+//! it (see `locks.rs`).
 
 pub mod error;
 pub mod ids;

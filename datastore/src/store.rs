@@ -154,9 +154,7 @@ impl Datastore {
             for d in &dirs {
                 files::create_dir_durable(d)?;
             }
-            let studies = std::fs::canonicalize(&root).at(&root)?;
-            remove_all_temp_files(&studies)?;
-            Ok(studies)
+            std::fs::canonicalize(&root).at(&root)
         })
         .await?;
 
@@ -199,9 +197,12 @@ impl Datastore {
         };
         {
             let _scan = ds.inner.scan_lock.clone().write_owned().await;
+            // Other servers on the same folder: none is writing while their temp files go.
             let _other_servers = ds
                 .pg_locks(&[PgLock::Scan { exclusive: true }, PgLock::Named("json")])
                 .await?;
+            let s = ds.inner.studies.clone();
+            blocking(move || remove_all_temp_files(&s)).await?;
             ds.import_json().await?;
             ds.reconcile().await?;
         }
@@ -217,7 +218,9 @@ impl Datastore {
     pub async fn refresh(&self) -> Result<()> {
         {
             let _scan = self.inner.scan_lock.clone().write_owned().await;
-            let _other_servers = self.pg_locks(&[PgLock::Scan { exclusive: true }]).await?;
+            let _other_servers = self
+                .pg_locks(&[PgLock::Scan { exclusive: true }, PgLock::Named("json")])
+                .await?;
             blocking({
                 let s = self.inner.studies.clone();
                 move || remove_all_temp_files(&s)
@@ -316,7 +319,7 @@ impl Datastore {
     }
 
     /// Rewrites `datastore_v2.json`; a failure is logged, not returned, because the change it
-    /// mirrors is already committed to SQLite (the next write or open retries).
+    /// mirrors is already committed to the database (the next write or open retries).
     pub(crate) async fn sync_json(&self) {
         if let Err(e) = self.try_sync_json().await {
             tracing::error!(error = %e, "could not rewrite {DATASTORE_JSON}");

@@ -53,15 +53,35 @@ async fn open_empty_folder(db: Db) {
 #[tokio::test]
 async fn db_can_live_elsewhere() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("db/store.sqlite");
+    // characters a URL would misread (the Any driver opens SQLite from a URL)
+    let db = tmp.path().join("db 1/store %41?#.sqlite");
     let opts = DatastoreOptions {
         db_path: Some(db.clone()),
         ..Default::default()
     };
     let ds = Datastore::open(&tmp.path().join("s"), opts).await.unwrap();
     assert_eq!(ds.db_path(), db);
+    assert_eq!(ds.backend(), Backend::Sqlite);
     assert!(db.is_file());
     assert!(!tmp.path().join("s/.ferrolabel/datastore.db").exists());
+    ds.close().await;
+    // or named by a sqlite: URL
+    let other = tmp.path().join("other.db");
+    let opts = DatastoreOptions {
+        url: Some(format!("sqlite://{}", other.display())),
+        ..Default::default()
+    };
+    let ds = Datastore::open(&tmp.path().join("s"), opts).await.unwrap();
+    assert_eq!(ds.db_path(), other);
+    assert!(other.is_file());
+    let bad = DatastoreOptions {
+        url: Some("mysql://localhost/x".into()),
+        ..Default::default()
+    };
+    let err = Datastore::open(&tmp.path().join("s"), bad)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DatastoreError::Invalid(_)), "{err}");
 }
 
 /// A folder as MONAI Label leaves it: images, labels/final, labels/original, the JSON model.
@@ -692,6 +712,63 @@ async fn concurrent_saves_lose_nothing(db: Db) {
     assert_eq!(ds.integrity_check().await.unwrap(), "ok");
     // The JSON mirror caught up with the last write.
     assert_eq!(read_json(tmp.path()), ds.datastore_json().await.unwrap());
+}
+
+/// PostgreSQL only: two `Datastore`s (two pools, two sets of in-process locks: two servers) on
+/// one database and one studies folder save the same (image, tag) at once. The cross-server
+/// locks must make the revisions 1..N a chain without gaps or duplicates, every revision file
+/// the body that was saved as it, and the served file the last one.
+#[test]
+fn two_servers_save_one_label_postgres() {
+    let db = Db::postgres();
+    common::run(async move {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let a = db.open(dir).await;
+        let b = db.open(dir).await;
+        a.add_image("ct", ".nii.gz", bytes("x"), Map::new(), None)
+            .await
+            .unwrap();
+        const TASKS: usize = 6;
+        const SAVES: usize = 5;
+        let mut handles = Vec::new();
+        for t in 0..TASKS {
+            let ds = if t % 2 == 0 { a.clone() } else { b.clone() };
+            handles.push(tokio::spawn(async move {
+                for s in 0..SAVES {
+                    let body = format!("task{t}-save{s}");
+                    ds.save_label("ct", "final", ".nii.gz", bytes(&body), Map::new(), None)
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let n = TASKS * SAVES;
+        for ds in [&a, &b] {
+            let revs = ds.label_revisions("ct", "final").await.unwrap();
+            assert_eq!(revs.len(), n);
+            let mut bodies = std::collections::HashSet::new();
+            for (i, r) in revs.iter().enumerate() {
+                assert_eq!(r.rev, i as i64 + 1);
+                assert_eq!(r.parent_rev, if i == 0 { None } else { Some(i as i64) });
+                let body = String::from_utf8(fs::read(&r.path).unwrap()).unwrap();
+                assert!(body.starts_with("task"), "{body}");
+                assert!(bodies.insert(body), "two revisions hold one save");
+            }
+            let live = ds.label("ct", "final").await.unwrap().unwrap();
+            assert_eq!(live.rev, Some(n as i64));
+            assert_eq!(
+                fs::read(&live.path).unwrap(),
+                fs::read(&revs[n - 1].path).unwrap(),
+                "the served file is the last revision"
+            );
+        }
+        // whichever server wrote the JSON mirror last wrote every committed change
+        assert_eq!(read_json(dir), a.datastore_json().await.unwrap());
+    });
 }
 
 on_both!(
