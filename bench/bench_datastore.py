@@ -185,7 +185,7 @@ def throughput(name, n_servers, pg, a, image, label):
         for _ in range(2 * n_servers):
             assert warm.call("GET", "/datastore/?output=all")[0] == 200
         res = {"servers": n_servers, "backend": "postgres" if pg else "sqlite",
-               "ready_s": [round(s.ready_s, 3) for s in servers]}
+               "ready_s": [round(s.ready_s, 3) for s in servers], "load_1min_before": os.getloadavg()[0]}
         res["save"] = run_phase(hap.port, "save", a.clients, a.seconds, label)
         res["listing"] = run_phase(hap.port, "listing", a.clients, a.seconds, label)
         res["listing_bytes"] = len(warm.call("GET", "/datastore/?output=all")[1])
@@ -207,7 +207,8 @@ def scale(name, n_images, pg, a, image, label):
     seed(studies, n_images, image)
     seed_s = time.perf_counter() - t0
     url = pg.create_db(name.lower().replace("-", "_")) if pg else None
-    res = {"backend": "postgres" if pg else "sqlite", "images": n_images, "seed_files_s": round(seed_s, 3)}
+    res = {"backend": "postgres" if pg else "sqlite", "images": n_images, "seed_files_s": round(seed_s, 3),
+           "load_1min_before": os.getloadavg()[0]}
     try:
         s = team.Ferrolabel(studies, sessions, os.path.join(tmp, "server.log"), url)
         try:
@@ -326,7 +327,9 @@ def scale_part(a, pg, pg_skip, image, label, label_bytes):
                   f"listing(all) p50 {r['listing_all']['p50_ms']:9.1f} ms ({r['listing_all_bytes']} B)  "
                   f"listing(stats) p50 {r['listing_stats']['p50_ms']:7.1f} ms  save p50 "
                   f"{r['save']['p50_ms']:8.1f} ms mean {r['save']['mean_ms']:8.1f} ms", flush=True)
+    load = os.getloadavg()[0]
     m = sc[f"monailabel_local_{a.peer_images}"] = peer(a, image, label)
+    m["load_1min_before"] = load
     if "error" in m:
         print(f"MONAI Label LocalDatastore failed: {m['error'][-500:]}")
         return sc
