@@ -1,26 +1,23 @@
-//! The jobs table against real SQLite files: insert and list, claim order (priority, then
-//! FIFO), the lane rule, lease expiry and reclaim, heartbeats and finishes by runners that lost
-//! the lease, stops, periodic jobs, and two datastore handles on one database file claiming
-//! concurrently. Times are made up (`now_ms` is the caller's), so nothing here waits on a clock.
+//! The jobs table against real databases, each test on SQLite and on PostgreSQL (see
+//! `common`): insert and list, claim order (priority, then FIFO), the lane rule, lease expiry and
+//! reclaim, heartbeats and finishes by runners that lost the lease, stops, periodic jobs, and
+//! four datastore handles (four connection pools) on one database claiming concurrently. Also
+//! the auth tokens table. Times are made up (`now_ms` is the caller's), so nothing here waits on
+//! a clock.
+
+mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferrolabel_datastore::{
-    Datastore, DatastoreError, DatastoreOptions, JobOutcome, JobState, JobUpdate, NewJob,
-};
+use common::Db;
+use ferrolabel_datastore::{Datastore, DatastoreError, JobOutcome, JobState, JobUpdate, NewJob};
 use serde_json::json;
+use sha2::Digest;
 
 const T0: i64 = 1_700_000_000_000;
 const LEASE: i64 = 30_000;
-
-async fn open(dir: &Path) -> Datastore {
-    Datastore::open(dir, DatastoreOptions::default())
-        .await
-        .expect("open")
-}
 
 fn job(id: &str, lane: &str, priority: i64) -> NewJob {
     NewJob {
@@ -46,10 +43,9 @@ async fn claim(ds: &Datastore, runner: &str, now: i64) -> Option<String> {
         .map(|j| j.id)
 }
 
-#[tokio::test]
-async fn insert_get_list() {
+async fn insert_get_list(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     let a = ds.insert_job(&job("a", "x", 0), T0).await.unwrap();
     assert_eq!(a.state, JobState::Queued);
     assert_eq!(a.params, json!({"task": "a"}));
@@ -84,15 +80,14 @@ async fn insert_get_list() {
 
     // rows survive reopening the database
     ds.close().await;
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     assert_eq!(ds.get_job("a").await.unwrap(), Some(a));
     ds.close().await;
 }
 
-#[tokio::test]
-async fn claim_order_priority_then_fifo() {
+async fn claim_order_priority_then_fifo(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     // one lane each, so only the order decides
     for (i, (id, p)) in [
         ("low1", 0),
@@ -147,10 +142,9 @@ async fn claim_order_priority_then_fifo() {
     ds.close().await;
 }
 
-#[tokio::test]
-async fn lane_runs_one_job_at_a_time() {
+async fn lane_runs_one_job_at_a_time(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     ds.insert_job(&job("x1", "x", 0), T0).await.unwrap();
     ds.insert_job(&job("x2", "x", 9), T0 + 1).await.unwrap();
     ds.insert_job(&job("y1", "y", 0), T0 + 2).await.unwrap();
@@ -195,10 +189,9 @@ async fn lane_runs_one_job_at_a_time() {
     ds.close().await;
 }
 
-#[tokio::test]
-async fn lapsed_lease_is_taken_up_by_another_runner() {
+async fn lapsed_lease_is_taken_up_by_another_runner(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     ds.insert_job(&job("j", "x", 0), T0).await.unwrap();
     // a lane-mate, queued behind j: claimable only while no lease in lane x is live
     ds.insert_job(&job("k", "x", 0), T0 + 1).await.unwrap();
@@ -290,10 +283,9 @@ async fn lapsed_lease_is_taken_up_by_another_runner() {
     ds.close().await;
 }
 
-#[tokio::test]
-async fn heartbeat_writes_and_reports_stop() {
+async fn heartbeat_writes_and_reports_stop(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     ds.insert_job(&job("j", "x", 0), T0).await.unwrap();
     claim(&ds, "r1", T0).await.unwrap();
     let lines: Vec<String> = (0..25).map(|i| format!("line {i}")).collect();
@@ -337,10 +329,9 @@ async fn heartbeat_writes_and_reports_stop() {
     ds.close().await;
 }
 
-#[tokio::test]
-async fn stop_queued_running_and_ended_jobs() {
+async fn stop_queued_running_and_ended_jobs(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     for (id, lane) in [("r", "b"), ("d", "c")] {
         ds.insert_job(&job(id, lane, 0), T0).await.unwrap();
     }
@@ -399,10 +390,9 @@ async fn stop_queued_running_and_ended_jobs() {
     ds.close().await;
 }
 
-#[tokio::test]
-async fn periodic_jobs_come_back() {
+async fn periodic_jobs_come_back(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     let mut sweep = job("sweep", "sweep", 1);
     sweep.every_ms = Some(60_000);
     let row = ds.upsert_periodic(&sweep, T0).await.unwrap();
@@ -479,10 +469,9 @@ async fn periodic_jobs_come_back() {
     ds.close().await;
 }
 
-#[tokio::test]
-async fn last_finished_is_newest_done_first() {
+async fn last_finished_is_newest_done_first(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = open(tmp.path()).await;
+    let ds = db.open(tmp.path()).await;
     for (i, (id, outcome)) in [
         ("a", JobOutcome::Done(json!(1))),
         ("b", JobOutcome::Error("x".into())),
@@ -514,6 +503,9 @@ async fn last_finished_is_newest_done_first() {
     ds.close().await;
 }
 
+/// Datastore handles (each its own connection pool, as several servers and workers have).
+const HANDLES: usize = 4;
+
 /// What the claiming tasks saw.
 #[derive(Default)]
 struct Ledger {
@@ -524,28 +516,36 @@ struct Ledger {
     /// Lanes claimed while already held, and jobs seen with another live lease in their lane.
     overlaps: Vec<String>,
     /// Claims made through each handle.
-    per_handle: [usize; 2],
+    per_handle: [usize; HANDLES],
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_handles_claim_every_job_exactly_once() {
+/// Eight runners on four handles claim and finish 50 jobs in 5 lanes at once: every job is
+/// claimed exactly once and no lane ever holds two live leases (on PostgreSQL, concurrent
+/// `FOR UPDATE SKIP LOCKED` claims with lane locks; on SQLite, `BEGIN IMMEDIATE`).
+async fn handles_claim_every_job_exactly_once(db: Db) {
     const JOBS: usize = 50;
     const LANES: usize = 5;
     const TASKS: usize = 8;
     let tmp = tempfile::tempdir().unwrap();
-    let handles = [open(tmp.path()).await, open(tmp.path()).await];
+    let mut handles = Vec::new();
+    for _ in 0..HANDLES {
+        handles.push(db.open(tmp.path()).await);
+    }
     for i in 0..JOBS {
         let j = job(
             &format!("j{i:02}"),
             &format!("lane{}", i % LANES),
             (i % 3) as i64,
         );
-        handles[i % 2].insert_job(&j, T0 + i as i64).await.unwrap();
+        handles[i % HANDLES]
+            .insert_job(&j, T0 + i as i64)
+            .await
+            .unwrap();
     }
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut tasks = Vec::new();
     for t in 0..TASKS {
-        let ds = handles[t % 2].clone();
+        let ds = handles[t % HANDLES].clone();
         let ledger = ledger.clone();
         tasks.push(tokio::spawn(async move {
             let runner = format!("runner{t}");
@@ -564,7 +564,7 @@ async fn two_handles_claim_every_job_exactly_once() {
                         l.overlaps.push(format!("{} ({live} live leases)", j.lane));
                     }
                     l.claims.push((j.id.clone(), runner.clone()));
-                    l.per_handle[t % 2] += 1;
+                    l.per_handle[t % HANDLES] += 1;
                 }
                 // let the others try this lane while the job "runs"
                 tokio::task::yield_now().await;
@@ -600,3 +600,78 @@ async fn two_handles_claim_every_job_exactly_once() {
         ds.close().await;
     }
 }
+
+/// Tokens are stored by their SHA-256 only, live until expiry or revocation, and purged after.
+async fn auth_tokens_hashed_expire_revoke_purge(db: Db) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = db.open(tmp.path()).await;
+    let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+    ds.insert_token(&a, "alice", T0, T0 + 1_000).await.unwrap();
+    ds.insert_token(&b, "alice", T0, T0 + 5_000).await.unwrap();
+    ds.insert_token(&c, "bob", T0, T0 + 5_000).await.unwrap();
+    let dup = ds.insert_token(&a, "bob", T0, T0 + 1_000).await;
+    assert!(matches!(dup, Err(DatastoreError::Conflict(_))), "{dup:?}");
+    let bad = ds.insert_token(&"d".repeat(64), "bob", T0, T0).await;
+    assert!(matches!(bad, Err(DatastoreError::Invalid(_))), "{bad:?}");
+    // a second handle (another server) sees the first one's tokens
+    let other = db.open(tmp.path()).await;
+    let t = other.token(&a, T0 + 999).await.unwrap().expect("live");
+    assert_eq!(
+        (t.username.as_str(), t.issued_at, t.expires_at),
+        ("alice", T0, T0 + 1_000)
+    );
+    assert_eq!(other.token(&a, T0 + 1_000).await.unwrap(), None, "expired");
+    assert_eq!(
+        other.token(&"e".repeat(64), T0).await.unwrap(),
+        None,
+        "unknown"
+    );
+    assert!(other.revoke_token(&b, T0 + 10).await.unwrap());
+    assert!(
+        !other.revoke_token(&b, T0 + 11).await.unwrap(),
+        "already revoked"
+    );
+    assert_eq!(ds.token(&b, T0 + 20).await.unwrap(), None, "revoked");
+    assert_eq!(ds.revoke_user_tokens("bob", T0 + 20).await.unwrap(), 1);
+    assert_eq!(ds.token(&c, T0 + 21).await.unwrap(), None);
+    // the table never holds a token, only its digest
+    let dump: Vec<u8> = match &db.url {
+        None => ["datastore.db", "datastore.db-wal"]
+            .iter()
+            .flat_map(|f| std::fs::read(tmp.path().join(".ferrolabel").join(f)).unwrap_or_default())
+            .collect(),
+        Some(url) => {
+            let name = url.rsplit('/').next().unwrap();
+            let sql = "SELECT token_sha256 || ' ' || username FROM auth_tokens";
+            ferrolabel_testkit::Postgres::shared()
+                .psql(name, sql)
+                .into_bytes()
+        }
+    };
+    let digest = hex::encode(sha2::Sha256::digest(a.as_bytes()));
+    assert!(
+        dump.windows(64).any(|w| w == digest.as_bytes()),
+        "the digest is stored"
+    );
+    assert!(
+        !dump.windows(64).any(|w| w == a.as_bytes()),
+        "a token is stored"
+    );
+    assert_eq!(ds.purge_tokens(T0 + 2_000).await.unwrap(), 3);
+    assert_eq!(ds.purge_tokens(T0 + 2_000).await.unwrap(), 0);
+    ds.close().await;
+    other.close().await;
+}
+
+on_both!(
+    auth_tokens_hashed_expire_revoke_purge,
+    insert_get_list,
+    claim_order_priority_then_fifo,
+    lane_runs_one_job_at_a_time,
+    lapsed_lease_is_taken_up_by_another_runner,
+    heartbeat_writes_and_reports_stop,
+    stop_queued_running_and_ended_jobs,
+    periodic_jobs_come_back,
+    last_finished_is_newest_done_first,
+    handles_claim_every_job_exactly_once,
+);

@@ -6,18 +6,47 @@ use sqlx::Row;
 use super::{job_of_row, Heartbeat, JobOutcome, JobRow, JobState, JobUpdate, COLUMNS};
 use super::{DETAILS_KEEP, HISTORY_KEEP};
 use crate::error::{DatastoreError, Result};
-use crate::store::Datastore;
+use crate::store::{Backend, Datastore};
 
-/// The best claimable job: queued and due, or running with a lapsed lease; in a lane that is
-/// neither busy nor excluded. Binds: now, now, now, excluded lanes (JSON array).
-const PICK: &str = "SELECT j.id, j.state, j.lease_until, j.attempts, j.history FROM jobs j \
-     WHERE ((j.state = 'queued' AND (j.not_before IS NULL OR j.not_before <= ?)) \
+/// The candidates of a claim: queued and due, or running with a lapsed lease; in a lane that
+/// is neither busy nor excluded. Binds: `$1` now, `$2` the excluded lanes (a JSON array).
+const CANDIDATES: &str = "SELECT j.id, j.lane, j.state, j.lease_until, j.attempts, j.history \
+     FROM jobs j \
+     WHERE ((j.state = 'queued' AND (j.not_before IS NULL OR j.not_before <= $1)) \
         OR (j.state = 'running' AND (j.lease_owner IS NULL OR j.lease_until IS NULL \
-                                     OR j.lease_until < ?))) \
+                                     OR j.lease_until < $1))) \
        AND j.lane NOT IN (SELECT b.lane FROM jobs b WHERE b.lease_owner IS NOT NULL \
-                          AND b.lease_until >= ?) \
-       AND j.lane NOT IN (SELECT value FROM json_each(?)) \
-     ORDER BY j.priority DESC, j.seq LIMIT 1";
+                          AND b.lease_until >= $1) ";
+
+/// SQLite: the best candidate (the whole claim holds the database's write lock).
+fn pick_sqlite() -> String {
+    format!(
+        "{CANDIDATES} AND j.lane NOT IN (SELECT value FROM json_each($2)) \
+         ORDER BY j.priority DESC, j.seq LIMIT 1"
+    )
+}
+
+/// PostgreSQL: the best candidate that no other claim has locked (`FOR UPDATE SKIP LOCKED`:
+/// concurrent claims take different rows and never wait for each other).
+fn pick_postgres() -> String {
+    format!(
+        "{CANDIDATES} AND j.lane NOT IN (SELECT jsonb_array_elements_text(CAST($2 AS jsonb))) \
+         ORDER BY j.priority DESC, j.seq LIMIT 1 FOR UPDATE OF j SKIP LOCKED"
+    )
+}
+
+/// PostgreSQL: takes the lane's claim lock for the rest of the transaction, without waiting
+/// (`false`: another claim holds it now). Binds: `$1` the lane.
+const LANE_LOCK: &str =
+    "SELECT pg_try_advisory_xact_lock(hashtextextended('ferrolabel-lane:' || $1, 0))";
+
+/// How many live leases a lane holds on rows other than job `$3`. Binds: `$1` lane, `$2` now.
+const LANE_BUSY: &str = "SELECT COUNT(*) FROM jobs WHERE lane = $1 AND id <> $3 \
+     AND lease_owner IS NOT NULL AND lease_until >= $2";
+
+/// How many lanes a PostgreSQL claim passes over (busy, or being claimed by another runner)
+/// before it gives up until the next poll.
+const MAX_LANE_SKIPS: usize = 16;
 
 impl Datastore {
     /// Claims the best job `runner` may run now, or `None`.
@@ -27,8 +56,13 @@ impl Datastore {
     /// the highest priority wins, then the oldest. The job becomes `running` with a lease for
     /// `runner` until `now_ms + lease_ms`, one more attempt, `started_at` set at its first
     /// attempt, and a new history entry (the previous one, for a job taken up again, is closed
-    /// at its lease's end as `"lease expired"`). One `BEGIN IMMEDIATE` transaction: runners on
-    /// one database file never claim the same job, nor two jobs of one lane.
+    /// at its lease's end as `"lease expired"`). One transaction: on SQLite `BEGIN IMMEDIATE`
+    /// (the database's write lock); on PostgreSQL the best candidate row is taken with
+    /// `SELECT ... FOR UPDATE SKIP LOCKED` and its lane with a transaction-scoped advisory lock
+    /// (taken without waiting; a lane another claim holds is passed over), then the lane is
+    /// checked again for a live lease that a claim committed meanwhile. So runners sharing a
+    /// database (several servers and workers) never claim the same job, nor two jobs of one
+    /// lane.
     ///
     /// The same transaction first releases the lapsed leases of stopped jobs (closing their
     /// attempt as `"lease expired"`), so a runner that died while winding down leaves no trace
@@ -45,19 +79,54 @@ impl Datastore {
                 "claim by runner {runner:?} with lease {lease_ms} ms"
             )));
         }
-        let excluded = serde_json::to_string(exclude_lanes)?;
+        let backend = self.backend();
+        let mut excluded: Vec<String> = exclude_lanes.to_vec();
         let mut tx = self.begin_write().await?;
-        release_lapsed_stopped(&mut tx, now_ms).await?;
-        let Some(pick) = sqlx::query(PICK)
-            .bind(now_ms)
-            .bind(now_ms)
-            .bind(now_ms)
-            .bind(&excluded)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            tx.commit().await?;
-            return Ok(None);
+        release_lapsed_stopped(&mut tx, backend, now_ms).await?;
+        let pick_sql = match backend {
+            Backend::Sqlite => pick_sqlite(),
+            Backend::Postgres => pick_postgres(),
+        };
+        let mut skips = 0;
+        let pick = loop {
+            let Some(pick) = sqlx::query(&pick_sql)
+                .bind(now_ms)
+                .bind(serde_json::to_string(&excluded)?)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                tx.commit().await?;
+                return Ok(None);
+            };
+            if backend == Backend::Sqlite {
+                break pick;
+            }
+            let lane: String = pick.try_get("lane")?;
+            let id: String = pick.try_get("id")?;
+            let locked: bool = sqlx::query_scalar(LANE_LOCK)
+                .bind(&lane)
+                .fetch_one(&mut *tx)
+                .await?;
+            let busy: i64 = if locked {
+                sqlx::query_scalar(LANE_BUSY)
+                    .bind(&lane)
+                    .bind(now_ms)
+                    .bind(&id)
+                    .fetch_one(&mut *tx)
+                    .await?
+            } else {
+                1
+            };
+            if busy == 0 {
+                break pick;
+            }
+            // another runner is claiming in this lane, or has just claimed in it
+            skips += 1;
+            if skips >= MAX_LANE_SKIPS {
+                tx.commit().await?;
+                return Ok(None);
+            }
+            excluded.push(lane);
         };
         let id: String = pick.try_get("id")?;
         let attempts: i64 = pick.try_get::<i64, _>("attempts")? + 1;
@@ -71,16 +140,15 @@ impl Datastore {
             "ended_at": null, "end": null,
         }));
         let sql = format!(
-            "UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?, \
-             heartbeat_at = ?, attempts = ?, started_at = COALESCE(started_at, ?), history = ? \
-             WHERE id = ? RETURNING {COLUMNS}"
+            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, \
+             heartbeat_at = $3, attempts = $4, started_at = COALESCE(started_at, $3), \
+             history = $5 WHERE id = $6 RETURNING {COLUMNS}"
         );
         let row = sqlx::query(&sql)
             .bind(runner)
             .bind(now_ms.saturating_add(lease_ms))
             .bind(now_ms)
             .bind(attempts)
-            .bind(now_ms)
             .bind(history_json(history)?)
             .bind(&id)
             .fetch_one(&mut *tx)
@@ -103,10 +171,10 @@ impl Datastore {
     ) -> Result<Heartbeat> {
         let (progress, checkpoint, details) = update_columns(update)?;
         let cancel: Option<i64> = sqlx::query_scalar(
-            "UPDATE jobs SET lease_until = ?, heartbeat_at = ?, \
-             progress = COALESCE(?, progress), checkpoint = COALESCE(?, checkpoint), \
-             details = COALESCE(?, details) \
-             WHERE id = ? AND lease_owner = ? RETURNING cancel_requested",
+            "UPDATE jobs SET lease_until = $1, heartbeat_at = $2, \
+             progress = COALESCE($3, progress), checkpoint = COALESCE($4, checkpoint), \
+             details = COALESCE($5, details) \
+             WHERE id = $6 AND lease_owner = $7 RETURNING cancel_requested",
         )
         .bind(now_ms.saturating_add(lease_ms))
         .bind(now_ms)
@@ -124,7 +192,7 @@ impl Datastore {
             });
         }
         let cancel: Option<i64> =
-            sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = ?")
+            sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = $1")
                 .bind(id)
                 .fetch_optional(self.pool())
                 .await?;
@@ -152,10 +220,11 @@ impl Datastore {
     ) -> Result<Option<JobRow>> {
         let (progress, checkpoint, details) = update_columns(update)?;
         let mut tx = self.begin_write().await?;
-        let Some(cur) = sqlx::query(
+        let Some(cur) = sqlx::query(&format!(
             "SELECT state, history, every_ms, result, error, finished_at, not_before \
-             FROM jobs WHERE id = ? AND lease_owner = ?",
-        )
+             FROM jobs WHERE id = $1 AND lease_owner = $2{}",
+            row_lock(self.backend())
+        ))
         .bind(id)
         .bind(runner)
         .fetch_optional(&mut *tx)
@@ -194,10 +263,11 @@ impl Datastore {
             (end, now_ms)
         };
         let sql = format!(
-            "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, not_before = ?, \
-             progress = COALESCE(?, progress), checkpoint = COALESCE(?, checkpoint), \
-             details = COALESCE(?, details), history = ?, lease_owner = NULL, \
-             lease_until = NULL WHERE id = ? RETURNING {COLUMNS}"
+            "UPDATE jobs SET state = $1, result = $2, error = $3, finished_at = $4, \
+             not_before = $5, progress = COALESCE($6, progress), \
+             checkpoint = COALESCE($7, checkpoint), details = COALESCE($8, details), \
+             history = $9, lease_owner = NULL, lease_until = NULL WHERE id = $10 \
+             RETURNING {COLUMNS}"
         );
         let row = sqlx::query(&sql)
             .bind(state.as_str())
@@ -230,12 +300,14 @@ impl Datastore {
     ) -> Result<Option<JobRow>> {
         let (progress, checkpoint, details) = update_columns(update)?;
         let mut tx = self.begin_write().await?;
-        let Some(cur) =
-            sqlx::query("SELECT state, history FROM jobs WHERE id = ? AND lease_owner = ?")
-                .bind(id)
-                .bind(runner)
-                .fetch_optional(&mut *tx)
-                .await?
+        let Some(cur) = sqlx::query(&format!(
+            "SELECT state, history FROM jobs WHERE id = $1 AND lease_owner = $2{}",
+            row_lock(self.backend())
+        ))
+        .bind(id)
+        .bind(runner)
+        .fetch_optional(&mut *tx)
+        .await?
         else {
             tx.commit().await?;
             return Ok(None);
@@ -249,9 +321,10 @@ impl Datastore {
         let mut history = parse_history(&cur.try_get::<String, _>("history")?)?;
         close_attempt(&mut history, now_ms, "released");
         let sql = format!(
-            "UPDATE jobs SET state = ?, progress = COALESCE(?, progress), \
-             checkpoint = COALESCE(?, checkpoint), details = COALESCE(?, details), history = ?, \
-             lease_owner = NULL, lease_until = NULL WHERE id = ? RETURNING {COLUMNS}"
+            "UPDATE jobs SET state = $1, progress = COALESCE($2, progress), \
+             checkpoint = COALESCE($3, checkpoint), details = COALESCE($4, details), \
+             history = $5, lease_owner = NULL, lease_until = NULL WHERE id = $6 \
+             RETURNING {COLUMNS}"
         );
         let row = sqlx::query(&sql)
             .bind(state)
@@ -268,15 +341,21 @@ impl Datastore {
     }
 }
 
-/// Releases the lapsed leases of stopped jobs, closing their attempt as `"lease expired"`.
+/// Releases the lapsed leases of stopped jobs, closing their attempt as `"lease expired"`
+/// (on PostgreSQL, the rows no concurrent claim is releasing).
 async fn release_lapsed_stopped(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
     now_ms: i64,
 ) -> Result<()> {
-    let rows = sqlx::query(
+    let lock = match backend {
+        Backend::Sqlite => "",
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+    };
+    let rows = sqlx::query(&format!(
         "SELECT id, lease_until, history FROM jobs WHERE state = 'stopped' \
-         AND lease_owner IS NOT NULL AND (lease_until IS NULL OR lease_until < ?)",
-    )
+         AND lease_owner IS NOT NULL AND (lease_until IS NULL OR lease_until < $1){lock}"
+    ))
     .bind(now_ms)
     .fetch_all(&mut **tx)
     .await?;
@@ -285,7 +364,7 @@ async fn release_lapsed_stopped(
         let lapsed: Option<i64> = row.try_get("lease_until")?;
         close_attempt(&mut history, lapsed.unwrap_or(now_ms), "lease expired");
         sqlx::query(
-            "UPDATE jobs SET lease_owner = NULL, lease_until = NULL, history = ? WHERE id = ?",
+            "UPDATE jobs SET lease_owner = NULL, lease_until = NULL, history = $1 WHERE id = $2",
         )
         .bind(history_json(history)?)
         .bind(row.try_get::<String, _>("id")?)
@@ -293,6 +372,16 @@ async fn release_lapsed_stopped(
         .await?;
     }
     Ok(())
+}
+
+/// What a read-then-write of one row adds to its `SELECT`: on PostgreSQL `FOR UPDATE`, so a
+/// stop requested by another server between the read and the write waits (SQLite's write
+/// transaction already excludes it).
+fn row_lock(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "",
+        Backend::Postgres => " FOR UPDATE",
+    }
 }
 
 /// The JSON texts of an update's fields (`None`: leave the column as it is).

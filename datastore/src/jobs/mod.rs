@@ -10,8 +10,9 @@
 //! Jobs of one *lane* run one at a time: a lane is busy while some row of it holds a live lease
 //! (`lease_owner` set and `lease_until >= now`), whatever its state — a job stopped with
 //! [`Datastore::request_stop`] keeps its lane busy until its runner has wound down. Claims are
-//! one `BEGIN IMMEDIATE` transaction each, so runners sharing a database file (several
-//! [`Datastore`] handles, several servers) never take the same job nor two jobs of one lane.
+//! one transaction each (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: `FOR UPDATE SKIP LOCKED` on the
+//! job and an advisory lock on its lane), so runners sharing a database (several [`Datastore`]
+//! handles, several servers and workers) never take the same job nor two jobs of one lane.
 //!
 //! Times are integer milliseconds since the Unix epoch, passed in by the caller.
 //!
@@ -22,7 +23,7 @@ mod lease;
 mod queue;
 
 use serde_json::Value;
-use sqlx::any::AnyRow as SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::error::{DatastoreError, Result};
@@ -213,7 +214,7 @@ pub(crate) const COLUMNS: &str =
      history, cancel_requested, not_before, every_ms, created_at, started_at, finished_at";
 
 /// A nullable JSON column (`null` reads as `None`).
-fn json_opt(r: &SqliteRow, col: &str) -> Result<Option<Value>> {
+fn json_opt(r: &AnyRow, col: &str) -> Result<Option<Value>> {
     let text: Option<String> = r.try_get(col)?;
     Ok(text
         .map(|t| serde_json::from_str::<Value>(&t))
@@ -222,7 +223,7 @@ fn json_opt(r: &SqliteRow, col: &str) -> Result<Option<Value>> {
 }
 
 /// Reads a row selected with [`COLUMNS`].
-pub(crate) fn job_of_row(r: &SqliteRow) -> Result<JobRow> {
+pub(crate) fn job_of_row(r: &AnyRow) -> Result<JobRow> {
     let state: String = r.try_get("state")?;
     Ok(JobRow {
         seq: r.try_get("seq")?,

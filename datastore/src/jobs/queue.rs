@@ -52,7 +52,8 @@ impl Datastore {
     ) -> Result<JobRow> {
         let sql = format!(
             "INSERT INTO jobs (id, kind, lane, priority, state, params, request, owner, \
-             not_before, every_ms, created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) \
+             not_before, every_ms, created_at) \
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10) \
              {on_conflict} RETURNING {COLUMNS}"
         );
         let row = sqlx::query(&sql)
@@ -78,14 +79,14 @@ impl Datastore {
     pub async fn request_stop(&self, id: &str, now_ms: i64) -> Result<Option<JobRow>> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "UPDATE jobs SET cancel_requested = (state = 'running'), state = 'stopped', \
-             finished_at = ? WHERE id = ? AND state IN ('queued', 'running')",
+            "UPDATE jobs SET cancel_requested = CASE WHEN state = 'running' THEN 1 ELSE 0 END, \
+             state = 'stopped', finished_at = $1 WHERE id = $2 AND state IN ('queued', 'running')",
         )
         .bind(now_ms)
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?"))
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -95,7 +96,7 @@ impl Datastore {
 
     /// Job `id`, or `None`.
     pub async fn get_job(&self, id: &str) -> Result<Option<JobRow>> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?"))
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -105,11 +106,10 @@ impl Datastore {
     /// The newest `limit` jobs (of `kind`, when given), oldest first.
     pub async fn list_jobs(&self, kind: Option<&str>, limit: usize) -> Result<Vec<JobRow>> {
         let sql = format!(
-            "SELECT * FROM (SELECT {COLUMNS} FROM jobs WHERE ? IS NULL OR kind = ? \
-             ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+            "SELECT * FROM (SELECT {COLUMNS} FROM jobs WHERE $1 IS NULL OR kind = $1 \
+             ORDER BY seq DESC LIMIT $2) AS newest ORDER BY seq"
         );
         let rows = sqlx::query(&sql)
-            .bind(kind)
             .bind(kind)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(self.pool())
@@ -121,9 +121,9 @@ impl Datastore {
     /// newest first: what estimates of run times are made from.
     pub async fn last_finished(&self, kind: &str, n: usize) -> Result<Vec<JobRow>> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM jobs WHERE kind = ? AND state = 'done' \
+            "SELECT {COLUMNS} FROM jobs WHERE kind = $1 AND state = 'done' \
              AND started_at IS NOT NULL AND finished_at IS NOT NULL \
-             ORDER BY finished_at DESC, seq DESC LIMIT ?"
+             ORDER BY finished_at DESC, seq DESC LIMIT $2"
         );
         let rows = sqlx::query(&sql)
             .bind(kind)
