@@ -19,7 +19,10 @@ datastore. One run prints the figures and writes JSON.
 
 PostgreSQL (Debian's package, a throwaway cluster run as the `postgres` user) and haproxy are
 started here (bench/team.py). A binary without `--datastore-url` gets its PostgreSQL rows
-marked skipped.
+marked skipped; a configuration that fails is recorded with its error and the run goes on.
+The servers, PostgreSQL, haproxy and the clients share this machine's CPUs and disk: on a
+2-core machine N servers cannot scale, so read the PG-N ratios with `machine.cpus` and the
+`load_1min_before` of each row. Not part of CI.
 
 Usage: bench_datastore.py [--quick] [--clients 8] [--seconds 15] [--scale-images 100000]
                           [--peer-images 10000] [--peer-python PY] [--skip-pg] [--out FILE]
@@ -344,8 +347,8 @@ def scale_part(a, pg, pg_skip, image, label, label_bytes):
         x = rat[f"{name}_vs_monailabel_{a.peer_images}"] = {
             "save_p50_peer_over_ours": ratio(m["save"]["p50_ms"], r["save"]["p50_ms"]),
             "listing_p50_peer_over_ours": ratio(m["listing"]["p50_ms"], r["listing_all"]["p50_ms"])}
-        print(f"{name} vs MONAI Label at {a.peer_images}: save_label p50 / our save p50 = "
-              f"{x['save_p50_peer_over_ours']}, listing p50 / our listing p50 = {x['listing_p50_peer_over_ours']}")
+        print(f"{name} vs MONAI Label at {a.peer_images} (its p50 / ours, >1: ferrolabel faster): save "
+              f"x{x['save_p50_peer_over_ours']}, listing x{x['listing_p50_peer_over_ours']}")
     return sc
 
 
