@@ -263,8 +263,10 @@ impl Datastore {
                 changes.push(Change::DropImage { id: id.clone() });
             }
         }
+        // a set, not a scan of the list: reopening a 100,000-image folder was quadratic
+        let known: HashSet<&str> = snap.images.iter().map(|(id, _)| id.as_str()).collect();
         for (id, ext) in &scanned {
-            if !snap.images.iter().any(|(known, _)| known == id) {
+            if !known.contains(id.as_str()) {
                 changes.push(Change::AddImage {
                     id: id.clone(),
                     ext: ext.clone(),
