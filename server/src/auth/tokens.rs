@@ -97,3 +97,37 @@ impl Tokens {
         self.store()?.purge_tokens(now_ms()).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrolabel_datastore::DatastoreOptions;
+
+    /// Two servers on one database (two datastore handles): a token issued by one is accepted
+    /// by the other, until it is revoked or expires.
+    #[tokio::test]
+    async fn a_token_from_one_server_is_accepted_by_another() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = || Datastore::open(tmp.path(), DatastoreOptions::default());
+        let (one, two) = (
+            Tokens::new(Duration::from_secs(60)),
+            Tokens::new(Duration::ZERO),
+        );
+        one.attach(open().await.unwrap());
+        two.attach(open().await.unwrap());
+        let t = one.issue("alice").await.unwrap();
+        assert_eq!(t.len(), 64);
+        assert_eq!(two.check(&t).await.unwrap().as_deref(), Some("alice"));
+        assert_eq!(two.check(&t.to_uppercase()).await.unwrap(), None);
+        assert_eq!(two.check("nope").await.unwrap(), None);
+        assert!(two.revoke(&t).await.unwrap());
+        assert_eq!(
+            one.check(&t).await.unwrap(),
+            None,
+            "revoked on the other server"
+        );
+        assert_eq!(one.sweep().await.unwrap(), 1);
+        // a token store that is not open answers an error (503), not "unknown token"
+        assert!(Tokens::new(Duration::from_secs(1)).check(&t).await.is_err());
+    }
+}
