@@ -106,7 +106,9 @@ pub use remote::{OutboxItem, RemoteImage, RemoteSource, SyncStats};
 #[cfg(feature = "store")]
 pub use sessions::{SessionInfo, Sessions};
 #[cfg(feature = "store")]
-pub use store::{Backend, Datastore, DatastoreOptions, DATASTORE_JSON, PRIVATE_DIR};
+pub use store::{
+    Backend, Datastore, DatastoreOptions, DATASTORE_JSON, JSON_MIRROR_DELAY, PRIVATE_DIR,
+};
 #[cfg(feature = "store")]
 pub use tokens::TokenInfo;
 

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use common::Db;
 use ferrolabel_datastore::{
-    Backend, Datastore, DatastoreError, DatastoreOptions, Source, DATASTORE_JSON, PRIVATE_DIR,
+    Backend, Datastore, DatastoreError, DatastoreOptions, Source, DATASTORE_JSON,
+    JSON_MIRROR_DELAY, PRIVATE_DIR,
 };
 use serde_json::{json, Map, Value};
 
@@ -293,6 +294,7 @@ async fn add_replace_remove_image(db: Db) {
     ));
     assert_eq!(ds.image_info("img").await.unwrap(), None);
     assert_eq!(ds.list_images().await.unwrap(), ["other"]);
+    ds.flush_json().await.unwrap();
     assert!(read_json(dir)["objects"].get("img").is_none());
 }
 
@@ -561,6 +563,7 @@ async fn json_round_trip(db: Db) {
         .await
         .unwrap();
     let model = ds.datastore_json().await.unwrap();
+    ds.flush_json().await.unwrap();
     let text = fs::read_to_string(dir.join(DATASTORE_JSON)).unwrap();
     assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), model);
     assert!(text.starts_with("{\n  \"name\": \"new-dataset\",\n  \"description\": \"New Dataset\""));
@@ -710,8 +713,17 @@ async fn concurrent_saves_lose_nothing(db: Db) {
     assert_eq!(st.completed, 4);
     assert_eq!(st.label_tags.len(), 1 + TASKS);
     assert_eq!(ds.integrity_check().await.unwrap(), "ok");
-    // The JSON mirror caught up with the last write.
-    assert_eq!(read_json(tmp.path()), ds.datastore_json().await.unwrap());
+    // The JSON mirror catches up with the last write by itself (rewritten in the background,
+    // not in the request).
+    let want = ds.datastore_json().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while read_json(tmp.path()) != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the JSON mirror never caught up"
+        );
+        tokio::time::sleep(JSON_MIRROR_DELAY).await;
+    }
 }
 
 /// PostgreSQL only: two `Datastore`s (two pools, two sets of in-process locks: two servers) on
@@ -766,7 +778,9 @@ fn two_servers_save_one_label_postgres() {
                 "the served file is the last revision"
             );
         }
-        // whichever server wrote the JSON mirror last wrote every committed change
+        // whichever server writes the JSON mirror last writes every committed change
+        a.flush_json().await.unwrap();
+        b.flush_json().await.unwrap();
         assert_eq!(read_json(dir), a.datastore_json().await.unwrap());
     });
 }
