@@ -5,7 +5,8 @@
 //!   argon2id and adds or replaces the user in the file (created with mode 0600);
 //! * `ferrolabel auth hash-password` prints the hash of the password read the same way, for
 //!   writing the file by hand;
-//! * `ferrolabel auth audit-log --studies DIR` prints the audit log (JSON lines), read-only.
+//! * `ferrolabel auth audit-log --studies DIR [--datastore-url postgres://...]` prints the audit
+//!   log (JSON lines), read-only.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -38,6 +39,10 @@ pub struct AuditLogArgs {
     /// At most this many entries.
     #[arg(long, default_value_t = 100_000)]
     pub limit: u32,
+    /// The servers' database when it is not the studies folder's SQLite file:
+    /// `postgres://USER@HOST[:PORT]/DB` (a team deployment, docs/team.md).
+    #[arg(long, env = "FERROLABEL_DATASTORE_URL", hide_env_values = true)]
+    pub datastore_url: Option<String>,
 }
 
 /// Arguments of `ferrolabel auth add-user`.
@@ -78,13 +83,25 @@ fn audit_log(args: AuditLogArgs) -> Result<()> {
         .studies
         .join(ferrolabel_datastore::PRIVATE_DIR)
         .join("datastore.db");
-    let entries = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(ferrolabel_datastore::read_audit_log(
-            &db, args.after, args.limit,
-        ))
-        .with_context(|| format!("cannot read the audit log in {}", db.display()))?;
+        .build()?;
+    let entries = match args
+        .datastore_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
+        Some(url) => rt
+            .block_on(ferrolabel_datastore::read_audit_log_url(
+                url, args.after, args.limit,
+            ))
+            .context("cannot read the audit log of --datastore-url")?,
+        None => rt
+            .block_on(ferrolabel_datastore::read_audit_log(
+                &db, args.after, args.limit,
+            ))
+            .with_context(|| format!("cannot read the audit log in {}", db.display()))?,
+    };
     let mut out = std::io::stdout().lock();
     for e in entries {
         serde_json::to_writer(&mut out, &e)?;

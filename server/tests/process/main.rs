@@ -1,7 +1,8 @@
 //! The tests where the process boundary is the point, in one test binary: `ferrolabel
 //! start_server` spawned and SIGKILLed (crash safety, jobs handed over by a restart), training
 //! workers that must not outlive their server, the proxy's bounded resident size, and the
-//! one-shot `ferrolabel infer` command. Route tests run in-process in `tests/http/`.
+//! one-shot `ferrolabel infer` command, two servers and workers on PostgreSQL behind haproxy
+//! SIGKILLed mid-job (`cluster`). Route tests run in-process in `tests/http/`.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -9,6 +10,7 @@ mod jobs_support;
 mod proxy_support;
 
 mod cli_infer;
+mod cluster;
 mod crash_safety;
 mod jobs;
 mod proxy;
