@@ -71,11 +71,9 @@ for f in tests/conformance/test_*.py; do
 done
 # the same suite again against a team deployment (FERROLABEL_CLUSTER=1, conftest.Deployment): a
 # throwaway PostgreSQL, 2 `start_server --no-jobs` and 1 `ferrolabel worker` behind haproxy.
-# Not here: test_pacs.py (its SEG does not reach Orthanc in cluster mode yet) and the workbench's
-# interactive-priority test (it measures one engine interleaving a batch with /infer: in cluster
-# mode the batch runs in the worker, another engine)
+# Not here: the workbench's interactive-priority test (it measures one engine interleaving a batch
+# with /infer: in cluster mode the batch runs in the worker, another engine)
 for f in tests/conformance/test_*.py; do
-  [ "$(basename "$f")" = test_pacs.py ] && continue
   phase "conformance (cluster) $(basename "$f")" env FERROLABEL_CLUSTER=1 "$FERROLABEL_PYTHON" -m pytest "$f" \
     -q -p no:cacheprovider --durations=5 --deselect \
     tests/conformance/test_workbench.py::test_batch_infer_cancel_and_interactive_priority

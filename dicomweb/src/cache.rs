@@ -219,6 +219,22 @@ impl SeriesCache {
         Some(self.entry(series_uid, bytes))
     }
 
+    /// Takes into the index an entry that another process sharing the cache folder completed
+    /// (entries are renamed into place whole, so a folder with its image is complete).
+    fn adopt(&self, series_uid: &str) -> Option<CachedSeries> {
+        let dir = self.root.join(series_uid);
+        if !dir.join(IMAGE).is_file() {
+            return None;
+        }
+        let bytes = dir_size(&dir).ok()?;
+        let used = touch(&dir).unwrap_or_else(|_| SystemTime::now());
+        self.lock()
+            .entries
+            .insert(series_uid.to_string(), Entry { bytes, used });
+        self.evict(Some(series_uid));
+        Some(self.entry(series_uid, bytes))
+    }
+
     /// Removes least recently used entries (never `keep`) until the total fits the bound.
     fn evict(&self, keep: Option<&str>) {
         let mut idx = self.lock();
@@ -279,7 +295,7 @@ impl SeriesCache {
         series_uid: &str,
         options: &AssembleOptions,
     ) -> Result<CachedSeries> {
-        if let Some(hit) = self.get(series_uid) {
+        if let Some(hit) = self.get(series_uid).or_else(|| self.adopt(series_uid)) {
             return Ok(hit);
         }
         let partial = tempfile::Builder::new()
@@ -307,10 +323,22 @@ impl SeriesCache {
         .map_err(|e| DicomWebError::io("cache thread", std::io::Error::other(e.to_string())))??;
         let dest = self.root.join(series_uid);
         let kept = partial.keep();
-        std::fs::rename(&kept, &dest).map_err(|e| {
+        if let Err(e) = std::fs::rename(&kept, &dest) {
             let _ = std::fs::remove_dir_all(&kept);
-            DicomWebError::io(format!("moving into {}", dest.display()), e)
-        })?;
+            // another process sharing the cache folder (a server of a team) filled it first
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::AlreadyExists
+            ) {
+                if let Some(hit) = self.adopt(series_uid) {
+                    return Ok(hit);
+                }
+            }
+            return Err(DicomWebError::io(
+                format!("moving into {}", dest.display()),
+                e,
+            ));
+        }
         self.lock().entries.insert(
             series_uid.to_string(),
             Entry {
