@@ -365,7 +365,22 @@ impl ServerArgs {
         let tmp_dir = private.join("tmp");
         std::fs::create_dir_all(&tmp_dir)
             .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
-        clean_dir(&tmp_dir, STALE_TMP);
+        // On SQLite one process owns the folder: whatever is left is a leftover. On PostgreSQL
+        // other servers and workers share it, and their files in flight are younger.
+        let shared = self.datastore_url.as_deref().is_some_and(|u| {
+            matches!(
+                ferrolabel_datastore::Backend::of_url(u),
+                Ok(ferrolabel_datastore::Backend::Postgres)
+            )
+        });
+        clean_dir(
+            &tmp_dir,
+            if shared {
+                STALE_TMP
+            } else {
+                std::time::Duration::ZERO
+            },
+        );
         let session_path = self.sessions.then(|| {
             self.session_path
                 .clone()
@@ -410,8 +425,9 @@ impl ServerArgs {
     }
 }
 
-/// How old a staged upload or temp result must be before a starting process removes it: other
-/// servers and workers may share the studies folder, and their files in flight are younger.
+/// How old a staged upload or temp result must be before a starting process on a shared
+/// (PostgreSQL) deployment removes it: other servers and workers may share the studies folder,
+/// and their files in flight are younger. A SQLite server removes them all.
 const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Removes leftovers of a previous run (staged uploads, temp results) older than `min_age`.
