@@ -118,33 +118,17 @@ class TempPostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-# used only where deploy/team/haproxy.cfg is absent (an older checkout)
-FALLBACK_CFG = """global
-    maxconn 2000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 10m
-    timeout server 10m
-frontend ferrolabel
-    bind *:8000
-    default_backend ferrolabel_servers
-backend ferrolabel_servers
-    balance roundrobin
-    server s1 127.0.0.1:8000
-"""
-
-
 class Haproxy:
     """haproxy in front of `ports`: deploy/team/haproxy.cfg (the shipped config, round robin) with
-    its `bind` on a loopback port and its `server` lines replaced by ours, plus a stats listener."""
+    its `bind` on a loopback port and its `server` lines replaced by ours, plus a stats listener.
+    Ready when the stats page answers and (`wait_info`) `/info/` answers 200 through it."""
 
-    def __init__(self, ports, workdir):
+    def __init__(self, ports, workdir, wait_info=True):
         self.port = free_port()
         self.stats_port = free_port()
         servers = [f"    server s{i} 127.0.0.1:{p}" for i, p in enumerate(ports, 1)]
-        with open(TEAM_CFG if os.path.exists(TEAM_CFG) else os.devnull) as f:
-            lines = f.read().splitlines() or FALLBACK_CFG.splitlines()
+        with open(TEAM_CFG) as f:
+            lines = f.read().splitlines()
         out, placed = [], False
         for line in lines:
             word = line.split()[0] if line.split() else ""
@@ -166,7 +150,9 @@ class Haproxy:
         self.proc = subprocess.Popen([os.environ.get("FERROLABEL_HAPROXY", "/usr/sbin/haproxy"), "-db", "-f", self.cfg],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         wait_http(f"http://127.0.0.1:{self.stats_port}/stats", self.proc, self.log_path, timeout=30)
-        wait_http(f"http://127.0.0.1:{self.port}/info/", self.proc, self.log_path, timeout=30)
+        # with authentication on /info/ answers 401: the caller has waited for its servers
+        if wait_info:
+            wait_http(f"http://127.0.0.1:{self.port}/info/", self.proc, self.log_path, timeout=30)
 
     def served(self):
         """Requests each backend server has answered so far: {"s1": n, ...} (from the stats CSV)."""

@@ -117,8 +117,8 @@ class Deployment:
                 ports = [self._server(common + db + ["--no-jobs=true"], extra, "server.log", scheme)]
                 ports.append(self._server(common + db + ["--no-jobs=true"], extra, "server2.log", scheme))
                 self._spawn([BIN, "worker", *common, *db], "worker.log")
-                self.haproxy = self._haproxy(ports)
-                self.port = self.haproxy[1]
+                self.haproxy = _team().Haproxy(ports, self.tmp, wait_info=False)
+                self.port = self.haproxy.port
                 self.backends = ports
                 time.sleep(0.5)
                 for proc, log in self.procs:
@@ -163,37 +163,9 @@ class Deployment:
                 raise RuntimeError(f"server did not start: {self._tail(log)}")
             time.sleep(0.2)
 
-    def _haproxy(self, ports):
-        """haproxy in front of `ports`: deploy/team/haproxy.cfg with its `bind` line on a free
-        loopback port and its `server` lines replaced by ours (as testkit/src/haproxy.rs and
-        bench/team.py render it); waits until it accepts connections."""
-        port = free_port()
-        out, placed = [], False
-        with open(os.path.join(REPO, "deploy", "team", "haproxy.cfg")) as f:
-            for line in f.read().splitlines():
-                word = line.split()[0] if line.split() else ""
-                if word == "bind":
-                    out.append(f"    bind 127.0.0.1:{port}")
-                elif word == "server":
-                    out += [] if placed else [f"    server s{i} 127.0.0.1:{p}" for i, p in enumerate(ports, 1)]
-                    placed = True
-                else:
-                    out.append(line)
-        cfg = os.path.join(self.tmp, "haproxy.cfg")
-        with open(cfg, "w") as f:
-            f.write("\n".join(out) + "\n")
-        proc = self._spawn(["/usr/sbin/haproxy", "-db", "-f", cfg], "haproxy.log")
-        deadline = time.time() + 30
-        while True:
-            assert proc.poll() is None, self._tail("haproxy.log")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return proc, port
-            except OSError:
-                assert time.time() < deadline, "haproxy did not listen: " + self._tail("haproxy.log")
-                time.sleep(0.05)
-
     def stop(self):
+        if self.haproxy is not None:
+            self.haproxy.stop()
         for proc, _ in self.procs:
             _stop(proc)
 
