@@ -17,7 +17,8 @@
 //! * the append-only audit log of label and image writes ([`audit`]);
 //! * images that live in a PACS and the outbox of what goes back to it ([`remote`]);
 //! * the jobs table of the scheduler: queued and running background jobs, their leases,
-//!   heartbeats and attempts ([`jobs`]).
+//!   heartbeats and attempts ([`jobs`]);
+//! * model versions with provenance ([`versions`]).
 //!
 //! It must not depend on torch or on HTTP: the server crate maps [`DatastoreError`] variants to
 //! status codes and the protocol's quirks; this crate implements the semantics.
@@ -90,6 +91,8 @@ pub mod tokens;
 #[cfg(feature = "store")]
 pub use audit::{read_audit_log, read_audit_log_url, AuditEntry};
 #[cfg(feature = "store")]
+#[cfg(feature = "store")]
+pub mod versions;
 pub use blocking::{blocking, TaskFailed};
 #[cfg(feature = "store")]
 pub use files::Source;
@@ -117,6 +120,8 @@ mod send_sync {
     fn check<T: Send + Sync + Clone + 'static>() {}
 
     #[test]
+#[cfg(feature = "store")]
+pub use versions::{ModelVersion, NewModelVersion, TrainedOn};
     fn handles_are_send_sync_clone() {
         check::<super::Datastore>();
         check::<super::Sessions>();
