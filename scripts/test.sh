@@ -13,44 +13,14 @@ own_summary=0
 
 phase "setup: torch/MONAI virtualenv" bash scripts/setup-torch.sh
 export FERROLABEL_PYTHON="$PWD/.venv/bin/python"
-cache="${FERROLABEL_CACHE:-$HOME/.cache/ferrolabel}"
-
-# Golden fixtures are made by real MONAI (about 6 minutes on 2 cores) and cached outside the
-# clone, keyed by a stamp of everything they depend on; target/golden links to the current ones,
-# so a fresh clone reuses them when nothing changed.
-stamp="$(cat tests/golden/make_golden.py scripts/requirements-torch.txt apps/wholebody/model/wholeBody_ct_segmentation/configs/*.json | sha256sum | cut -c1-16)"
-if [ -n "${FERROLABEL_GOLDEN:-}" ]; then
-  golden="$FERROLABEL_GOLDEN"
-else
-  golden="$cache/golden/$stamp"
-  mkdir -p target "$cache/golden"
-  if [ -d target/golden ] && [ ! -L target/golden ]; then
-    # fixtures made in place by hand (make_golden.py target/golden): move them into the cache
-    old="$(cat target/golden/.stamp 2>/dev/null || echo unstamped)"
-    rm -rf "${cache:?}/golden/$old"
-    mv target/golden "$cache/golden/$old"
-  fi
-  ln -sfn "$golden" target/golden
-fi
-export FERROLABEL_GOLDEN="$golden"
-make_golden() {
-  rm -rf "$golden"
-  "$FERROLABEL_PYTHON" tests/golden/make_golden.py "$golden" >&2
-  echo "$stamp" >"$golden/.stamp"
-  # keep the three newest fixture sets
-  if [ -d "$cache/golden" ]; then
-    ls -1t "$cache/golden" | tail -n +4 | while read -r old; do rm -rf "${cache:?}/golden/$old"; done
-  fi
-}
-if [ "$(cat "$golden/.stamp" 2>/dev/null)" != "$stamp" ]; then
-  echo "test.sh: making golden fixtures with MONAI in $golden (a few minutes)" >&2
-  phase "golden fixtures (MONAI 1.4.0)" make_golden
-else
-  echo "test.sh: golden fixtures up to date in $golden" >&2
-fi
 
 # one build of every test binary and the server binary, reused by everything below
 phase "build: cargo test --no-run (release)" cargo test --workspace --release --no-run
+# the golden fixtures made by real MONAI (scripts/golden.sh: cached outside the clone by a stamp
+# of what they depend on; .ci/run makes them in the background during the lints and the build,
+# and this waits for that run through the script's lock)
+FERROLABEL_GOLDEN="$(bash scripts/golden.sh)"
+export FERROLABEL_GOLDEN
 # golden tests compare against fixtures made with 2 threads; run test binaries one at a time
 # so that thread counts and memory stay what the fixtures and the 2-core machine expect
 mkdir -p target
