@@ -105,15 +105,28 @@ pub fn preprocess(vol: &Volume, pixdim: [f64; 3]) -> Result<Prepared> {
 
 /// Inverts network-grid labels `[X', Y', Z']` back to the input grid `[X, Y, Z]`
 /// (nearest, float64, border; then un-orient), as MONAI's `Invertd(nearest_interp=True)`.
+///
+/// The float64 sampling grid is built a slab at a time ([`spacing::CHUNK_VOXELS`]) and the
+/// result is written straight into uint8, so no input-sized float buffer is ever allocated.
 pub fn invert_labels(labels: &Tensor, prepared: &Prepared) -> Result<Tensor> {
+    invert_labels_chunked(labels, prepared, spacing::CHUNK_VOXELS)
+}
+
+/// [`invert_labels`] with `chunk_voxels` input-grid voxels resampled per slab (the result
+/// does not depend on it).
+pub fn invert_labels_chunked(
+    labels: &Tensor,
+    prepared: &Prepared,
+    chunk_voxels: i64,
+) -> Result<Tensor> {
     let inv = prepared
         .spacing
         .inverse()
         .ok_or_else(|| ModelsError::Invalid("the spacing transform is not invertible".into()))?;
-    let x = labels.to_kind(Kind::Float).unsqueeze(0);
-    let back = inv.apply(&x, spacing::Interp::Nearest);
+    let x = labels.unsqueeze(0);
+    let back = inv.resample(&x, spacing::Interp::Nearest, Kind::Uint8, chunk_voxels);
     let back = prepared.orientation.invert(&back);
-    Ok(back.squeeze_dim(0).to_kind(Kind::Uint8))
+    Ok(back.squeeze_dim(0))
 }
 
 /// Runs the whole pipeline with `net` on `device`. With `amp` (CUDA only) the network runs

@@ -214,12 +214,17 @@ impl SpacingOp {
 
     /// Resamples a channel-first `[C, X, Y, Z]` tensor; returns float32.
     ///
-    /// The data is resampled in float64 as MONAI does (`dtype=float64`), then cast back.
+    /// The data is resampled in float64 as MONAI does (`dtype=float64`), then cast back, in
+    /// slabs of [`CHUNK_VOXELS`] destination voxels (see [`SpacingOp::resample`]).
     pub fn apply(&self, data: &Tensor, interp: Interp) -> Tensor {
-        if self.unchanged {
-            return data.to_kind(Kind::Float);
-        }
-        // MONAI normalize_transform(align_corners=False): diag(2/n), last column 1/n - 1
+        self.resample(data, interp, Kind::Float, CHUNK_VOXELS)
+    }
+
+    /// Torch's `theta` (`[1, 3, 4]`, float64) of this resampling: MONAI's
+    /// `normalize_transform(align_corners=False)` on both grids around `xform`, with the index
+    /// order (i, j, k) reversed to torch's (x, y, z).
+    fn theta(&self) -> Tensor {
+        // diag(2/n), last column 1/n - 1
         let norm = |shape: [i64; 3]| {
             let mut m = IDENTITY;
             for i in 0..3 {
@@ -232,25 +237,142 @@ impl SpacingOp {
         let theta = norm(self.src_shape)
             .matmul(&to_tensor(&self.xform))
             .matmul(&norm(self.dst_shape).inverse());
-        // (i, j, k) index order -> torch's (x, y, z): reverse the first 3 rows and columns
         let rev = Tensor::from_slice(&[2i64, 1, 0, 3]);
         let rows = Tensor::from_slice(&[2i64, 1, 0]);
-        let theta = theta.index_select(0, &rows).index_select(1, &rev);
-        let theta = theta.unsqueeze(0);
+        theta
+            .index_select(0, &rows)
+            .index_select(1, &rev)
+            .unsqueeze(0)
+    }
+
+    /// Resamples a channel-first `[C, X, Y, Z]` tensor into a tensor of `kind`, computing the
+    /// float64 sampling grid and the float64 samples for at most `chunk_voxels` destination
+    /// voxels at a time (whole planes along the first axis, at least one).
+    ///
+    /// Each slab's grid is built exactly as torch's `affine_grid_generator` builds the whole
+    /// one (the same linspaces, the same `bmm` with `theta`), and `grid_sampler` treats every
+    /// output voxel on its own, so the result does not depend on the slab size; what it saves
+    /// is the whole-volume grid (32 + 24 bytes a voxel: ~6 GB for 512x512x400).
+    pub fn resample(&self, data: &Tensor, interp: Interp, kind: Kind, chunk_voxels: i64) -> Tensor {
+        if self.unchanged {
+            return data.to_kind(kind);
+        }
+        let dev = data.device();
+        let theta_t = self.theta().to_device(dev).transpose(1, 2);
         let [d0, d1, d2] = self.dst_shape;
-        let grid = Tensor::affine_grid_generator(&theta, [1, 1, d0, d1, d2], false);
         let mode = match interp {
             Interp::Bilinear => 0,
             Interp::Nearest => 1,
         };
         let x = data.to_kind(Kind::Double).unsqueeze(0).contiguous();
         let c = x.size()[1];
-        let grid = if c > 1 {
-            grid.expand([1, d0, d1, d2, 3], false)
-        } else {
-            grid
-        };
-        let out = Tensor::grid_sampler(&x, &grid, mode, 1, false);
-        out.squeeze_dim(0).to_kind(Kind::Float)
+        let out = Tensor::empty([c, d0, d1, d2], (kind, dev));
+        let plane = (d1 * d2).max(1);
+        let planes = (chunk_voxels / plane).clamp(1, d0.max(1));
+        let lin_d = linspace_from_neg_one(d0, dev);
+        let lin_h = linspace_from_neg_one(d1, dev).unsqueeze(-1);
+        let lin_w = linspace_from_neg_one(d2, dev);
+        let mut p0 = 0;
+        while p0 < d0 {
+            let n = planes.min(d0 - p0);
+            // torch's make_base_grid_5D for planes [p0, p0 + n) of the destination
+            let base = Tensor::empty([1, n, d1, d2, 4], (Kind::Double, dev));
+            base.select(-1, 0).copy_(&lin_w);
+            base.select(-1, 1).copy_(&lin_h);
+            base.select(-1, 2)
+                .copy_(&lin_d.narrow(0, p0, n).unsqueeze(-1).unsqueeze(-1));
+            let _ = base.select(-1, 3).fill_(1.0);
+            let grid = base
+                .view([1, n * d1 * d2, 4])
+                .bmm(&theta_t)
+                .view([1, n, d1, d2, 3]);
+            drop(base);
+            let y = Tensor::grid_sampler(&x, &grid, mode, 1, false);
+            out.narrow(1, p0, n).copy_(&y.squeeze_dim(0));
+            p0 += n;
+        }
+        out
+    }
+}
+
+/// Destination voxels resampled per slab by [`SpacingOp::apply`]: the float64 grid of a slab
+/// takes 56 bytes a voxel (base grid + grid), so 2^21 voxels keep it near 112 MB.
+pub const CHUNK_VOXELS: i64 = 1 << 21;
+
+/// torch's `linspace_from_neg_one(num_steps, align_corners=False)`: `linspace(-1, 1, n)`
+/// scaled by `(n - 1) / n`, float64 (one zero when `n <= 1`).
+fn linspace_from_neg_one(n: i64, dev: tch::Device) -> Tensor {
+    if n <= 1 {
+        return Tensor::zeros([1], (Kind::Double, dev));
+    }
+    Tensor::linspace(-1.0, 1.0, n, (Kind::Double, dev)) * ((n - 1) as f64) / (n as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole-volume resampling of before the slabs: one `affine_grid_generator` grid.
+    fn whole(op: &SpacingOp, data: &Tensor, interp: Interp) -> Tensor {
+        let [d0, d1, d2] = op.dst_shape;
+        let grid = Tensor::affine_grid_generator(&op.theta(), [1, 1, d0, d1, d2], false);
+        let x = data.to_kind(Kind::Double).unsqueeze(0).contiguous();
+        let mode = if interp == Interp::Nearest { 1 } else { 0 };
+        Tensor::grid_sampler(&x, &grid, mode, 1, false).squeeze_dim(0)
+    }
+
+    fn diag(s: [f64; 3]) -> Affine {
+        let mut a = IDENTITY;
+        for i in 0..3 {
+            a[i][i] = s[i];
+        }
+        a
+    }
+
+    #[test]
+    fn slabs_equal_the_whole_volume_with_half_ties() {
+        // the golden `half_ties` geometry (tests/golden/make_golden.py): 0.75 mm voxels to a
+        // 1.5 mm network grid; inverting samples the network grid at exact half-voxel points
+        let fwd = plan(&diag([0.75; 3]), [30, 34, 26], [1.5; 3]).unwrap();
+        let inv = fwd.inverse().unwrap();
+        assert!(!inv.unchanged);
+        let [d0, d1, d2] = inv.dst_shape;
+        let grid = Tensor::affine_grid_generator(&inv.theta(), [1, 1, d0, d1, d2], false);
+        let n = Tensor::from_slice(&[
+            fwd.dst_shape[2] as f64,
+            fwd.dst_shape[1] as f64,
+            fwd.dst_shape[0] as f64,
+        ]);
+        let idx = ((grid + 1.0) * n - 1.0) / 2.0;
+        let ties = i64::try_from(idx.frac().abs().eq(0.5).sum(Kind::Int64)).unwrap();
+        assert!(ties > 1000, "only {ties} half-voxel ties");
+        tch::manual_seed(11);
+        let labels = Tensor::randint(105, fwd.dst_shape, (Kind::Uint8, tch::Device::Cpu));
+        let x = labels.unsqueeze(0);
+        let want = whole(&inv, &x, Interp::Nearest).to_kind(Kind::Uint8);
+        // one plane per slab (30 slabs), 7 planes (a short last slab), the default (one slab)
+        for chunk in [1, 7 * d1 * d2, CHUNK_VOXELS] {
+            let got = inv.resample(&x, Interp::Nearest, Kind::Uint8, chunk);
+            assert_eq!(got.size(), [1, d0, d1, d2]);
+            assert!(got.equal(&want), "chunk {chunk}: labels differ");
+        }
+    }
+
+    #[test]
+    fn slabs_equal_the_whole_volume_bilinear_oblique() {
+        let (s, c) = (10f64.to_radians().sin(), 10f64.to_radians().cos());
+        let mut a = diag([0.9, 1.1, 2.0]);
+        a[0][0] = 0.9 * c;
+        a[1][0] = 0.9 * s;
+        a[0][1] = -1.1 * s;
+        a[1][1] = 1.1 * c;
+        let op = plan(&a, [23, 19, 11], [1.5; 3]).unwrap();
+        tch::manual_seed(5);
+        let data = Tensor::randn([2, 23, 19, 11], (Kind::Float, tch::Device::Cpu));
+        let want = whole(&op, &data, Interp::Bilinear).to_kind(Kind::Float);
+        for chunk in [1, 3 * op.dst_shape[1] * op.dst_shape[2], CHUNK_VOXELS] {
+            let got = op.resample(&data, Interp::Bilinear, Kind::Float, chunk);
+            assert!(got.equal(&want), "chunk {chunk}: values differ");
+        }
     }
 }
