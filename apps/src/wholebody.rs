@@ -114,6 +114,7 @@ impl WholeBodyApp {
             ferrolabel_models::device::device_string(opts.engine.device),
             opts.engine.threads,
         );
+        trainer.configure_torchrun(&opts.conf, &opts.app_dir);
         let strategies = if opts.strategies_enabled && !conf_flag(&opts.conf, "skip_strategies") {
             Strategy::ALL.to_vec()
         } else {

@@ -22,6 +22,8 @@
 mod options;
 pub mod resume;
 mod stats;
+mod torchrun;
+mod torchrun_conf;
 mod worker;
 
 use std::io::{BufRead, BufReader};
@@ -42,6 +44,8 @@ use stats::Stats;
 use worker::Finished;
 
 pub use stats::curve_svg;
+pub use torchrun::marked_processes;
+pub use torchrun_conf::TorchrunSettings;
 pub use worker::{run_worker, WorkerRequest};
 
 /// The trainer of the app: where it writes, how it starts workers.
@@ -52,6 +56,8 @@ pub struct Trainer {
     default_device: String,
     threads: Option<i32>,
     worker_exe: Arc<Mutex<Option<PathBuf>>>,
+    /// How `multi_gpu` trainings start (`torchrun`, see [`torchrun`]).
+    torchrun: Arc<Mutex<TorchrunSettings>>,
 }
 
 impl Trainer {
@@ -68,7 +74,29 @@ impl Trainer {
             default_device,
             threads,
             worker_exe: Arc::new(Mutex::new(None)),
+            torchrun: Arc::new(Mutex::new(TorchrunSettings::from_conf(
+                &Default::default(),
+                Path::new("."),
+            ))),
         }
+    }
+
+    /// Sets how `multi_gpu` trainings start, from the `--conf` pairs (`python`, `slurm`,
+    /// `sbatch_args`, `slurm_rdzv_port`) of the app in `app_dir`.
+    pub fn configure_torchrun(
+        &self,
+        conf: &std::collections::BTreeMap<String, String>,
+        app_dir: &Path,
+    ) {
+        *self.torchrun.lock().unwrap_or_else(|e| e.into_inner()) =
+            TorchrunSettings::from_conf(conf, app_dir);
+    }
+
+    fn torchrun_settings(&self) -> TorchrunSettings {
+        self.torchrun
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Sets the executable that runs `dev train-worker` (the server binary itself).
@@ -111,6 +139,9 @@ impl Trainer {
     /// The checks made before a training job exists: bad options or nothing labelled `final`
     /// ([`AppError::InvalidParams`], 422), no worker executable in this process.
     pub fn validate(&self, params: &Map<String, Value>, pairs: &[Pair]) -> Result<()> {
+        if torchrun_conf::requested(params)? {
+            return torchrun::validate(self, params, pairs);
+        }
         self.worker_exe()?;
         self.job(params, pairs.to_vec()).map(|_| ())
     }
@@ -138,6 +169,9 @@ impl Trainer {
         params: &Map<String, Value>,
         pairs: Vec<Pair>,
     ) -> Result<Value> {
+        if torchrun_conf::requested(params)? {
+            return torchrun::run(self, handle, params, pairs);
+        }
         let _span = tracing::info_span!("train", task = %handle.id()).entered();
         let exe = self.worker_exe()?;
         let (mut job, res) = self.job(params, pairs)?;

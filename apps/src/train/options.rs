@@ -22,6 +22,9 @@ pub(super) fn default_config(device_names: &[String], default_highres: bool) -> 
         "amp": true,
         "cache_size": 4,
         "seed": 123,
+        // distributed training through torchrun (docs/training.md)
+        "multi_gpu": false,
+        "gpus": "all",
     })
 }
 

@@ -14,4 +14,5 @@ mod cluster;
 mod crash_safety;
 mod jobs;
 mod proxy;
+mod torchrun;
 mod train;

@@ -1,0 +1,576 @@
+//! Distributed training through `torchrun` (`POST /train/{model}` with `multi_gpu: true`):
+//! PyTorch DistributedDataParallel as the bundle ships it (`train.json` +
+//! `multi_gpu_train.json`), run by MONAI in the project's Python, on a datalist exported from
+//! the `final` labels, with ferrolabel's override last ([`super::torchrun_conf`]).
+//!
+//! * The run lives in `<bundle>/models/.torchrun-<task>/` (the override, the datalist, the
+//!   glue module, the progress file, the bundle's checkpoint); it is removed when the run ends,
+//!   kept when it fails (the error names it).
+//! * Progress: rank 0's `ferrolabel_torchrun.Progress` appends ferrolabel's own events
+//!   (`TrainEvent`) to the progress file; this side tails it into the task, `train_stats.json`
+//!   and the curve, as for the Rust trainer.
+//! * Stop: torchrun starts in a session of its own (`setsid`), and each rank in another (torch's
+//!   elastic agent does that), so a stop kills torchrun's process group and then every process
+//!   carrying the run's marker variable (`FERROLABEL_TORCHRUN_RUN`: the ranks and their data
+//!   loader workers inherit it) until none is left. The ranks also end by themselves once their
+//!   agent is gone, and torchrun dies with the server (`PR_SET_PDEATHSIG`).
+//! * Checkpoints: each better checkpoint the bundle writes is checked to load strictly into the
+//!   engine's network, then replaces the active weights atomically (temp + fsync + rename), so
+//!   the next `/infer` uses it.
+//! * Slurm (`--conf slurm true`): the same torchrun command in a batch script, submitted with
+//!   `sbatch --wait`; a stop runs `scancel`.
+//! * A job taken up again after a restart starts over (the bundle's checkpoints carry no
+//!   optimiser state), after killing what the earlier attempt left.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferrolabel_models::train::{TrainEvent, TrainOutcome};
+use ferrolabel_models::Resolution;
+use serde_json::{json, Map, Value};
+
+use super::stats::Stats;
+use super::torchrun_conf::{self as conf, Launch, RunFiles, TorchrunSettings, MARKER_VAR};
+use super::{result_json, Trainer};
+use crate::error::{AppError, Result};
+use crate::jobs::JobHandle;
+use ferrolabel_models::train::Pair;
+
+/// The CUDA devices libtorch sees here.
+fn cuda_count() -> usize {
+    (0..64)
+        .take_while(|i| ferrolabel_models::parse_device(&format!("cuda:{i}")).is_ok())
+        .count()
+}
+
+/// The checks made at `POST /train/` for a distributed request (422 on bad options).
+pub(super) fn validate(
+    trainer: &Trainer,
+    params: &Map<String, Value>,
+    pairs: &[Pair],
+) -> Result<()> {
+    prepare(trainer, params, pairs.to_vec()).map(|_| ())
+}
+
+type Prepared = (
+    ferrolabel_models::train::TrainJob,
+    Resolution,
+    Launch,
+    TorchrunSettings,
+);
+
+fn prepare(trainer: &Trainer, params: &Map<String, Value>, pairs: Vec<Pair>) -> Result<Prepared> {
+    let settings = trainer.torchrun_settings();
+    if crate::infer::param_bool(params, "resume")? == Some(true) {
+        return Err(AppError::InvalidParams(
+            "resume: not available with multi_gpu (the bundle's checkpoints carry no optimiser state)"
+                .into(),
+        ));
+    }
+    let (job, res) = trainer.job(params, pairs)?;
+    let launch = conf::launch(params, &job, cuda_count(), settings.slurm.is_some())?;
+    let root = &trainer.bundle.root;
+    for f in [
+        "configs/train.json",
+        "configs/multi_gpu_train.json",
+        "configs/metadata.json",
+    ] {
+        if !root.join(f).is_file() {
+            return Err(AppError::InvalidParams(format!(
+                "multi_gpu: the bundle has no {f} ({})",
+                root.display()
+            )));
+        }
+    }
+    Ok((job, res, launch, settings))
+}
+
+/// Runs a distributed training job to its end (blocking), as [`Trainer::run`] does for the
+/// Rust trainer; answers the task's `result`.
+pub(super) fn run(
+    trainer: &Trainer,
+    handle: &JobHandle,
+    params: &Map<String, Value>,
+    pairs: Vec<Pair>,
+) -> Result<Value> {
+    let _span = tracing::info_span!("torchrun", task = %handle.id()).entered();
+    let (job, res, launch, settings) = prepare(trainer, params, pairs)?;
+    let marker = format!("ferrolabel-{}", handle.id());
+    if let Some(prev) = handle.checkpoint().and_then(|c| {
+        c.get("torchrun_marker")
+            .and_then(Value::as_str)
+            .map(String::from)
+    }) {
+        let killed = kill_marked(&prev, Duration::from_secs(30));
+        handle.log(format!(
+            "a restart took the job up: it starts over ({killed} leftover process(es) killed)"
+        ));
+    }
+    let models = job.output.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let files = RunFiles::new(
+        &models.join(format!(".torchrun-{}", handle.id())),
+        res.model_file(),
+    );
+    let _ = std::fs::remove_dir_all(&files.dir);
+    std::fs::create_dir_all(files.dir.join("models"))?;
+    std::fs::write(files.dir.join(conf::GLUE_NAME), conf::GLUE)?;
+    write_json(&files.datalist, &conf::datalist(&job))?;
+    let override_path = files.dir.join("override.json");
+    write_json(&override_path, &conf::override_json(&job, &launch, &files))?;
+    let configs = conf::config_files(&trainer.bundle.root, &override_path);
+    let bundle_args =
+        conf::bundle_args(&configs, &trainer.bundle.root.join("configs/metadata.json"));
+    let mut env = vec![
+        (MARKER_VAR.to_string(), marker.clone()),
+        (
+            "PYTHONPATH".to_string(),
+            files.dir.to_string_lossy().into_owned(),
+        ),
+        ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
+    ];
+    if let Some(t) = trainer.threads {
+        let per = (t.max(1) as usize / launch.nproc_per_node).max(1);
+        env.push(("OMP_NUM_THREADS".into(), per.to_string()));
+    }
+    if let Some(g) = &launch.gpus {
+        let list: Vec<String> = g.iter().map(usize::to_string).collect();
+        env.push(("CUDA_VISIBLE_DEVICES".into(), list.join(",")));
+    }
+    let mut cmd = match &settings.slurm {
+        None => {
+            let mut c = Command::new(&settings.python);
+            c.args(conf::torchrun_args(&launch)).args(&bundle_args);
+            c
+        }
+        Some(slurm) => {
+            let script = files.dir.join("sbatch.sh");
+            std::fs::write(
+                &script,
+                conf::sbatch_script(
+                    &settings.python,
+                    &launch,
+                    slurm,
+                    &env,
+                    &bundle_args,
+                    &files.dir,
+                ),
+            )?;
+            let mut c = Command::new("sbatch");
+            c.args(["--wait", "--parsable"])
+                .args(&slurm.sbatch_args)
+                .arg(&script);
+            c
+        }
+    };
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&files.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    own_session(&mut cmd);
+    let child = cmd.spawn().map_err(|e| {
+        AppError::Task(format!(
+            "cannot start {} (the Python with torch and MONAI: --conf python PATH or \
+             FERROLABEL_PYTHON): {e}",
+            settings.python.display()
+        ))
+    })?;
+    let pid = child.id();
+    handle.save_checkpoint(json!({"torchrun_marker": marker, "pid": pid}));
+    handle.log(format!(
+        "torchrun pid {pid}: {} process(es) ({} node(s) x {}, {}), training {} on {} pair(s), \
+         validating on {}; epochs 1..={}, batch {} per process, lr {}{}",
+        launch.world_size(),
+        launch.nodes,
+        launch.nproc_per_node,
+        if launch.gpus.is_some() {
+            "NCCL"
+        } else {
+            "gloo on the CPU"
+        },
+        res.model_file(),
+        job.train.len(),
+        if job.val.is_empty() {
+            "the training pairs".to_string()
+        } else {
+            format!("{} held-out pair(s)", job.val.len())
+        },
+        job.config.max_epochs,
+        job.config.batch_size,
+        job.config.lr,
+        if settings.slurm.is_some() {
+            ", through sbatch --wait"
+        } else {
+            ""
+        },
+    ));
+    let mut watch = Follow {
+        trainer,
+        handle,
+        stats: Stats::new(&job, res, &handle.id()),
+        output: job.output.clone(),
+        network: job.network.clone(),
+        outcome: None,
+        promoted: 0,
+        slurm_job: None,
+    };
+    let (status, tail) = watch.follow(child, &files.progress, &marker);
+    watch.stats.finish(watch.outcome.as_ref());
+    trainer.write_stats(&watch.stats);
+    let cancelled = handle.is_cancelled();
+    let ended = match (&watch.outcome, &status) {
+        _ if cancelled => Err(AppError::Cancelled),
+        (Some(o), Ok(s)) if s.success() => {
+            let mut r = result_json(o, res);
+            r["processes"] = launch.world_size().into();
+            r["checkpoints_promoted"] = watch.promoted.into();
+            Ok(r)
+        }
+        // a node without global rank 0 (several machines): nothing to report or save here
+        (None, Ok(s)) if s.success() && launch.nodes > 1 => Ok(json!({
+            "epochs": job.config.max_epochs, "processes": launch.nproc_per_node,
+            "model_file": res.model_file(), "rank0": false,
+        })),
+        (_, Ok(s)) => Err(AppError::Task(format!(
+            "torchrun ended ({s}); the run is kept in {}: {tail}",
+            files.dir.display()
+        ))),
+        (_, Err(e)) => Err(AppError::Task(format!("torchrun: {e}"))),
+    };
+    if ended.is_ok() || cancelled {
+        let _ = std::fs::remove_dir_all(&files.dir);
+    }
+    ended
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(v).unwrap_or_default())?;
+    Ok(())
+}
+
+/// Starts the child in a session of its own (its pid is its process group) and asks the
+/// kernel to SIGKILL it when the thread that started it ends.
+#[allow(unsafe_code)]
+fn own_session(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before `exec` and calls only
+    // async-signal-safe functions (`setsid`, `prctl`, `getppid`); its errors are built from
+    // raw OS codes without allocating.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Live (not zombie) processes whose environment holds `MARKER_VAR=marker`.
+pub fn marked_processes(marker: &str) -> Vec<u32> {
+    let want = format!("{MARKER_VAR}={marker}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let live = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    rest.split_whitespace()
+                        .next()
+                        .map(|st| !matches!(st, "Z" | "X" | "x"))
+                })
+                .unwrap_or(false);
+            live && std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|&b| b == 0).any(|kv| kv == want.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// SIGKILLs every process of the run `marker` (and its process group) until none is left or
+/// `limit` has passed; answers how many it killed.
+fn kill_marked(marker: &str, limit: Duration) -> usize {
+    let t0 = Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let pids = marked_processes(marker);
+        if pids.is_empty() || t0.elapsed() > limit {
+            return seen.len();
+        }
+        for pid in pids {
+            seen.insert(pid);
+            signal(pid, true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILL to `pid`, and to its process group when `group`.
+#[allow(unsafe_code)]
+fn signal(pid: u32, group: bool) {
+    // SAFETY: `kill`/`killpg` have no memory effects in this process. The pids are this run's
+    // (its child, or processes carrying its marker, checked just before).
+    unsafe {
+        if group {
+            libc::killpg(pid as libc::pid_t, libc::SIGKILL);
+        }
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+/// Copies `src` over `dst` atomically (temp file in `dst`'s folder, fsync, rename).
+fn replace_atomically(src: &Path, dst: &Path) -> Result<()> {
+    let dir = dst.parent().unwrap_or(Path::new("."));
+    let name = dst
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("weights");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let copied = std::fs::copy(src, &tmp)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, dst));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Follows one run: the progress file, torchrun's output, the cancel flag.
+struct Follow<'a> {
+    trainer: &'a Trainer,
+    handle: &'a JobHandle,
+    stats: Stats,
+    output: PathBuf,
+    network: ferrolabel_models::network::SegResNetConfig,
+    outcome: Option<TrainOutcome>,
+    promoted: usize,
+    /// The Slurm job id (`sbatch --parsable` prints it first).
+    slurm_job: Option<String>,
+}
+
+/// A rank's first line.
+#[derive(serde::Deserialize)]
+struct RankLine {
+    rank: usize,
+    world_size: usize,
+    pid: u32,
+    host: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Finished {
+    finished: TrainOutcome,
+}
+
+impl Follow<'_> {
+    /// Tails `progress` until the child ends; kills the run once the job is cancelled.
+    /// Answers the child's exit status and the tail of its stderr.
+    fn follow(
+        &mut self,
+        mut child: Child,
+        progress: &Path,
+        marker: &str,
+    ) -> (std::io::Result<std::process::ExitStatus>, String) {
+        let tail = Arc::new(Mutex::new(Vec::<String>::new()));
+        let slurm_job = Arc::new(Mutex::new(None::<String>));
+        let mut readers = Vec::new();
+        if let Some(err) = child.stderr.take() {
+            let tail = tail.clone();
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
+                    tracing::info!(target: "torchrun", "{line}");
+                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    t.push(line);
+                    if t.len() > 8 {
+                        t.remove(0);
+                    }
+                }
+            }));
+        }
+        if let Some(out) = child.stdout.take() {
+            let (tail, job) = (tail.clone(), slurm_job.clone());
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+                    tracing::info!(target: "torchrun", "{line}");
+                    let mut j = job.lock().unwrap_or_else(|e| e.into_inner());
+                    if j.is_none()
+                        && line.split(';').next().is_some_and(|id| {
+                            !id.is_empty() && id.chars().all(|c| c.is_ascii_digit())
+                        })
+                    {
+                        *j = line.split(';').next().map(String::from);
+                    }
+                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    t.push(line);
+                    if t.len() > 8 {
+                        t.remove(0);
+                    }
+                }
+            }));
+        }
+        let cancel = self.handle.cancel_flag();
+        let mut offset = 0u64;
+        let mut partial = String::new();
+        let mut killed = false;
+        let status = loop {
+            self.read_progress(progress, &mut offset, &mut partial);
+            if self.slurm_job.is_none() {
+                self.slurm_job = slurm_job.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(id) = &self.slurm_job {
+                    self.handle.log(format!("Slurm job {id}"));
+                }
+            }
+            if cancel.load(Ordering::SeqCst) && !killed {
+                killed = true;
+                if let Some(id) = &self.slurm_job {
+                    let _ = Command::new("scancel").arg(id).status();
+                }
+                signal(child.id(), true);
+                let n = kill_marked(marker, Duration::from_secs(30));
+                self.handle.log(format!(
+                    "stopped: killed torchrun and {n} process(es) of the run"
+                ));
+            }
+            match child.try_wait() {
+                Ok(Some(s)) => break Ok(s),
+                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => break Err(e),
+            }
+        };
+        // ranks that outlived the agent (they end on their own within a second)
+        if !killed {
+            kill_marked(marker, Duration::from_secs(10));
+        }
+        for r in readers {
+            let _ = r.join();
+        }
+        if !killed {
+            self.read_progress(progress, &mut offset, &mut partial);
+        }
+        let tail = tail.lock().unwrap_or_else(|e| e.into_inner()).join(" | ");
+        (status, tail)
+    }
+
+    /// Reads the complete lines appended to `path` since `offset`.
+    fn read_progress(&mut self, path: &Path, offset: &mut u64, partial: &mut String) {
+        let Ok(mut f) = std::fs::File::open(path) else {
+            return;
+        };
+        let mut buf = String::new();
+        if f.seek(SeekFrom::Start(*offset)).is_err() || f.read_to_string(&mut buf).is_err() {
+            return;
+        }
+        *offset += buf.len() as u64;
+        partial.push_str(&buf);
+        while let Some(i) = partial.find('\n') {
+            let line: String = partial.drain(..=i).collect();
+            self.on_line(line.trim_end());
+        }
+    }
+
+    fn on_line(&mut self, line: &str) {
+        if line.is_empty() {
+            return;
+        }
+        if let Ok(ev) = serde_json::from_str::<TrainEvent>(line) {
+            self.on_event(&ev);
+        } else if let Ok(f) = serde_json::from_str::<Finished>(line) {
+            self.outcome = Some(f.finished);
+        } else if let Ok(r) = serde_json::from_str::<RankLine>(line) {
+            self.handle.log(format!(
+                "rank {} of {} started (pid {} on {})",
+                r.rank, r.world_size, r.pid, r.host
+            ));
+        } else {
+            self.handle.log(line.to_string());
+        }
+    }
+
+    fn on_event(&mut self, ev: &TrainEvent) {
+        let (handle, stats) = (self.handle, &mut self.stats);
+        match ev {
+            TrainEvent::Started {
+                train,
+                val,
+                iterations_per_epoch,
+                parameters,
+                ..
+            } => {
+                stats.iterations_per_epoch = *iterations_per_epoch;
+                handle.log(format!(
+                    "started: {train} training pair(s), {val} validation pair(s), {iterations_per_epoch} step(s)/epoch per process, {parameters} parameters"
+                ));
+            }
+            TrainEvent::Iteration { epoch, .. } => {
+                stats.iteration += 1;
+                let total = stats.iterations_per_epoch * stats.total_epochs;
+                handle.progress(stats.iteration, total, Some(&format!("epoch {epoch}")));
+            }
+            TrainEvent::Epoch(r) => {
+                handle.log(format!(
+                    "epoch {}/{}: loss {:.4}{}, {:.1} s",
+                    r.epoch,
+                    stats.total_epochs,
+                    r.loss,
+                    r.val_dice
+                        .map(|d| format!(", {} {d:.4}", stats.metric_name))
+                        .unwrap_or_default(),
+                    r.seconds
+                ));
+                stats.history.retain(|h| h.epoch < r.epoch);
+                stats.history.push(r.clone());
+                self.trainer.write_stats(stats);
+            }
+            TrainEvent::Checkpoint {
+                epoch,
+                metric,
+                path,
+            } => {
+                let checked =
+                    ferrolabel_models::network::weights::validate_file(&self.network, path)
+                        .map_err(|e| AppError::BadWeights(e.to_string()))
+                        .and_then(|_| replace_atomically(path, &self.output));
+                match checked {
+                    Ok(()) => {
+                        self.promoted += 1;
+                        handle.log(format!(
+                            "epoch {epoch}: new best {} {metric:.4}, saved {}",
+                            stats.metric_name,
+                            self.output.display()
+                        ));
+                    }
+                    Err(e) => handle.log(format!(
+                        "epoch {epoch}: the bundle's checkpoint was not used: {e}"
+                    )),
+                }
+            }
+            _ => {}
+        }
+    }
+}
