@@ -163,6 +163,9 @@ fn a_trained_checkpoint_loads_in_monai_with_the_same_logits() {
         val: vec![],
         config: cfg,
         max_voxels: None,
+        state: None,
+        resume: false,
+        tag: String::new(),
     };
     let mut obs = Quiet(Vec::new());
     let outcome = train(&job, &mut obs).unwrap();
@@ -321,7 +324,7 @@ fn adamw_against_torch(lr: f64, wd: f64, steps: usize) -> f64 {
             grads.push((format!("{n}/{k}"), g));
         }
         loss.backward();
-        opt.step();
+        opt.step().unwrap();
     }
     let (p_path, g_path, out) = (
         dir.path().join("params.st"),

@@ -75,6 +75,9 @@ fn loss_falls_and_the_largest_structures_are_learned() {
         val: vec![],
         config: cfg.clone(),
         max_voxels: None,
+        state: None,
+        resume: false,
+        tag: String::new(),
     };
     let mut log = Log(Vec::new());
     let t0 = std::time::Instant::now();

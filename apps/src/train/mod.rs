@@ -15,7 +15,9 @@
 //! * Restart-safe ([`resume`]): the job's checkpoint (last epoch, best metric, the best
 //!   checkpoint it wrote, the worker's pid, the history) is saved at every epoch; an attempt
 //!   that takes the job up after a restart kills a worker still left over, then runs only the
-//!   epochs left from that checkpoint. The worker dies with the server (`PR_SET_PDEATHSIG`).
+//!   epochs left, exactly from the trainer's resume state (`model*.resume.pt`) when it is this
+//!   job's, else from that checkpoint. `resume: true` continues exactly from the last resume
+//!   state. The worker dies with the server (`PR_SET_PDEATHSIG`).
 //! * The engine reloads weights whose modification time changed, so the next `/infer` uses a
 //!   better checkpoint without a restart.
 
@@ -175,6 +177,7 @@ impl Trainer {
         let _span = tracing::info_span!("train", task = %handle.id()).entered();
         let exe = self.worker_exe()?;
         let (mut job, res) = self.job(params, pairs)?;
+        job.tag = handle.id();
         let dir = job.output.parent().unwrap_or(Path::new(".")).to_path_buf();
         std::fs::create_dir_all(&dir)?;
         let max_epochs = job.config.max_epochs;
@@ -192,16 +195,29 @@ impl Trainer {
             c
         });
         let on_disk = TrainCheckpoint::from_stats(&self.stats(), &handle.id(), &job.output);
-        if let Some(mut prev) = TrainCheckpoint::later(saved, on_disk) {
-            if let Some(pid) = prev.worker_pid.take() {
-                if worker::kill_stale(pid, &exe)? {
-                    handle.log(format!("killed the earlier attempt's worker (pid {pid})"));
-                }
-                worker::remove_temp_files(&dir, pid);
+        let mut prev = TrainCheckpoint::later(saved, on_disk);
+        if let Some(pid) = prev.as_mut().and_then(|p| p.worker_pid.take()) {
+            if worker::kill_stale(pid, &exe)? {
+                handle.log(format!("killed the earlier attempt's worker (pid {pid})"));
             }
+            worker::remove_temp_files(&dir, pid);
+        }
+        // exact resume from the resume state (`resume: true`, or this job's own after a restart)
+        if let Some(meta) = resume::exact_state(&mut job)? {
+            let start_ts = prev.as_ref().map_or(stats.start_ts, |p| p.start_ts);
+            let c = TrainCheckpoint::from_state(&meta, &mut job, start_ts);
+            handle.log(resume::exact_line(&meta, &job, handle.attempt()));
+            stats.history = c.history.clone();
+            if c.start_ts > 0 {
+                stats.start_ts = c.start_ts;
+            }
+            ck = c;
+            prev = None;
+        }
+        if let Some(mut prev) = prev {
             prev.apply(&mut job);
             handle.log(format!(
-                "resumed at epoch {} of {} (attempt {}): {} epoch(s) left, from {}{}",
+                "resumed at epoch {} of {} (attempt {}, weights only: no resume state of this job): {} epoch(s) left, from {}{}",
                 prev.epoch,
                 max_epochs,
                 handle.attempt(),
@@ -401,6 +417,11 @@ impl Watch<'_> {
                 handle.progress(stats.iteration, total, Some(&format!("epoch {epoch}")));
                 tracing::debug!(epoch, iteration, loss, seconds, "train step");
             }
+            TrainEvent::Resumed { changed, .. } if !changed.is_empty() => handle.log(format!(
+                "not an exact continuation: {} changed since the stopped run",
+                changed.join(", ")
+            )),
+            TrainEvent::Resumed { .. } => {}
             TrainEvent::Epoch(r) => {
                 handle.log(format!(
                     "epoch {}/{}: loss {:.4}{}, {:.1} s",

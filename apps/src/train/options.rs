@@ -22,6 +22,7 @@ pub(super) fn default_config(device_names: &[String], default_highres: bool) -> 
         "amp": true,
         "cache_size": 4,
         "seed": 123,
+        "resume": false,
         // distributed training through torchrun (docs/training.md)
         "multi_gpu": false,
         "gpus": "all",
@@ -103,6 +104,9 @@ pub(super) fn build_job(
     }
     let val_split = float(params, "val_split", 0.0, 0.9)?.unwrap_or(0.2);
     let pretrained = param_bool(params, "pretrained")?.unwrap_or(true);
+    // exact resume (docs/training.md "Resume"): continue from the resume state of this
+    // resolution, which must exist
+    let resume = param_bool(params, "resume")?.unwrap_or(false);
     let known = |s: &str| src.device_names.iter().any(|d| d == s);
     let device = match params.get("device") {
         None | Some(Value::Null) => src.default_device.to_string(),
@@ -123,6 +127,14 @@ pub(super) fn build_job(
     }
     let (train, val) = split(pairs, val_split, cfg.seed);
     let output = src.bundle.root.join("models").join(res.model_file());
+    let state = ferrolabel_models::train::state_path(&output);
+    if resume && !state.is_file() {
+        return Err(bad(format!(
+            "resume: nothing to resume: no resume state at {} (a training of this resolution \
+             writes one at every epoch end)",
+            state.display()
+        )));
+    }
     let init_weights =
         (pretrained && src.bundle.has_weights(res)).then(|| src.bundle.weights_path(res));
     Ok((
@@ -135,6 +147,9 @@ pub(super) fn build_job(
             val,
             config: cfg,
             max_voxels: None,
+            state: Some(state),
+            resume,
+            tag: String::new(),
         },
         res,
     ))
@@ -221,6 +236,12 @@ mod tests {
         assert_eq!(job.device, "cpu");
         assert_eq!(job.init_weights, None);
         assert!(job.output.ends_with("models/model_lowres.pt"));
+        assert!(job
+            .state
+            .as_ref()
+            .unwrap()
+            .ends_with("models/model_lowres.resume.pt"));
+        assert!(!job.resume);
         assert_eq!((c.start_epoch, c.best_metric), (0, None));
         // the defaults of /info/
         let (job, _) = build(json!({}), vec![pair(0)]).unwrap();
@@ -239,6 +260,9 @@ mod tests {
             json!({"highres": "sometimes"}),
             json!({"device": 3}),
             json!({"device": "tpu:0"}),
+            json!({"resume": "sometimes"}),
+            // no resume state in this bundle
+            json!({"resume": true}),
         ] {
             let e = build(params.clone(), vec![pair(0)]).unwrap_err();
             assert!(matches!(e, AppError::InvalidParams(_)), "{params}: {e:?}");

@@ -2,16 +2,53 @@
 //! attempt continues from it.
 //!
 //! The checkpoint is saved when the worker starts and at every `epoch` and `checkpoint` event.
-//! A resumed attempt starts from the best weights this job wrote (or the original
+//!
+//! **Exact resume**: the trainer itself writes a resume state next to the weights at every
+//! epoch end (`model_lowres.pt` → `model_lowres.resume.pt`: current weights, AdamW moments and
+//! step counts, loss scaler, position, best metric, history; see
+//! `ferrolabel_models::train::state`). A run continues from it exactly ([`exact_state`]) when
+//! the request says `resume: true` (whichever run wrote it) or when a restart takes the job up
+//! again and the state is the job's own (its tag is the task id).
+//!
+//! Without a usable state (none written yet, another job's) a taken-up attempt falls back to
+//! the weights only: it starts from the best weights this job wrote (or the original
 //! initialisation when it wrote none), runs only the epochs left, and carries the best metric
-//! over so that a worse epoch never overwrites a better `model.pt`. The optimiser state is not
-//! resumed (exact resume is issue 14): AdamW's moments start at zero again, which costs a few
-//! epochs of convergence, not correctness.
+//! over so that a worse epoch never overwrites a better `model.pt`; AdamW's moments start at
+//! zero again.
 
 use std::path::{Path, PathBuf};
 
+use ferrolabel_models::train::state::{self, ResumeMeta};
 use ferrolabel_models::train::{EpochRecord, TrainJob};
 use serde::{Deserialize, Serialize};
+
+use crate::error::{AppError, Result};
+
+/// The resume state `job` continues from exactly, if any: with `resume: true` the state must
+/// be readable (else an error); otherwise (a restart taking the job up) only a state that
+/// this job wrote (its tag is `job.tag`) is used. Sets `job.resume` accordingly.
+pub fn exact_state(job: &mut TrainJob) -> Result<Option<ResumeMeta>> {
+    let Some(path) = job.state.clone() else {
+        job.resume = false;
+        return Ok(None);
+    };
+    if job.resume {
+        let meta = state::read_meta(&path).map_err(|e| {
+            AppError::InvalidParams(format!(
+                "resume: cannot continue from {}: {e}",
+                path.display()
+            ))
+        })?;
+        return Ok(Some(meta));
+    }
+    let own = path
+        .is_file()
+        .then(|| state::read_meta(&path).ok())
+        .flatten()
+        .filter(|m| !job.tag.is_empty() && m.tag == job.tag);
+    job.resume = own.is_some();
+    Ok(own)
+}
 
 /// The checkpoint of a training job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -35,7 +72,61 @@ pub struct TrainCheckpoint {
     pub start_ts: u64,
 }
 
+/// The log line of an exact resume (it names the epoch the run continues after).
+pub fn exact_line(meta: &ResumeMeta, job: &TrainJob, attempt: i64) -> String {
+    let p = meta.position;
+    let max = job.config.max_epochs;
+    format!(
+        "resumed exactly at epoch {} of {max}{} (attempt {attempt}) from {}: {} epoch(s) left{}",
+        p.epoch,
+        if p.step > 0 {
+            format!(", step {} of the next", p.step)
+        } else {
+            String::new()
+        },
+        job.state
+            .as_ref()
+            .map(|s| s.display().to_string())
+            .unwrap_or_default(),
+        max.saturating_sub(p.epoch),
+        meta.best_metric
+            .map(|b| format!(
+                ", best metric {b:.4} at epoch {}",
+                meta.best_epoch.unwrap_or(0)
+            ))
+            .unwrap_or_default(),
+    )
+}
+
 impl TrainCheckpoint {
+    /// The checkpoint of a run continuing exactly from the resume state `meta` of `job`
+    /// (see [`exact_state`]): its position, best metric and history; `job`'s `start_epoch`
+    /// and best metric follow (for the progress count; the trainer takes them from the
+    /// state).
+    pub fn from_state(meta: &ResumeMeta, job: &mut TrainJob, start_ts: u64) -> TrainCheckpoint {
+        let epoch = meta.position.epoch;
+        let cfg = &mut job.config;
+        cfg.start_epoch = epoch.min(cfg.max_epochs);
+        cfg.best_metric = meta.best_metric;
+        cfg.best_epoch = meta.best_epoch;
+        TrainCheckpoint {
+            epoch: cfg.start_epoch,
+            max_epochs: cfg.max_epochs,
+            best_metric: meta.best_metric,
+            best_epoch: meta.best_epoch,
+            // the best epoch of this lineage wrote the job's checkpoint file
+            checkpoint: meta.best_epoch.map(|_| job.output.clone()),
+            worker_pid: None,
+            history: meta
+                .history
+                .iter()
+                .filter(|r| r.epoch <= epoch)
+                .cloned()
+                .collect(),
+            start_ts,
+        }
+    }
+
     /// Reads a saved checkpoint; `None` when it is not one (then the run starts over).
     pub fn from_value(v: &serde_json::Value) -> Option<TrainCheckpoint> {
         serde_json::from_value(v.clone()).ok()
@@ -157,6 +248,9 @@ mod tests {
                 ..TrainConfig::default()
             },
             max_voxels: None,
+            state: None,
+            resume: false,
+            tag: String::new(),
         }
     }
 

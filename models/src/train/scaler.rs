@@ -3,7 +3,8 @@
 //! skipped optimiser step when a gradient is not finite.
 
 use crate::error::Result;
-use tch::nn::{Optimizer, VarStore};
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
 
 /// `torch.amp.GradScaler(init_scale=...)` default.
 pub const INIT_SCALE: f64 = 65536.0;
@@ -14,8 +15,9 @@ pub const BACKOFF_FACTOR: f64 = 0.5;
 /// `growth_interval` default: finite steps in a row before the scale grows.
 pub const GROWTH_INTERVAL: u32 = 2000;
 
-/// The scaler state.
-#[derive(Debug, Clone)]
+/// The scaler state (`GradScaler.state_dict()`'s `scale` and `_growth_tracker`; saved for
+/// exact resume, [`super::state`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GradScaler {
     scale: f64,
     growth_tracker: u32,
@@ -62,12 +64,12 @@ impl GradScaler {
         Ok(finite)
     }
 
-    /// Unscales the gradients and runs `opt.step()` only when they are all finite (the
-    /// `scaler.step(opt); scaler.update()` pair). Returns whether the step ran.
-    pub fn step(&mut self, opt: &mut Optimizer, vs: &VarStore) -> Result<bool> {
+    /// Unscales the gradients and runs the optimiser step `step` only when they are all
+    /// finite (the `scaler.step(opt); scaler.update()` pair). Returns whether the step ran.
+    pub fn step(&mut self, vs: &VarStore, step: impl FnOnce() -> Result<()>) -> Result<bool> {
         let finite = self.unscale(vs)?;
         if finite {
-            opt.step();
+            step()?;
         }
         Ok(finite)
     }
@@ -152,7 +154,14 @@ mod tests {
                 .map(|n| vs.variables()[*n].copy())
                 .collect();
             let mut opt = tch::nn::Sgd::default().build(&vs, 0.1).unwrap();
-            assert!(!s.step(&mut opt, &vs).unwrap(), "{bad} is not finite");
+            assert!(
+                !s.step(&vs, || {
+                    opt.step();
+                    Ok(())
+                })
+                .unwrap(),
+                "{bad} is not finite"
+            );
             assert_eq!(s.scale(), 32768.0, "backoff after {bad}");
             assert_eq!(s.growth_tracker(), 0, "{bad} resets the growth tracker");
             for (n, b) in ["p1", "p2"].iter().zip(&before) {
@@ -166,7 +175,12 @@ mod tests {
         let mut s = GradScaler::default();
         let (vs, _, _) = store(s.scale(), &[1.0, 2.0, 3.0], &[4.0, -8.0]);
         let mut opt = tch::nn::Sgd::default().build(&vs, 0.5).unwrap();
-        assert!(s.step(&mut opt, &vs).unwrap());
+        assert!(s
+            .step(&vs, || {
+                opt.step();
+                Ok(())
+            })
+            .unwrap());
         // p - 0.5 * g, with g unscaled
         let p1 = Tensor::from_slice(&[0.5f32, 1.0, 1.5]);
         let p2 = Tensor::from_slice(&[-3.0f32, 4.5]);
@@ -199,6 +213,18 @@ mod tests {
         assert_eq!(s.scale(), 65536.0);
         finite_steps(&mut s, 1);
         assert_eq!(s.scale(), 131072.0);
+    }
+
+    #[test]
+    fn the_state_survives_json() {
+        let mut s = GradScaler::default();
+        finite_steps(&mut s, 3);
+        let (vs, _, _) = store(1.0, &[f32::NAN, 0.0, 0.0], &[0.0, 0.0]);
+        assert!(!s.unscale(&vs).unwrap());
+        finite_steps(&mut s, 2);
+        let back: GradScaler = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!((back.scale(), back.growth_tracker()), (32768.0, 2));
     }
 
     #[test]

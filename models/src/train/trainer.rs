@@ -9,10 +9,12 @@
 //! memory is that of one sample and a stop request is honoured between two samples.
 
 use super::data::{prepare, Pair, PrepareOptions, SampleCache};
+pub use super::events::{EpochRecord, TrainEvent, TrainObserver, TrainOutcome};
 use super::loss::dice_ce_loss;
 use super::metric::{class_dice, mean_dice};
-use super::optim::adamw;
+use super::optim::{adamw, AdamW};
 use super::scaler::GradScaler;
+use super::state::{self, step_seed, Position, ResumeMeta};
 use crate::error::{ModelsError, Result};
 use crate::inferer::{predict_labels, BlendMode, PadMode, SlidingWindow};
 use crate::network::{weights, SegResNet, SegResNetConfig};
@@ -55,12 +57,12 @@ pub struct TrainConfig {
     pub cache_size: usize,
     /// Deterministic preprocessing.
     pub prepare: PrepareOptions,
-    /// Epochs an earlier, interrupted attempt of this run already finished: the loop runs
-    /// epochs `start_epoch + 1 ..= max_epochs` (validation keeps its schedule, epoch numbers
-    /// continue). Only the weights carry over (start from that attempt's best checkpoint via
-    /// [`TrainJob::init_weights`]); the optimiser state (AdamW moments, the loss scale) starts
-    /// afresh and the crop positions follow a seed derived from `seed` and `start_epoch`, so a
-    /// resumed run is not bit-identical to an uninterrupted one.
+    /// Epochs an earlier, interrupted attempt of this run already finished, when it is
+    /// continued **without** a resume state (weights only): the loop runs epochs
+    /// `start_epoch + 1 ..= max_epochs` (validation keeps its schedule, epoch numbers
+    /// continue) from [`TrainJob::init_weights`], with AdamW's moments and the loss scale
+    /// afresh. A run resumed from its resume state ([`TrainJob::resume`]) takes its position
+    /// from there instead and is exact.
     pub start_epoch: usize,
     /// The best metric the earlier attempt reached: a new checkpoint is written only when an
     /// epoch beats it.
@@ -118,85 +120,18 @@ pub struct TrainJob {
     /// Image size limits for reading the pairs.
     #[serde(default)]
     pub max_voxels: Option<u64>,
-}
-
-/// One line of progress.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum TrainEvent {
-    /// The run has begun.
-    Started {
-        /// Training pairs.
-        train: usize,
-        /// Validation pairs (0: the training pairs are evaluated).
-        val: usize,
-        /// Optimiser steps per epoch.
-        iterations_per_epoch: usize,
-        /// Trainable parameters.
-        parameters: i64,
-    },
-    /// One optimiser step.
-    Iteration {
-        /// 1-based epoch.
-        epoch: usize,
-        /// 1-based step within the epoch.
-        iteration: usize,
-        /// Mean loss of the step's crops.
-        loss: f64,
-        /// Seconds the step took.
-        seconds: f64,
-    },
-    /// An epoch ended.
-    Epoch(EpochRecord),
-    /// A better checkpoint was written.
-    Checkpoint {
-        /// Epoch of the checkpoint.
-        epoch: usize,
-        /// Its metric.
-        metric: f64,
-        /// The file.
-        path: PathBuf,
-    },
-}
-
-/// The record of one epoch.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct EpochRecord {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Mean training loss.
-    pub loss: f64,
-    /// Mean Dice without background, when validated this epoch.
-    pub val_dice: Option<f64>,
-    /// Best metric so far.
-    pub best_metric: Option<f64>,
-    /// Epoch of the best metric.
-    pub best_epoch: Option<usize>,
-    /// Seconds for the epoch (training and validation).
-    pub seconds: f64,
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainOutcome {
-    /// Epochs completed.
-    pub epochs: usize,
-    /// Whether a stop request ended it early.
-    pub stopped: bool,
-    /// Best metric reached (and written as the checkpoint).
-    pub best_metric: Option<f64>,
-    /// Epoch of the best metric.
-    pub best_epoch: Option<usize>,
-    /// Whether the metric is a validation Dice (`false`: evaluated on the training pairs).
-    pub validated_on_holdout: bool,
-}
-
-/// Receives the progress of a run and tells it when to stop.
-pub trait TrainObserver {
-    /// Called for every event.
-    fn event(&mut self, event: &TrainEvent);
-    /// Polled between samples and between validation windows; `true` ends the run there.
-    fn stop_requested(&self) -> bool;
+    /// Where the resume state is written at every epoch end and when a stop ends the run
+    /// (`None`: nowhere); see [`state`] and [`state::state_path`].
+    #[serde(default)]
+    pub state: Option<PathBuf>,
+    /// Continue exactly from the resume state at [`TrainJob::state`] (it must exist): its
+    /// weights, AdamW state, loss scaler, position, best metric and history.
+    #[serde(default)]
+    pub resume: bool,
+    /// Recorded in the resume state (the server's task id), so that a later attempt knows
+    /// whether the state is its own.
+    #[serde(default)]
+    pub tag: String,
 }
 
 /// The network, its optimiser state and where it runs.
@@ -205,6 +140,17 @@ struct Model {
     net: SegResNet,
     device: Device,
     amp: bool,
+    opt: AdamW,
+    scaler: GradScaler,
+    /// The variable names, sorted (the order of the saved files).
+    order: Vec<String>,
+}
+
+/// Where a run stands, besides its tensors.
+struct Run {
+    pos: Position,
+    outcome: TrainOutcome,
+    history: Vec<EpochRecord>,
 }
 
 impl Model {
@@ -216,22 +162,44 @@ impl Model {
             self.net.forward_t(x, train)
         }
     }
-}
 
-/// The seed of a run's random crops and dropout: `seed` for a fresh run, a value derived
-/// from it and the epochs already done for a resumed one (so a resumed run does not replay
-/// the crops of its first epochs).
-pub fn run_seed(seed: u64, start_epoch: usize) -> u64 {
-    if start_epoch == 0 {
-        seed
-    } else {
-        seed.wrapping_add((start_epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    /// Writes the resume state, when the job names a place for it.
+    fn save_state(&self, job: &TrainJob, run: &Run) -> Result<()> {
+        let Some(path) = &job.state else {
+            return Ok(());
+        };
+        let meta = ResumeMeta {
+            format: state::FORMAT.into(),
+            version: state::VERSION,
+            tag: job.tag.clone(),
+            position: run.pos,
+            best_metric: run.outcome.best_metric,
+            best_epoch: run.outcome.best_epoch,
+            scaler: self.scaler.clone(),
+            lr: self.opt.lr(),
+            lr_schedule: "constant".into(),
+            optimizer_steps: Default::default(),
+            rng: state::RNG_SCHEME.into(),
+            history: run.history.clone(),
+            fingerprint: state::fingerprint(job),
+        };
+        state::save(path, &self.vs, &self.order, &self.opt, meta)
+    }
+
+    /// Ends the run on a stop request at `pos`: saves the resume state there.
+    fn stop(&self, job: &TrainJob, mut run: Run, pos: Position) -> Result<TrainOutcome> {
+        run.pos = pos;
+        self.save_state(job, &run)?;
+        run.outcome.stopped = true;
+        Ok(run.outcome)
     }
 }
 
 /// Runs a training job. `obs` sees every event; a stop request ends the run at the next sample
-/// or window boundary (the last checkpoint written stays in place). A job whose
-/// [`TrainConfig::start_epoch`] is set continues an interrupted run (see there).
+/// or window boundary (the last checkpoint written stays in place, and the resume state is
+/// written at the last finished optimiser step). A job with [`TrainJob::resume`] continues
+/// exactly from its resume state; one whose [`TrainConfig::start_epoch`] is set continues an
+/// interrupted run from its weights only (see there).
 pub fn train(job: &TrainJob, obs: &mut dyn TrainObserver) -> Result<TrainOutcome> {
     let cfg = &job.config;
     if job.train.is_empty() {
@@ -252,37 +220,74 @@ pub fn train(job: &TrainJob, obs: &mut dyn TrainObserver) -> Result<TrainOutcome
             cfg.roi
         )));
     }
-    let start = cfg.start_epoch;
-    let mut outcome = TrainOutcome {
-        epochs: start.min(cfg.max_epochs),
-        stopped: false,
-        best_metric: cfg.best_metric,
-        best_epoch: cfg.best_epoch,
-        validated_on_holdout: !job.val.is_empty(),
+    let loaded = match (&job.state, job.resume) {
+        (Some(p), true) => Some(state::load(p)?),
+        (None, true) => {
+            return Err(ModelsError::Invalid(
+                "resume: the job names no resume state".into(),
+            ))
+        }
+        (_, false) => None,
     };
-    if start >= cfg.max_epochs {
-        return Ok(outcome);
-    }
+    let steps = job.train.len().div_ceil(cfg.batch_size);
+    let mut run = Run {
+        pos: Position {
+            epoch: cfg.start_epoch,
+            iteration: (cfg.start_epoch * steps) as u64,
+            ..Position::default()
+        },
+        outcome: TrainOutcome {
+            epochs: 0,
+            stopped: false,
+            best_metric: cfg.best_metric,
+            best_epoch: cfg.best_epoch,
+            validated_on_holdout: !job.val.is_empty(),
+        },
+        history: Vec::new(),
+    };
     // the initialisation of a from-scratch network depends on `seed` only, resumed or not
     tch::manual_seed(cfg.seed as i64);
     let mut vs = VarStore::new(device);
     let net = SegResNet::new(&vs.root(), &job.network);
-    if let Some(p) = &job.init_weights {
-        weights::load_strict(&mut vs, p)?;
-    }
-    let seed = run_seed(cfg.seed, start);
-    tch::manual_seed(seed as i64);
-    let mut rng = StdRng::seed_from_u64(seed);
     let mut order: Vec<String> = vs.variables().keys().cloned().collect();
     order.sort();
-    let model = Model {
+    let mut opt = adamw(&vs, cfg.lr, cfg.weight_decay)?;
+    let mut scaler = GradScaler::default();
+    match loaded {
+        Some(l) => {
+            state::load_weights(&mut vs, &l.weights)?;
+            opt.load_state(l.optimizer)?;
+            scaler = l.meta.scaler;
+            run.pos = l.meta.position;
+            run.outcome.best_metric = l.meta.best_metric;
+            run.outcome.best_epoch = l.meta.best_epoch;
+            run.history = l.meta.history;
+            obs.event(&TrainEvent::Resumed {
+                epoch: run.pos.epoch,
+                step: run.pos.step,
+                iteration: run.pos.iteration,
+                changed: state::changed(&l.meta.fingerprint, &state::fingerprint(job)),
+            });
+        }
+        None => {
+            if let Some(p) = &job.init_weights {
+                weights::load_strict(&mut vs, p)?;
+            }
+        }
+    }
+    run.outcome.epochs = run.pos.epoch.min(cfg.max_epochs);
+    if run.pos.epoch >= cfg.max_epochs {
+        return Ok(run.outcome);
+    }
+    let mut model = Model {
         vs,
         net,
         device,
         amp: cfg.amp && device.is_cuda(),
+        opt,
+        scaler,
+        order,
     };
-    let mut opt = adamw(&model.vs, cfg.lr, cfg.weight_decay)?;
-    let mut scaler = GradScaler::default();
     let limits = match job.max_voxels {
         Some(v) => Limits {
             max_voxels: v,
@@ -293,27 +298,40 @@ pub fn train(job: &TrainJob, obs: &mut dyn TrainObserver) -> Result<TrainOutcome
     let holdout = !job.val.is_empty();
     let val_pairs = if holdout { &job.val } else { &job.train };
     let mut cache = SampleCache::new(cfg.cache_size);
-    let steps = job.train.len().div_ceil(cfg.batch_size);
     obs.event(&TrainEvent::Started {
         train: job.train.len(),
         val: job.val.len(),
         iterations_per_epoch: steps,
         parameters: SegResNet::num_parameters(&model.vs),
     });
-    let mut indices: Vec<usize> = (0..job.train.len()).collect();
-    for epoch in start + 1..=cfg.max_epochs {
+    let first = run.pos.epoch + 1;
+    for epoch in first..=cfg.max_epochs {
         let _span = info_span!("train_epoch", epoch).entered();
         let t_epoch = Instant::now();
-        indices.shuffle(&mut rng);
-        let mut loss_sum = 0.0;
-        for (it, batch) in indices.chunks(cfg.batch_size).enumerate() {
+        // every random decision comes from (seed, epoch, step): see `state`
+        let mut indices: Vec<usize> = (0..job.train.len()).collect();
+        indices.shuffle(&mut StdRng::seed_from_u64(step_seed(cfg.seed, epoch, 0)));
+        let (done, mut loss_sum) = if epoch == first {
+            (run.pos.step, run.pos.epoch_loss_sum)
+        } else {
+            (0, 0.0)
+        };
+        for (it, batch) in indices.chunks(cfg.batch_size).enumerate().skip(done) {
             let t_step = Instant::now();
-            opt.zero_grad();
+            let seed = step_seed(cfg.seed, epoch, it + 1);
+            tch::manual_seed(seed as i64);
+            let mut rng = StdRng::seed_from_u64(seed);
+            model.opt.zero_grad();
             let mut step_loss = 0.0;
             for &i in batch {
                 if obs.stop_requested() {
-                    outcome.stopped = true;
-                    return Ok(outcome);
+                    let pos = Position {
+                        epoch: epoch - 1,
+                        step: it,
+                        iteration: run.pos.iteration,
+                        epoch_loss_sum: loss_sum,
+                    };
+                    return model.stop(job, run, pos);
                 }
                 let sample = cache.get(i, || prepare(&job.train[i], &cfg.prepare, &limits))?;
                 let (x, y) = sample.random_crop(cfg.roi, |n| rng.gen_range(0..n));
@@ -323,18 +341,20 @@ pub fn train(job: &TrainJob, obs: &mut dyn TrainObserver) -> Result<TrainOutcome
                 let loss = dice_ce_loss(&logits, &y) / batch.len() as f64;
                 step_loss += loss.double_value(&[]);
                 if model.amp {
-                    (loss * scaler.scale()).backward();
+                    (loss * model.scaler.scale()).backward();
                 } else {
                     loss.backward();
                 }
             }
             // under AMP a step whose gradients overflowed is skipped (and the scale backs off)
             if model.amp {
-                scaler.step(&mut opt, &model.vs)?;
+                let opt = &mut model.opt;
+                model.scaler.step(&model.vs, || opt.step())?;
             } else {
-                opt.step();
+                model.opt.step()?;
             }
             loss_sum += step_loss;
+            run.pos.iteration += 1;
             obs.event(&TrainEvent::Iteration {
                 epoch,
                 iteration: it + 1,
@@ -346,24 +366,29 @@ pub fn train(job: &TrainJob, obs: &mut dyn TrainObserver) -> Result<TrainOutcome
             epoch,
             loss: loss_sum / steps as f64,
             val_dice: None,
-            best_metric: outcome.best_metric,
-            best_epoch: outcome.best_epoch,
+            best_metric: run.outcome.best_metric,
+            best_epoch: run.outcome.best_epoch,
             seconds: 0.0,
         };
         if epoch % cfg.val_interval == 0 || epoch == cfg.max_epochs {
             let dice = match validate(&model, val_pairs, cfg, &limits, &mut cache, holdout, obs)? {
                 Some(d) => d,
                 None => {
-                    outcome.stopped = true;
-                    return Ok(outcome);
+                    let pos = Position {
+                        epoch: epoch - 1,
+                        step: steps,
+                        iteration: run.pos.iteration,
+                        epoch_loss_sum: loss_sum,
+                    };
+                    return model.stop(job, run, pos);
                 }
             };
             record.val_dice = dice;
             if let Some(d) = dice {
-                if outcome.best_metric.is_none_or(|b| d > b) {
-                    weights::save_state_dict(&model.vs, &order, &job.output)?;
-                    outcome.best_metric = Some(d);
-                    outcome.best_epoch = Some(epoch);
+                if run.outcome.best_metric.is_none_or(|b| d > b) {
+                    weights::save_state_dict(&model.vs, &model.order, &job.output)?;
+                    run.outcome.best_metric = Some(d);
+                    run.outcome.best_epoch = Some(epoch);
                     record.best_metric = Some(d);
                     record.best_epoch = Some(epoch);
                     obs.event(&TrainEvent::Checkpoint {
@@ -375,10 +400,20 @@ pub fn train(job: &TrainJob, obs: &mut dyn TrainObserver) -> Result<TrainOutcome
             }
         }
         record.seconds = t_epoch.elapsed().as_secs_f64();
-        outcome.epochs = epoch;
+        run.outcome.epochs = epoch;
+        run.history.retain(|h| h.epoch < epoch);
+        run.history.push(record.clone());
+        run.pos = Position {
+            epoch,
+            step: 0,
+            iteration: run.pos.iteration,
+            epoch_loss_sum: 0.0,
+        };
+        // before the event: whoever records the epoch finds its state on disk
+        model.save_state(job, &run)?;
         obs.event(&TrainEvent::Epoch(record));
     }
-    Ok(outcome)
+    Ok(run.outcome)
 }
 
 /// Mean Dice over `pairs` (`Ok(None)`: stopped; `Ok(Some(None))`: no pair had foreground).
