@@ -7,7 +7,8 @@ use std::path::PathBuf;
 /// Everything that can go wrong in the datastore.
 ///
 /// The HTTP layer maps the variants to status codes: `NotFound` → 404 (or the upstream 500 where
-/// MONAI Label answers that), `InvalidId`/`Invalid` → 422, `Conflict` → 409, the rest → 500.
+/// MONAI Label answers that), `InvalidId`/`Invalid` → 422, `Conflict` → 409,
+/// `Storage` → 502, the rest → 500.
 #[derive(Debug, thiserror::Error)]
 pub enum DatastoreError {
     /// An image, label, revision or session that does not exist.
@@ -63,6 +64,10 @@ pub enum DatastoreError {
     /// A blocking file task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),
+    /// The object storage (`--storage-url`) failed: unreachable, refused the request, or
+    /// served a blob whose content does not match its hash. Servers answer 502.
+    #[error("object storage error: {0}")]
+    Storage(String),
 }
 
 /// Shorthand for `Result<T, DatastoreError>`.

@@ -21,8 +21,9 @@ pub struct ImageRecord {
     pub id: String,
     /// The file extension, e.g. `.nii.gz`.
     pub ext: String,
-    /// Absolute path of the image file, `<studies>/<id><ext>`; for a remote image, where its
-    /// local copy is or will be (it may not exist yet: [`Datastore::image_path`] fetches it).
+    /// Absolute path of the image file, `<studies>/<id><ext>`; for a remote image or one in
+    /// object storage, where its local copy is or will be (it may not exist yet:
+    /// [`Datastore::image_path`] fetches it).
     pub path: PathBuf,
     /// Whether the image lives in a remote source (a PACS).
     pub remote: bool,
@@ -84,25 +85,38 @@ impl Datastore {
             info.insert("user".into(), user.into());
         }
 
-        let dest = self.image_file(id, ext);
-        let (studies, stem, d) = (self.studies().to_path_buf(), id.to_string(), dest.clone());
-        blocking(move || {
-            let tmp = files::stage(source, &studies, &stem)?;
-            files::publish(&tmp, &d)
-        })
-        .await?;
+        // object storage: the blob (and this process's cached copy) first; else the file
+        let (dest, sha) = match self.objects() {
+            Some(objects) => {
+                let (sha, cached) = crate::objects::store_source(objects, source, ext).await?;
+                (cached, Some(sha))
+            }
+            None => {
+                let dest = self.image_file(id, ext);
+                let (studies, stem, d) =
+                    (self.studies().to_path_buf(), id.to_string(), dest.clone());
+                blocking(move || {
+                    let tmp = files::stage(source, &studies, &stem)?;
+                    files::publish(&tmp, &d)
+                })
+                .await?;
+                (dest, None)
+            }
+        };
 
         let mut tx = held.write().await?;
         sqlx::query(
-            "INSERT INTO images (id, ext, info, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO images (id, ext, info, created_at, updated_at, sha256) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT(id) DO UPDATE SET ext = excluded.ext, info = excluded.info, \
-             updated_at = excluded.updated_at",
+             updated_at = excluded.updated_at, sha256 = excluded.sha256",
         )
         .bind(id)
         .bind(ext)
         .bind(serde_json::to_string(&info)?)
         .bind(ts)
         .bind(ts)
+        .bind(sha)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -164,16 +178,17 @@ impl Datastore {
     /// The image, if registered.
     pub async fn image(&self, id: &str) -> Result<Option<ImageRecord>> {
         validate_id(id)?;
-        let row = sqlx::query("SELECT ext, info, remote FROM images WHERE id = $1")
+        let row = sqlx::query("SELECT ext, info, remote, sha256 FROM images WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
         let Some(row) = row else { return Ok(None) };
         let ext: String = row.try_get("ext")?;
         let remote: Option<String> = row.try_get("remote")?;
+        let sha: Option<String> = row.try_get("sha256")?;
         let path = match &remote {
             Some(r) => self.remote_hint(id, &parse_info(r)?),
-            None => self.image_file(id, &ext),
+            None => self.content_path(sha.as_deref(), || self.image_file(id, &ext), &ext),
         };
         Ok(Some(ImageRecord {
             id: id.to_string(),
@@ -196,6 +211,16 @@ impl Datastore {
             return self.fetch_remote(id, &remote).await;
         }
         let path = self.image_file(id, &ext);
+        if let Some(objects) = self.objects() {
+            let sha: Option<String> = sqlx::query_scalar("SELECT sha256 FROM images WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?
+                .flatten();
+            if let Some(sha) = sha {
+                return objects.local(&sha, &ext, Some(path)).await;
+            }
+        }
         if files::is_file(&path) {
             Ok(path)
         } else {
@@ -363,7 +388,8 @@ impl Datastore {
     /// or will be (no fetch; [`Datastore::datalist_local`] fetches).
     pub async fn datalist(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
         let rows = sqlx::query(
-            "SELECT i.id, i.ext AS iext, i.remote, l.ext AS lext FROM images i JOIN labels l \
+            "SELECT i.id, i.ext AS iext, i.remote, i.sha256 AS isha, l.ext AS lext, \
+             l.sha256 AS lsha FROM images i JOIN labels l \
              ON l.image_id = i.id AND l.tag = $1 AND l.deleted = 0 ORDER BY i.seq",
         )
         .bind(FINAL_TAG)
@@ -374,11 +400,20 @@ impl Datastore {
                 let id: String = row.try_get("id")?;
                 let iext: String = row.try_get("iext")?;
                 let lext: String = row.try_get("lext")?;
+                let isha: Option<String> = row.try_get("isha")?;
+                let lsha: Option<String> = row.try_get("lsha")?;
                 let image = match row.try_get::<Option<String>, _>("remote")? {
                     Some(r) => self.remote_hint(&id, &parse_info(&r)?),
-                    None => self.image_file(&id, &iext),
+                    None => {
+                        self.content_path(isha.as_deref(), || self.image_file(&id, &iext), &iext)
+                    }
                 };
-                Ok((image, self.label_file(FINAL_TAG, &id, &lext)))
+                let label = self.content_path(
+                    lsha.as_deref(),
+                    || self.label_file(FINAL_TAG, &id, &lext),
+                    &lext,
+                );
+                Ok((image, label))
             })
             .collect()
     }

@@ -32,7 +32,8 @@ pub struct LabelRecord {
     pub tag: String,
     /// The file extension.
     pub ext: String,
-    /// Absolute path of the live file, `<studies>/labels/<tag>/<image_id><ext>`.
+    /// Absolute path of the live file, `<studies>/labels/<tag>/<image_id><ext>`; with object
+    /// storage, where the blob's cached copy is or will be ([`Datastore::label_path`] fetches).
     pub path: PathBuf,
     /// The info object (`ts`, `name`, client keys...).
     pub info: Map<String, Value>,
@@ -59,7 +60,8 @@ pub struct RevisionRecord {
     pub sha256: String,
     /// The file extension.
     pub ext: String,
-    /// Absolute path of the revision file.
+    /// Absolute path of the revision file (with object storage: of its blob's cached copy,
+    /// which [`Datastore::label_revision_path`] fetches).
     pub path: PathBuf,
     /// The label info saved with it.
     pub info: Map<String, Value>,
@@ -71,6 +73,8 @@ struct LabelRow {
     info: Map<String, Value>,
     rev: Option<i64>,
     deleted: bool,
+    /// The blob of its content (object storage), if any.
+    sha: Option<String>,
 }
 
 impl Datastore {
@@ -126,25 +130,37 @@ impl Datastore {
         info.insert("ts".into(), ts.into());
         info.insert("name".into(), name.into());
 
-        let live = self.label_file(tag, image_id, ext);
+        let mut live = self.label_file(tag, image_id, ext);
         let rev_rel = Self::revision_dir_rel(tag, image_id).join(format!("{rev}{ext}"));
-        let rev_abs = self.studies().join(&rev_rel);
-        let dir = self.label_dir(tag);
-        let (stem, l, r) = (image_id.to_string(), live.clone(), rev_abs.clone());
-        let sha = blocking(move || {
-            files::create_dir_durable(&dir)?;
-            let tmp = files::stage(source, &dir, &stem)?;
-            let res = files::sha256_file(&tmp).and_then(|sha| {
-                files::copy_atomic(&tmp, &r)?;
-                files::publish(&tmp, &l)?;
-                Ok(sha)
-            });
-            if res.is_err() {
-                let _ = std::fs::remove_file(&tmp);
+        let (sha, blob) = match self.objects() {
+            // object storage: one blob is the label and its revision (content-addressed,
+            // immutable); this process's cached copy is what it serves
+            Some(objects) => {
+                let (sha, cached) = crate::objects::store_source(objects, source, ext).await?;
+                live = cached;
+                (sha.clone(), Some(sha))
             }
-            res
-        })
-        .await?;
+            None => {
+                let rev_abs = self.studies().join(&rev_rel);
+                let dir = self.label_dir(tag);
+                let (stem, l, r) = (image_id.to_string(), live.clone(), rev_abs);
+                let sha = blocking(move || {
+                    files::create_dir_durable(&dir)?;
+                    let tmp = files::stage(source, &dir, &stem)?;
+                    let res = files::sha256_file(&tmp).and_then(|sha| {
+                        files::copy_atomic(&tmp, &r)?;
+                        files::publish(&tmp, &l)?;
+                        Ok(sha)
+                    });
+                    if res.is_err() {
+                        let _ = std::fs::remove_file(&tmp);
+                    }
+                    res
+                })
+                .await?;
+                (sha, None)
+            }
+        };
 
         let info_json = serde_json::to_string(&info)?;
         let mut tx = held.write().await?;
@@ -165,10 +181,10 @@ impl Datastore {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO labels (image_id, tag, ext, info, rev, deleted, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT(image_id, tag) DO UPDATE SET \
+            "INSERT INTO labels (image_id, tag, ext, info, rev, deleted, updated_at, sha256) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $7) ON CONFLICT(image_id, tag) DO UPDATE SET \
              ext = excluded.ext, info = excluded.info, rev = excluded.rev, deleted = 0, \
-             updated_at = excluded.updated_at",
+             updated_at = excluded.updated_at, sha256 = excluded.sha256",
         )
         .bind(image_id)
         .bind(tag)
@@ -176,6 +192,7 @@ impl Datastore {
         .bind(&info_json)
         .bind(rev)
         .bind(ts)
+        .bind(blob)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -220,6 +237,15 @@ impl Datastore {
             files::sha256_file(&rev_abs)
         })
         .await?;
+        // object storage: the preserved content becomes a blob too (before its rows)
+        let blob = match self.objects() {
+            Some(objects) => {
+                let rev_abs = self.studies().join(&rev_rel);
+                objects.put_file(&rev_abs, &sha).await?;
+                Some(sha.clone())
+            }
+            None => None,
+        };
         let created = cur
             .info
             .get("ts")
@@ -241,12 +267,16 @@ impl Datastore {
         .bind(serde_json::to_string(&cur.info)?)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE labels SET rev = $1 WHERE image_id = $2 AND tag = $3")
-            .bind(rev)
-            .bind(image_id)
-            .bind(tag)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE labels SET rev = $1, sha256 = COALESCE($2, sha256) \
+             WHERE image_id = $3 AND tag = $4",
+        )
+        .bind(rev)
+        .bind(blob)
+        .bind(image_id)
+        .bind(tag)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Some(rev))
     }
@@ -261,7 +291,11 @@ impl Datastore {
             .map(|r| LabelRecord {
                 image_id: image_id.to_string(),
                 tag: tag.to_string(),
-                path: self.label_file(tag, image_id, &r.ext),
+                path: self.content_path(
+                    r.sha.as_deref(),
+                    || self.label_file(tag, image_id, &r.ext),
+                    &r.ext,
+                ),
                 ext: r.ext,
                 info: r.info,
                 rev: r.rev,
@@ -269,7 +303,24 @@ impl Datastore {
     }
 
     /// Absolute path of the live label file; `NotFound` if there is no label or no file.
+    /// With object storage, the blob is fetched into the cache first.
     pub async fn label_path(&self, image_id: &str, tag: &str) -> Result<PathBuf> {
+        if let Some(objects) = self.objects() {
+            validate_id(image_id)?;
+            let t = normalize_tag(tag)?;
+            let row = label_row(self.pool(), image_id, t)
+                .await?
+                .filter(|r| !r.deleted);
+            if let Some(LabelRow {
+                sha: Some(sha),
+                ext,
+                ..
+            }) = row
+            {
+                let file = self.label_file(t, image_id, &ext);
+                return objects.local(&sha, &ext, Some(file)).await;
+            }
+        }
         let rec = self.label(image_id, tag).await?;
         match rec {
             Some(rec) if files::is_file(&rec.path) => Ok(rec.path),
@@ -384,9 +435,9 @@ impl Datastore {
                     parent_rev: row.try_get("parent_rev")?,
                     author: row.try_get("author")?,
                     created_at: row.try_get("created_at")?,
+                    path: self.revision_path(&row)?,
                     sha256: row.try_get("sha256")?,
                     ext: row.try_get("ext")?,
-                    path: self.studies().join(row.try_get::<String, _>("path")?),
                     info: parse_info(&row.try_get::<String, _>("info")?)?,
                 })
             })
@@ -411,9 +462,9 @@ impl Datastore {
                     parent_rev: row.try_get("parent_rev")?,
                     author: row.try_get("author")?,
                     created_at: row.try_get("created_at")?,
+                    path: self.revision_path(&row)?,
                     sha256: row.try_get("sha256")?,
                     ext: row.try_get("ext")?,
-                    path: self.studies().join(row.try_get::<String, _>("path")?),
                     info: parse_info(&row.try_get::<String, _>("info")?)?,
                 })
             })
@@ -429,16 +480,39 @@ impl Datastore {
     ) -> Result<PathBuf> {
         validate_id(image_id)?;
         let tag = normalize_tag(tag)?;
-        let path: Option<String> = sqlx::query_scalar(
-            "SELECT path FROM label_revisions WHERE image_id = $1 AND tag = $2 AND rev = $3",
+        let row = sqlx::query(
+            "SELECT path, sha256, ext FROM label_revisions \
+             WHERE image_id = $1 AND tag = $2 AND rev = $3",
         )
         .bind(image_id)
         .bind(tag)
         .bind(rev)
         .fetch_optional(self.pool())
-        .await?;
-        path.map(|p| self.studies().join(p)).ok_or_else(|| {
+        .await?
+        .ok_or_else(|| {
             DatastoreError::NotFound(format!("revision {rev} of label {image_id:?}/{tag:?}"))
+        })?;
+        let file = self.studies().join(row.try_get::<String, _>("path")?);
+        match self.objects() {
+            // the revision's blob (a revision saved before the storage URL: its file)
+            Some(objects) => {
+                let (sha, ext): (String, String) = (row.try_get("sha256")?, row.try_get("ext")?);
+                objects.local(&sha, &ext, Some(file)).await
+            }
+            None => Ok(file),
+        }
+    }
+
+    /// The path a revision row's content is read from: its blob's cache path with object
+    /// storage, else its file in the studies folder.
+    fn revision_path(&self, row: &sqlx::any::AnyRow) -> Result<PathBuf> {
+        let file = self.studies().join(row.try_get::<String, _>("path")?);
+        Ok(match self.objects() {
+            Some(objects) => {
+                let (sha, ext): (String, String) = (row.try_get("sha256")?, row.try_get("ext")?);
+                objects.cache_path(&sha, &ext)
+            }
+            None => file,
         })
     }
 }
@@ -448,18 +522,20 @@ async fn label_row<'e, E>(ex: E, image_id: &str, tag: &str) -> Result<Option<Lab
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let row =
-        sqlx::query("SELECT ext, info, rev, deleted FROM labels WHERE image_id = $1 AND tag = $2")
-            .bind(image_id)
-            .bind(tag)
-            .fetch_optional(ex)
-            .await?;
+    let row = sqlx::query(
+        "SELECT ext, info, rev, deleted, sha256 FROM labels WHERE image_id = $1 AND tag = $2",
+    )
+    .bind(image_id)
+    .bind(tag)
+    .fetch_optional(ex)
+    .await?;
     row.map(|row| {
         Ok(LabelRow {
             ext: row.try_get("ext")?,
             info: parse_info(&row.try_get::<String, _>("info")?)?,
             rev: row.try_get("rev")?,
             deleted: row.try_get::<i64, _>("deleted")? != 0,
+            sha: row.try_get("sha256")?,
         })
     })
     .transpose()

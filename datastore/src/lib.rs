@@ -16,6 +16,8 @@
 //! * the session store ([`Sessions`]);
 //! * the append-only audit log of label and image writes ([`audit`]);
 //! * images that live in a PACS and the outbox of what goes back to it ([`remote`]);
+//! * optionally, S3-compatible object storage for the content of images, labels and revisions
+//!   (blobs named by their SHA-256, a local cache per process: [`objects`]);
 //! * the jobs table of the scheduler: queued and running background jobs, their leases,
 //!   heartbeats and attempts ([`jobs`]);
 //! * model versions with provenance ([`versions`]).
@@ -78,6 +80,8 @@ mod locks;
 #[cfg(feature = "store")]
 mod monai_json;
 #[cfg(feature = "store")]
+pub mod objects;
+#[cfg(feature = "store")]
 pub mod reconcile;
 #[cfg(feature = "store")]
 pub mod remote;
@@ -87,12 +91,12 @@ pub mod sessions;
 mod store;
 #[cfg(feature = "store")]
 pub mod tokens;
+#[cfg(feature = "store")]
+pub mod versions;
 
 #[cfg(feature = "store")]
 pub use audit::{read_audit_log, read_audit_log_url, AuditEntry};
 #[cfg(feature = "store")]
-#[cfg(feature = "store")]
-pub mod versions;
 pub use blocking::{blocking, TaskFailed};
 #[cfg(feature = "store")]
 pub use files::Source;
@@ -105,6 +109,8 @@ pub use labels::{LabelRecord, RevisionRecord};
 #[cfg(feature = "store")]
 pub use monai_json::{DEFAULT_DESCRIPTION, DEFAULT_NAME};
 #[cfg(feature = "store")]
+pub use objects::StorageOptions;
+#[cfg(feature = "store")]
 pub use remote::{OutboxItem, RemoteImage, RemoteSource, SyncStats};
 #[cfg(feature = "store")]
 pub use sessions::{SessionInfo, Sessions};
@@ -114,14 +120,14 @@ pub use store::{
 };
 #[cfg(feature = "store")]
 pub use tokens::TokenInfo;
+#[cfg(feature = "store")]
+pub use versions::{ModelVersion, NewModelVersion, TrainedOn};
 
 #[cfg(all(test, feature = "store"))]
 mod send_sync {
     fn check<T: Send + Sync + Clone + 'static>() {}
 
     #[test]
-#[cfg(feature = "store")]
-pub use versions::{ModelVersion, NewModelVersion, TrainedOn};
     fn handles_are_send_sync_clone() {
         check::<super::Datastore>();
         check::<super::Sessions>();

@@ -69,8 +69,11 @@ struct Orphan {
 /// What the database holds, read before scanning the folder.
 struct Snapshot {
     images: Vec<(String, String)>,
-    /// Ids of remote images (no file in the folder; the scan leaves them alone).
+    /// Ids of remote images and of images in object storage (no file in the folder; the scan
+    /// leaves them alone).
     remote: HashSet<String>,
+    /// Non-deleted labels whose content is a blob in object storage (left alone too).
+    blobs: HashSet<(String, String)>,
     /// Non-deleted labels: (image id, tag, ext).
     labels: Vec<(String, String, String)>,
     revisions: HashSet<(String, String, i64)>,
@@ -137,7 +140,7 @@ impl Datastore {
                         "INSERT INTO labels (image_id, tag, ext, info, rev, deleted, updated_at) \
                          VALUES ($1, $2, $3, $4, NULL, 0, $5) ON CONFLICT(image_id, tag) DO UPDATE \
                          SET ext = excluded.ext, info = excluded.info, rev = NULL, deleted = 0, \
-                         updated_at = excluded.updated_at",
+                         updated_at = excluded.updated_at, sha256 = NULL",
                     )
                     .bind(id)
                     .bind(tag)
@@ -197,24 +200,32 @@ impl Datastore {
 
     async fn snapshot(&self) -> Result<Snapshot> {
         let mut tx = self.pool().begin().await?;
-        let rows = sqlx::query("SELECT id, ext, remote FROM images ORDER BY seq")
+        let rows = sqlx::query("SELECT id, ext, remote, sha256 FROM images ORDER BY seq")
             .fetch_all(&mut *tx)
             .await?;
+        let objects = self.objects().is_some();
         let mut images = Vec::with_capacity(rows.len());
         let mut remote = HashSet::new();
         for r in rows {
             let id: String = r.try_get("id")?;
-            if r.try_get::<Option<String>, _>("remote")?.is_some() {
+            let blob = objects && r.try_get::<Option<String>, _>("sha256")?.is_some();
+            if blob || r.try_get::<Option<String>, _>("remote")?.is_some() {
                 remote.insert(id.clone());
             }
             images.push((id, r.try_get("ext")?));
         }
-        let labels = sqlx::query("SELECT image_id, tag, ext FROM labels WHERE deleted = 0")
+        let mut labels = Vec::new();
+        let mut blobs = HashSet::new();
+        for r in sqlx::query("SELECT image_id, tag, ext, sha256 FROM labels WHERE deleted = 0")
             .fetch_all(&mut *tx)
             .await?
-            .into_iter()
-            .map(|r| Ok((r.try_get("image_id")?, r.try_get("tag")?, r.try_get("ext")?)))
-            .collect::<Result<_>>()?;
+        {
+            let (id, tag): (String, String) = (r.try_get("image_id")?, r.try_get("tag")?);
+            if objects && r.try_get::<Option<String>, _>("sha256")?.is_some() {
+                blobs.insert((id.clone(), tag.clone()));
+            }
+            labels.push((id, tag, r.try_get("ext")?));
+        }
         let revisions = sqlx::query("SELECT image_id, tag, rev FROM label_revisions")
             .fetch_all(&mut *tx)
             .await?
@@ -225,6 +236,7 @@ impl Datastore {
         Ok(Snapshot {
             images,
             remote,
+            blobs,
             labels,
             revisions,
         })
@@ -297,7 +309,8 @@ impl Datastore {
                 continue; // dropped with its image
             }
             let key = (id.clone(), tag.clone());
-            if files::is_file(&self.label_file(tag, id, ext)) {
+            // a label in object storage has no file here: left alone
+            if snap.blobs.contains(&key) || files::is_file(&self.label_file(tag, id, ext)) {
                 live.insert(key, ext.clone());
             } else if let Some(other) = found.get(&key) {
                 changes.push(Change::SetLabelFile {
@@ -370,8 +383,10 @@ impl Datastore {
                     .map(|(_, _, r)| *r)
                     .collect();
                 let live_sha = match live.get(&(id.clone(), tag.clone())) {
-                    Some(ext) => Some(files::sha256_file(&self.label_file(&tag, &id, ext))?),
-                    None => None,
+                    Some(ext) if files::is_file(&self.label_file(&tag, &id, ext)) => {
+                        Some(files::sha256_file(&self.label_file(&tag, &id, ext))?)
+                    }
+                    _ => None,
                 };
                 let mut matched = None;
                 for (rev, name) in orphans {

@@ -225,11 +225,12 @@ impl Datastore {
         Ok(stats)
     }
 
-    /// `(image, final label)` paths for every image with a `final` label, remote images made
-    /// local first (fetched when not cached): what training and the dataset export read.
+    /// `(image, final label)` paths for every image with a `final` label, remote images and
+    /// object-storage blobs made local first (fetched when not cached): what training and the dataset export read.
     pub async fn datalist_local(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
         let rows = sqlx::query(
-            "SELECT i.id, i.ext AS iext, i.remote, l.ext AS lext FROM images i JOIN labels l \
+            "SELECT i.id, i.ext AS iext, i.remote, i.sha256 AS isha, l.ext AS lext, \
+             l.sha256 AS lsha FROM images i JOIN labels l \
              ON l.image_id = i.id AND l.tag = $1 AND l.deleted = 0 ORDER BY i.seq",
         )
         .bind(FINAL_TAG)
@@ -239,11 +240,26 @@ impl Datastore {
         for row in rows {
             let id: String = row.try_get("id")?;
             let lext: String = row.try_get("lext")?;
+            let iext: String = row.try_get("iext")?;
+            let isha: Option<String> = row.try_get("isha")?;
+            let lsha: Option<String> = row.try_get("lsha")?;
             let image = match row.try_get::<Option<String>, _>("remote")? {
                 Some(r) => self.fetch_remote(&id, &parse_info(&r)?).await?,
-                None => self.image_file(&id, &row.try_get::<String, _>("iext")?),
+                None => {
+                    let file = self.image_file(&id, &iext);
+                    match (self.objects(), isha) {
+                        (Some(o), Some(sha)) => o.local(&sha, &iext, Some(file)).await?,
+                        _ => file,
+                    }
+                }
             };
-            pairs.push((image, self.label_file(FINAL_TAG, &id, &lext)));
+            // object storage: the blobs fetched into this process's cache
+            let file = self.label_file(FINAL_TAG, &id, &lext);
+            let label = match (self.objects(), lsha) {
+                (Some(o), Some(sha)) => o.local(&sha, &lext, Some(file)).await?,
+                _ => file,
+            };
+            pairs.push((image, label));
         }
         Ok(pairs)
     }

@@ -68,6 +68,9 @@ pub struct DatastoreOptions {
     pub busy_timeout: Duration,
     /// Size of the connection pool.
     pub max_connections: u32,
+    /// Object storage for the content of images, labels and revisions (`s3://...`, see
+    /// [`crate::objects`]); `None` → files in the studies folder (the default).
+    pub storage: Option<crate::objects::StorageOptions>,
 }
 
 impl Default for DatastoreOptions {
@@ -81,6 +84,7 @@ impl Default for DatastoreOptions {
                 .collect(),
             busy_timeout: Duration::from_secs(30),
             max_connections: 8,
+            storage: None,
         }
     }
 }
@@ -121,6 +125,8 @@ pub(crate) struct Inner {
     json_scheduled: AtomicBool,
     /// Where remote images are made local (see [`crate::remote`]).
     pub(crate) remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteSource>>,
+    /// The object storage of files' content, if configured (see [`crate::objects`]).
+    pub(crate) objects: Option<crate::objects::Objects>,
 }
 
 /// Epoch seconds now.
@@ -180,6 +186,14 @@ impl Datastore {
             Some((Err(e), _)) => return Err(e),
             _ => (Backend::Sqlite, sqlite_url(&db_path)),
         };
+        let objects = match &opts.storage {
+            Some(storage) => {
+                let objects = crate::objects::Objects::open(storage, &studies).await?;
+                objects.check().await?;
+                Some(objects)
+            }
+            None => None,
+        };
         let pool = connect(backend, &url, &opts).await?;
         match backend {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
@@ -200,6 +214,7 @@ impl Datastore {
                 json_written: tokio::sync::Mutex::new(0),
                 json_scheduled: AtomicBool::new(false),
                 remote: std::sync::OnceLock::new(),
+                objects,
             }),
         };
         {
@@ -254,6 +269,20 @@ impl Datastore {
         self.inner.backend
     }
 
+    /// The object storage URL (`s3://...`) when files' content lives there, else `None`.
+    pub fn storage_url(&self) -> Option<&str> {
+        self.inner.objects.as_ref().map(|o| o.url())
+    }
+
+    /// The keys of every blob in the object storage (`<prefix>/sha256/<hex>`), sorted; empty
+    /// without object storage.
+    pub async fn storage_keys(&self) -> Result<Vec<String>> {
+        match self.objects() {
+            Some(o) => o.list().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// The extensions the folder scan recognises.
     pub fn extensions(&self) -> &[String] {
         &self.inner.extensions
@@ -283,6 +312,24 @@ impl Datastore {
     }
 
     // ----- crate-internal helpers -------------------------------------------------------------
+
+    pub(crate) fn objects(&self) -> Option<&crate::objects::Objects> {
+        self.inner.objects.as_ref()
+    }
+
+    /// Where content is read from: with object storage and a hash, the blob's cache path
+    /// (which may not exist yet); else the file in the studies folder.
+    pub(crate) fn content_path(
+        &self,
+        sha: Option<&str>,
+        file: impl FnOnce() -> PathBuf,
+        ext: &str,
+    ) -> PathBuf {
+        match (self.objects(), sha) {
+            (Some(objects), Some(sha)) => objects.cache_path(sha, ext),
+            _ => file(),
+        }
+    }
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.inner.pool

@@ -9,7 +9,9 @@
 //!
 //! For the multi-server tests: a throwaway PostgreSQL cluster from Debian's `postgresql`
 //! package ([`Postgres`]) and haproxy on loopback in front of several servers ([`Haproxy`],
-//! rendered from `deploy/team/haproxy.cfg`). Both panic when their package is missing.
+//! rendered from `deploy/team/haproxy.cfg`). Both panic when their package is missing. For object
+//! storage: moto's S3 server on loopback ([`S3Server`], `moto[server]` from PyPI; `None` without
+//! it on a developer machine, a panic under `CI=true`).
 //!
 //! This crate is test support only: it is `publish = false` and must only ever be a
 //! `[dev-dependencies]` entry, never a normal dependency of any crate of the workspace.
@@ -17,10 +19,12 @@
 mod haproxy;
 mod orthanc;
 mod postgres;
+mod s3;
 mod series;
 
 pub use haproxy::{Haproxy, HAPROXY_TEMPLATE};
 pub use postgres::{postgres_bin_dir, Postgres, PG_USER};
+pub use s3::{python, S3Server, S3_KEY_ID, S3_REGION, S3_SECRET};
 
 pub use orthanc::{free_port, in_ci, orthanc_install, stow_body, Orthanc, PASSWORD, USER};
 pub use series::{
