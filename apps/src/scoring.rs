@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 
 use ferrolabel_datastore::blocking;
-use ferrolabel_datastore::{Datastore, FINAL_TAG, ORIGINAL_TAG};
+use ferrolabel_datastore::{Datastore, LabelRecord, FINAL_TAG, ORIGINAL_TAG};
 use ferrolabel_imaging::{read_volume, Grid, Limits};
 use ferrolabel_models::Priority;
 use serde_json::{json, Map, Value};
@@ -112,6 +112,15 @@ pub fn sum_and_slices(labels: &[u8], dims: [usize; 3]) -> (u64, u64) {
         }
     }
     (sum, planes.iter().filter(|&&p| p).count() as u64)
+}
+
+/// The file to read a label from: with object storage its blob, fetched into this process's
+/// cache unless there; else the file in the studies folder (as it is, unchecked).
+async fn local_label(ds: &Datastore, rec: &LabelRecord) -> Result<PathBuf> {
+    if ds.storage_url().is_none() {
+        return Ok(rec.path.clone());
+    }
+    Ok(ds.label_path(&rec.image_id, &rec.tag).await?)
 }
 
 fn read_label(path: PathBuf, limits: Limits) -> Result<(Vec<u8>, Grid)> {
@@ -236,7 +245,14 @@ pub async fn run(
                 else {
                     continue;
                 };
-                let (pa, pb) = (a.path.clone(), b.path.clone());
+                // with object storage, the blobs fetched into this process's cache
+                let (pa, pb) = match (local_label(ds, &a).await, local_label(ds, &b).await) {
+                    (Ok(pa), Ok(pb)) => (pa, pb),
+                    (Err(e), _) | (_, Err(e)) => {
+                        task.log(format!("dice {id} skipped: {e}"));
+                        continue;
+                    }
+                };
                 let (ty, tp) = (y.clone(), y_pred.clone());
                 let d = blocking(move || {
                     let (la, da) = read_label(pa, limits)?;
@@ -279,7 +295,13 @@ pub async fn run(
                     let Some(rec) = ds.label(id, tag).await? else {
                         continue;
                     };
-                    let path = rec.path.clone();
+                    let path = match local_label(ds, &rec).await {
+                        Ok(path) => path,
+                        Err(e) => {
+                            task.log(format!("sum {id}/{tag} skipped: {e}"));
+                            continue;
+                        }
+                    };
                     let r = blocking(move || -> Result<_> {
                         let (l, grid) = read_label(path, limits)?;
                         Ok(sum_and_slices(&l, grid.dims))

@@ -61,6 +61,14 @@ pub struct ServerArgs {
     /// table for `ferrolabel worker` processes (or other servers) on the same database. The
     /// server still submits, lists and stops them, and runs its periodic sweeps.
     #[arg(long, env = "FERROLABEL_NO_JOBS", default_value = "false", value_parser = parse_bool, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    /// Object storage for the content of images, labels and label revisions:
+    /// `s3://BUCKET[/PREFIX]` (endpoint, region and credentials from the standard `AWS_*`
+    /// environment variables; docs/team.md). Default: files in the studies folder.
+    #[arg(long, env = "FERROLABEL_STORAGE_URL")]
+    pub storage_url: Option<String>,
+    /// This process's cache of object-storage blobs (default `<studies>/.cache/objects`).
+    #[arg(long, env = "FERROLABEL_STORAGE_CACHE")]
+    pub storage_cache: Option<PathBuf>,
     pub no_jobs: bool,
     /// Largest accepted image, in voxels (default 512 x 512 x 2048).
     #[arg(long, env = "FERROLABEL_MAX_VOXELS")]

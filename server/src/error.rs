@@ -89,7 +89,7 @@ pub fn models_status(e: &ModelsError) -> StatusCode {
 }
 
 /// The status answered for a datastore error: 404 unknown, 422 bad id or request, 409 clash,
-/// the PACS's own status for a remote failure (502/504/422), else 500.
+/// the PACS's own status for a remote failure (502/504/422), 502 for the object storage, else 500.
 pub fn datastore_status(e: &DatastoreError) -> StatusCode {
     match e {
         DatastoreError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -100,6 +100,8 @@ pub fn datastore_status(e: &DatastoreError) -> StatusCode {
         DatastoreError::Remote { status, .. } => {
             StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
         }
+        // the object storage (`--storage-url`) is an upstream server
+        DatastoreError::Storage(_) => StatusCode::BAD_GATEWAY,
         DatastoreError::Io { .. }
         | DatastoreError::Db(_)
         | DatastoreError::Migrate(_)

@@ -282,7 +282,7 @@ impl Plan {
 
 /// What every process of a deployment opens, a server or a worker: the app (bundle, engine
 /// thread, trainer; `worker_exe` runs the trainings) and the datastore (`--datastore-url`, else
-/// SQLite in the studies folder).
+/// SQLite in the studies folder; `--storage-url`: files' content in object storage).
 pub(crate) async fn open_core(
     args: &ServerArgs,
     settings: &Settings,
@@ -295,6 +295,7 @@ pub(crate) async fn open_core(
         DatastoreOptions {
             url,
             extensions: settings.extensions.clone(),
+            storage: storage_options(args),
             ..DatastoreOptions::default()
         },
     )
@@ -305,6 +306,21 @@ pub(crate) async fn open_core(
         None => tracing::warn!("training is unavailable: no worker executable"),
     }
     Ok((app, datastore))
+}
+
+/// The object storage of `--storage-url` (connection settings from the `AWS_*` environment),
+/// if set.
+fn storage_options(args: &ServerArgs) -> Option<ferrolabel_datastore::StorageOptions> {
+    let url = args
+        .storage_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())?;
+    Some(ferrolabel_datastore::StorageOptions {
+        url: url.to_string(),
+        cache_dir: args.storage_cache.clone(),
+        settings: Vec::new(),
+    })
 }
 
 /// The scheduler settings of `args`; `run_submitted`: whether this process runs submitted jobs.

@@ -38,6 +38,13 @@ pub struct WorkerArgs {
     /// SQLite in `<studies>/.ferrolabel/datastore.db` (one machine).
     #[arg(long, env = "FERROLABEL_DATASTORE_URL", hide_env_values = true)]
     pub datastore_url: Option<String>,
+    /// The servers' object storage, `s3://BUCKET[/PREFIX]` (as `start_server --storage-url`;
+    /// endpoint and credentials from the `AWS_*` environment).
+    #[arg(long, env = "FERROLABEL_STORAGE_URL")]
+    pub storage_url: Option<String>,
+    /// This process's cache of object-storage blobs (default `<studies>/.cache/objects`).
+    #[arg(long, env = "FERROLABEL_STORAGE_CACHE")]
+    pub storage_cache: Option<PathBuf>,
     /// Job lease, in seconds (as the servers'): a job of a worker that died is taken up again
     /// this long after its last heartbeat.
     #[arg(long, env = "FERROLABEL_JOB_LEASE", default_value_t = 30)]
@@ -69,6 +76,8 @@ impl WorkerArgs {
         args.device = self.device.clone();
         args.threads = self.threads;
         args.datastore_url = self.datastore_url.clone();
+        args.storage_url = self.storage_url.clone();
+        args.storage_cache = self.storage_cache.clone();
         args.job_lease = self.job_lease;
         args.max_voxels = self.max_voxels;
         args.datastore_file_ext = self.datastore_file_ext.clone();

@@ -132,6 +132,7 @@ fn datastore_errors() -> Vec<(DatastoreError, u16)> {
             504,
         ),
         (DatastoreError::Task("x".into()), 500),
+        (DatastoreError::Storage("s3 down".into()), 502),
     ]
 }
 

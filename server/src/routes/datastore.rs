@@ -384,6 +384,11 @@ pub async fn save_label(
             }
             Err(e) => return Err(e.into()),
         }
+    } else if state.datastore.storage_url().is_some() {
+        // object storage: the image's blob, fetched into this server's cache if another
+        // server stored it
+        let path = state.datastore.image_path(&id).await?;
+        checked_label(&state, &label, path).await?
     } else {
         checked_label(&state, &label, image.path).await?
     };

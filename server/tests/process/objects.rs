@@ -1,0 +1,141 @@
+//! Object storage through real processes (issue 13): `ferrolabel start_server --storage-url
+//! s3://BUCKET/PREFIX` against moto's S3 server on loopback (`testkit::S3Server`), connection
+//! settings from the `AWS_*` environment as an operator sets them. Server A stores an image
+//! and a label through HTTP; the bytes are in the bucket under their SHA-256 (listed and read
+//! back with boto3, which moto installs); server B, on the same database and bucket with an
+//! empty studies folder of its own, serves the same label and image.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use ferrolabel_testkit::{free_port, S3Server};
+use sha2::Digest;
+
+use crate::common::{self, bundle_without_weights, repo, small_ct_bytes, BIN};
+use crate::jobs_support::ball_label;
+
+/// A server process; killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(s3: &S3Server, url: &str, db: &str, studies: &Path, bundle: &Path) -> (Proc, String) {
+    let port = free_port();
+    let log = studies.with_extension("log");
+    std::fs::create_dir_all(studies).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("start_server")
+        .arg("--app")
+        .arg(repo().join("apps/wholebody"))
+        .arg("--studies")
+        .arg(studies)
+        .args(["--conf", "bundle_dir"])
+        .arg(bundle)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--threads", "1", "--datastore-url", db])
+        .args(["--storage-url", url])
+        .env_remove("FERROLABEL_DATASTORE_URL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in s3.env() {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::blocking::Client::new();
+    common::spawned::wait_ready(&mut child, &http, &base, &log);
+    (Proc(child), base)
+}
+
+/// `<key> <sha256 of its content>` per object of the bucket, listed and read by boto3.
+fn bucket_listing(s3: &S3Server, bucket: &str) -> String {
+    const LIST: &str = "import boto3, hashlib, sys\n\
+c = boto3.client('s3', endpoint_url=sys.argv[1])\n\
+for o in c.list_objects_v2(Bucket=sys.argv[2]).get('Contents', []):\n\
+    body = c.get_object(Bucket=sys.argv[2], Key=o['Key'])['Body'].read()\n\
+    print(o['Key'], hashlib.sha256(body).hexdigest())\n";
+    let mut cmd = Command::new(ferrolabel_testkit::python());
+    cmd.args(["-c", LIST, &s3.endpoint(), bucket]);
+    for (k, v) in s3.env() {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn servers_on_one_bucket_save_and_serve_labels_through_http() {
+    let Some(s3) = S3Server::shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
+    s3.create_bucket(&bucket);
+    let url = format!("s3://{bucket}/team");
+    let db = format!("sqlite://{}", tmp.path().join("team.db").display());
+    let bundle = bundle_without_weights();
+    let (_a, a) = start(s3, &url, &db, &tmp.path().join("a"), bundle.path());
+    let http = reqwest::blocking::Client::new();
+
+    let (image, label) = (small_ct_bytes(), ball_label());
+    let part = |name: &str, bytes: &Vec<u8>| {
+        reqwest::blocking::multipart::Form::new().part(
+            name.to_string(),
+            reqwest::blocking::multipart::Part::bytes(bytes.clone()).file_name("x.nii.gz"),
+        )
+    };
+    let r = http
+        .put(format!("{a}/datastore/?image=ct1"))
+        .multipart(part("file", &image))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let r = http
+        .put(format!("{a}/datastore/label?image=ct1&tag=final"))
+        .multipart(part("label", &label))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let got = http
+        .get(format!("{a}/datastore/label?label=ct1&tag=final"))
+        .send()
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().unwrap().as_ref(), label.as_slice());
+
+    // the bytes are in the bucket under their hash, as boto3 (installed with moto) sees it
+    let listed = bucket_listing(s3, &bucket);
+    for bytes in [&image, &label] {
+        let key = format!("team/sha256/{}", hex::encode(sha2::Sha256::digest(bytes)));
+        // each listed key with the SHA-256 of what it holds
+        assert!(
+            listed.contains(&format!("{key} {}", &key["team/sha256/".len()..])),
+            "blob {key} not in the bucket: {listed}"
+        );
+    }
+    assert!(!tmp.path().join("a/labels/final/ct1.nii.gz").exists());
+
+    // a second server with an empty folder of its own serves them from the bucket
+    let (_b, b) = start(s3, &url, &db, &tmp.path().join("b"), bundle.path());
+    let got = http
+        .get(format!("{b}/datastore/label?label=ct1&tag=final"))
+        .send()
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().unwrap().as_ref(), label.as_slice());
+    let got = http
+        .get(format!("{b}/datastore/image?image=ct1"))
+        .send()
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().unwrap().as_ref(), image.as_slice());
+}
