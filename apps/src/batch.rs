@@ -221,7 +221,9 @@ async fn run_one(
     task: &JobHandle,
 ) -> Result<Value> {
     let path = ds.image_path(id).await?;
-    let out = app
+    let res = batch.infer.resolution;
+    let before = crate::versions::active_for_infer(app, ds, res).await;
+    let mut out = app
         .run_infer_as(
             &batch.infer,
             &path,
@@ -229,10 +231,18 @@ async fn run_one(
             Priority::Background,
         )
         .await?;
+    let after = crate::versions::active_for_infer(app, ds, res).await;
+    let used = crate::versions::used_by_infer(before.as_ref(), after.as_ref());
+    if let Some(u) = used.as_object() {
+        out.params.extend(u.clone());
+    }
     let params = Value::Object(out.params);
     let tag = &batch.infer.label_tag;
     if batch.infer.save_label {
-        let info = json!({"model": batch.model, "params": params, "job": task.id()});
+        let mut info = json!({"model": batch.model, "params": params, "job": task.id()});
+        if let (Some(i), Some(u)) = (info.as_object_mut(), used.as_object()) {
+            i.extend(u.clone());
+        }
         ds.save_label(
             id,
             tag,

@@ -22,6 +22,7 @@ pub mod scribbles;
 pub mod strategy;
 pub mod train;
 pub mod validate;
+pub mod versions;
 pub mod wholebody;
 
 pub use error::{AppError, Result};

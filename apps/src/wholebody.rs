@@ -37,8 +37,8 @@ pub const DEFAULT_BUNDLE_DIR: &str = "model/wholeBody_ct_segmentation";
 pub struct AppOptions {
     /// The app folder (`--app`).
     pub app_dir: PathBuf,
-    /// `--conf KEY VALUE` pairs. Known keys: `bundle_dir`, `skip_strategies` (the server also
-    /// reads `preload`).
+    /// `--conf KEY VALUE` pairs. Known keys: `bundle_dir`, `skip_strategies`,
+    /// `model_versions_keep` (the server also reads `preload`).
     pub conf: BTreeMap<String, String>,
     /// Engine settings (device, threads, queue size).
     pub engine: EngineOptions,
@@ -69,6 +69,8 @@ pub struct WholeBodyApp {
     trainer: crate::train::Trainer,
     /// Class probabilities of the scribbles models (`crate::scribbles`).
     pub(crate) scribbles_cache: crate::scribbles::ProbabilityCache,
+    /// Model versions whose files retention keeps (`--conf model_versions_keep`, 0: all).
+    versions_keep: usize,
 }
 
 fn conf_flag(conf: &BTreeMap<String, String>, key: &str) -> bool {
@@ -125,6 +127,14 @@ impl WholeBodyApp {
         } else {
             opts.device_names
         };
+        let versions_keep = match opts.conf.get("model_versions_keep") {
+            None => crate::versions::DEFAULT_KEEP,
+            Some(v) => v.trim().parse().map_err(|_| {
+                AppError::InvalidParams(format!(
+                    "--conf model_versions_keep {v:?}: not a whole number (0 keeps every version)"
+                ))
+            })?,
+        };
         Ok(WholeBodyApp {
             name: format!(
                 "MONAILabel - {MODEL_NAME} (ferrolabel {})",
@@ -140,6 +150,7 @@ impl WholeBodyApp {
             strategies,
             trainer,
             scribbles_cache: Default::default(),
+            versions_keep,
         })
     }
 
@@ -151,6 +162,12 @@ impl WholeBodyApp {
     /// The bundle folder.
     pub fn bundle_dir(&self) -> &Path {
         &self.bundle_dir
+    }
+
+    /// How many model versions' files retention keeps besides the best and the active one
+    /// (`--conf model_versions_keep`; 0 keeps all; see [`crate::versions`]).
+    pub fn versions_keep(&self) -> usize {
+        self.versions_keep
     }
 
     /// The model names this app serves.

@@ -128,8 +128,16 @@ pub(crate) async fn execute(
         } => run_scoring(app, ds, methods, *all, params, handle).await,
         TaskSpec::Train { params } => {
             let pairs = crate::train::pairs_from_datalist(ds.datalist_local().await?);
+            // every checkpoint that becomes active is recorded as a model version
+            let (promote, registrar) =
+                crate::versions::promoter(app.clone(), ds.clone(), handle.id()).await?;
             let (app, params, handle) = (app.clone(), params.clone(), handle.clone());
-            blocking(move || app.trainer().run(&handle, &params, pairs)).await
+            let run = blocking(move || {
+                app.trainer()
+                    .run_promoting(&handle, &params, pairs, &promote)
+            });
+            let (out, ()) = tokio::join!(run, registrar);
+            out
         }
         TaskSpec::Periodic { name } => match periodic {
             Some(f) => f().await,

@@ -164,13 +164,26 @@ impl Trainer {
     /// the worker within 50 ms and answers [`AppError::Cancelled`]. When `handle` carries a
     /// checkpoint (a restart took the job up again) the run continues from it (see
     /// [`resume`]). Answers the task's `result`: `epochs`, `best_metric`, `best_epoch`,
-    /// `validated_on_holdout`, `model_file`.
+    /// `validated_on_holdout`, `model_file`. Records no model version: see
+    /// [`Trainer::run_promoting`].
     pub fn run(
         &self,
         handle: &JobHandle,
         params: &Map<String, Value>,
         pairs: Vec<Pair>,
     ) -> Result<Value> {
+    ) -> Result<Value> {
+        self.run_promoting(handle, params, pairs, &crate::versions::NoVersions)
+    }
+
+    /// [`Trainer::run`], handing every checkpoint that becomes active to `promote` (the
+    /// scheduler's [`crate::versions::Promoter`] records each as a model version).
+    pub fn run_promoting(
+        &self,
+        handle: &JobHandle,
+        params: &Map<String, Value>,
+        pairs: Vec<Pair>,
+        promote: &dyn crate::versions::Promote,
         if torchrun_conf::requested(params)? {
             return torchrun::run(self, handle, params, pairs);
         }
@@ -282,6 +295,8 @@ impl Trainer {
             ck,
             start_epoch: job.config.start_epoch,
         };
+            promote,
+            res,
         let pid = child.id();
         let (outcome, status, tail) = watch.follow(child);
         worker::remove_temp_files(&dir, pid);
@@ -328,6 +343,10 @@ struct Watch<'a> {
     /// Epochs done before this attempt.
     start_epoch: usize,
 }
+    /// Where better checkpoints are announced (model versions).
+    promote: &'a dyn crate::versions::Promote,
+    /// The resolution trained.
+    res: Resolution,
 
 impl Watch<'_> {
     /// Reads the worker's events until it ends; kills it once the job is cancelled. Answers
@@ -451,6 +470,13 @@ impl Watch<'_> {
                 ));
                 self.ck.on_checkpoint(*epoch, *metric, path.clone());
                 handle.save_checkpoint(self.ck.to_value());
+                self.promote.promoted(crate::versions::Promotion {
+                    res: self.res,
+                    path: path.clone(),
+                    epoch: *epoch,
+                    metric: *metric,
+                    source: "train",
+                });
             }
         }
     }

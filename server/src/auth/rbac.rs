@@ -97,6 +97,10 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/model", ADMIN),
     rule("PUT", "/model", ANNOTATOR),
     rule("DELETE", "/model", ANNOTATOR),
+    // model versions (docs/models.md): anyone may see which weights made a label; a rollback
+    // changes what everybody's inference runs, so it is for admins
+    rule("GET", "/model/versions", USER),
+    rule("POST", "/model/versions", ADMIN),
     // the dashboard (docs/dashboard.md): the page is public, its data calls are checked as
     // usual; the audit log names every user, so it is for admins
     rule("GET", "/ui", Public),
@@ -173,6 +177,9 @@ mod tests {
         assert_eq!(a("DELETE", "/session/abc"), USER);
         assert_eq!(a("GET", "/model/info/x"), ADMIN);
         assert_eq!(a("PUT", "/model/x"), ANNOTATOR);
+        assert_eq!(a("GET", "/model/versions/x"), USER);
+        assert_eq!(a("POST", "/model/versions/x/activate"), ADMIN);
+        assert_eq!(a("GET", "/model/x"), ADMIN);
         assert_eq!(a("GET", "/logs/"), ADMIN);
         assert_eq!(a("POST", "/train/wholeBody_ct_segmentation"), ADMIN);
         assert_eq!(a("GET", "/train/"), USER);

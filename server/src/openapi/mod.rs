@@ -90,6 +90,8 @@ use crate::routes;
         routes::model::download,
         routes::model::upload,
         routes::model::remove,
+        routes::model::versions_list,
+        routes::model::versions_activate,
         routes::proxy::proxy_root,
         routes::proxy::proxy,
         docs::openapi_json,

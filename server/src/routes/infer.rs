@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use ferrolabel_apps::versions;
 use ferrolabel_datastore::{validate_session_id, Source};
 use serde_json::{json, Value};
 use tracing::Instrument;
@@ -157,16 +158,26 @@ async fn run(
 
     let cancel = Arc::new(AtomicBool::new(false));
     let mut guard = CancelOnDrop(Some(cancel.clone()));
+    // the model version it runs with (docs/models.md): active before and after the job
+    let before = versions::active_for_infer(&state.app, &state.datastore, plan.resolution).await;
     let result = state.app.run_infer(&plan, &image_path, cancel).await;
     guard.disarm();
     drop(upload);
-    let out = result?;
+    let mut out = result?;
     tracing::info!(bytes = out.bytes.len(), "inference done");
+    let after = versions::active_for_infer(&state.app, &state.datastore, plan.resolution).await;
+    let used = versions::used_by_infer(before.as_ref(), after.as_ref());
+    if let Some(u) = used.as_object() {
+        out.params.extend(u.clone());
+    }
 
     let mut result_params = Value::Object(out.params);
     if plan.save_label {
         if let Input::Datastore(id, _) = &input {
-            let info = json!({"model": model, "params": result_params.clone()});
+            let mut info = json!({"model": model, "params": result_params.clone()});
+            if let (Some(i), Some(u)) = (info.as_object_mut(), used.as_object()) {
+                i.extend(u.clone());
+            }
             let info = info.as_object().cloned().unwrap_or_default();
             state
                 .datastore

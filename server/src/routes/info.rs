@@ -20,5 +20,14 @@ use crate::state::AppState;
 pub async fn info(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let status = state.datastore.status().await?;
     let status = serde_json::to_value(status).unwrap_or_default();
-    Ok(response::json(state.app.info(status)))
+    let mut doc = state.app.info(status);
+    // the active model version of each resolution (docs/models.md)
+    let active = ferrolabel_apps::versions::info_json(&state.app, &state.datastore).await;
+    if let Some(m) = doc
+        .pointer_mut(&format!("/models/{}", ferrolabel_apps::MODEL_NAME))
+        .and_then(|m| m.as_object_mut())
+    {
+        m.insert("model_version".into(), active);
+    }
+    Ok(response::json(doc))
 }

@@ -264,6 +264,16 @@ pub const ROUTES: &[Endpoint] = &[
         &[("GET", || web::to(model::info))],
     ),
     ep(
+        "/model/versions/{model}",
+        "GET",
+        &[("GET", || web::to(model::versions_list))],
+    ),
+    ep(
+        "/model/versions/{model}/activate",
+        "POST",
+        &[("POST", || web::to(model::versions_activate))],
+    ),
+    ep(
         "/model/{model}",
         "GET, PUT, DELETE",
         &[

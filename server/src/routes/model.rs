@@ -1,7 +1,7 @@
 //! `/model/*`: the model's weights file (docs/protocol.md §8.1). `?highres=false` selects the 3 mm weights
 //! (`model_lowres.pt`); the default is the bundle's default resolution.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use ferrolabel_datastore::blocking;
@@ -11,8 +11,9 @@ use serde_json::json;
 use crate::error::{ApiError, ApiResult};
 use crate::multipart::read_form;
 use crate::response;
-use crate::routes::{q_bool, QueryMap};
+use crate::routes::{q_bool, q_int, QueryMap};
 use crate::state::AppState;
+use ferrolabel_apps::versions;
 
 fn resolution(state: &AppState, query: &QueryMap) -> ApiResult<Resolution> {
     let default = state.app.default_resolution().is_high();
@@ -101,20 +102,21 @@ pub async fn download(
     response::stream_file(&file, &format!("{model}{ext}"), ()).await
 }
 
-/// `PUT /model/{model}` (multipart `file`): checks that the weights load into the network,
-/// then replaces the weights file atomically; the engine picks it up on its next job.
+/// `PUT /model/{model}` (multipart `file`): checks that the weights load strictly into the
+/// network (422 otherwise, and nothing changes), keeps them as a new model version and makes it
+/// active (the weights file replaced atomically); the engine picks it up on its next job.
 #[utoipa::path(
     put,
     path = "/model/{model}",
     tag = "model",
-    description = "Checks that the weights load into the network, then replaces the weights file atomically.",
+    description = "Checks that the weights load strictly into the network (422 otherwise: nothing changes), keeps them as a new model version (docs/models.md) and makes it active: the weights file is replaced atomically and the next inference uses it.",
     params(
         ("model" = String, Path, description = "The model"),
         ("highres" = Option<bool>, Query, description = "`false`: the 3 mm weights (`model_lowres.pt`); default: the bundle's default"),
     ),
     request_body(content = crate::openapi::schemas::WeightsForm, content_type = "multipart/form-data"),
     responses(
-        (status = 200, description = "Replaced: the new file's checksum", body = crate::openapi::schemas::ModelChecksum),
+        (status = 200, description = "Replaced: the new file's checksum and the model version it became (docs/models.md)", body = crate::openapi::schemas::ModelUpload),
         (status = 400, description = "A broken multipart body", body = crate::openapi::schemas::Detail),
         (status = 413, description = "Body over `--max-upload-mb`", body = crate::openapi::schemas::Detail),
         (status = 404, description = "Unknown model", body = crate::openapi::schemas::Detail),
@@ -144,26 +146,30 @@ pub async fn upload(
     let staged = upload.with_extension(ext);
     tokio::fs::rename(&upload, &staged).await?;
     let staged_guard = tempfile::TempPath::try_from_path(staged.clone())?;
+    // strict load first: a file that does not fit the network never becomes a version
     state.app.validate_weights(staged.clone()).await?;
-    let dest = state
-        .app
-        .bundle_dir()
-        .join("models")
-        .join(res.model_file())
-        .with_extension(ext);
-    let v = blocking(move || -> ApiResult<serde_json::Value> {
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".upload.{}.tmp", uuid::Uuid::new_v4().simple()));
-        std::fs::copy(&staged, &tmp)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &dest)?;
-        checksum_json(dest)
-    })
-    .await?;
+    let user = crate::auth::Identity::of(&req).username;
+    let prov = versions::Provenance {
+        source: "upload".into(),
+        user: Some(user),
+        metrics: json!({}),
+        ..versions::Provenance::default()
+    };
+    let v = versions::register(&state.app, &state.datastore, res, &staged, prov).await?;
     drop(staged_guard);
-    tracing::info!(model = %model, ?res, "weights replaced");
-    Ok(response::json(v))
+    let dest = state.app.weights_path(&model, res)?;
+    let mut out = blocking(move || checksum_json(dest)).await?;
+    out["version"] = versions::version_json(&v);
+    crate::auth::audit::record(
+        &state.datastore,
+        &req,
+        "model.upload",
+        &model,
+        Some(&format!("v{}", v.version)),
+    )
+    .await;
+    tracing::info!(model = %model, ?res, version = v.version, "weights replaced");
+    Ok(response::json(out))
 }
 
 /// `DELETE /model/{model}`: renames the weights to `<file>.<YYYYmmdd_HHMMSS>.deleted`.
@@ -194,4 +200,83 @@ pub async fn remove(
     tokio::fs::rename(&file, PathBuf::from(target)).await?;
     tracing::info!(model = %model, file = %file.display(), "weights deleted");
     Ok(response::empty_object())
+}
+
+/// `GET /model/versions/{model}`: the versions of the model's weights at one resolution,
+/// newest first, the active one marked (docs/models.md).
+#[utoipa::path(
+    get,
+    path = "/model/versions/{model}",
+    tag = "model",
+    description = "The versions of the model's weights (one resolution), newest first: version number, SHA-256, parent, source (initial, external, upload, train, torchrun), job, user, the final labels (image, revision) it was trained on, metrics, times, whether it is active and whether its file is still kept (retention).",
+    params(
+        ("model" = String, Path, description = "The model"),
+        ("highres" = Option<bool>, Query, description = "`false`: the 3 mm weights (`model_lowres.pt`); default: the bundle's default"),
+    ),
+    responses(
+        (status = 200, description = "The versions", body = crate::openapi::schemas::ModelVersions),
+        (status = 404, description = "Unknown model", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "A bad boolean", body = crate::openapi::schemas::Detail),
+    )
+)]
+pub async fn versions_list(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: QueryMap,
+) -> ApiResult<HttpResponse> {
+    let model = path.into_inner();
+    let res = resolution(&state, &query)?;
+    state.app.weights_path(&model, res)?;
+    let active = versions::active(&state.app, &state.datastore, res).await?;
+    let rname = versions::resolution_name(res);
+    let list = state.datastore.model_versions(&model, rname).await?;
+    Ok(response::json(json!({
+        "model": model,
+        "highres": res.is_high(),
+        "active": active.map(|v| v.version),
+        "keep": state.app.versions_keep(),
+        "versions": list.iter().map(versions::version_json).collect::<Vec<_>>(),
+    })))
+}
+
+/// `POST /model/versions/{model}/activate?version=N`: makes an earlier (or later) version
+/// active again — a rollback; the next inference uses it. Admin only with auth on; audited.
+#[utoipa::path(
+    post,
+    path = "/model/versions/{model}/activate",
+    tag = "model",
+    description = "Makes version `version` the active weights again (rollback): its kept file is checked against its SHA-256 and copied over the weights file atomically; the next inference uses it. Needs the admin role with auth on; recorded in the audit log (`model.activate`).",
+    params(
+        ("model" = String, Path, description = "The model"),
+        ("version" = i64, Query, description = "The version number (`GET /model/versions/{model}`)"),
+        ("highres" = Option<bool>, Query, description = "`false`: the 3 mm weights (`model_lowres.pt`); default: the bundle's default"),
+    ),
+    responses(
+        (status = 200, description = "The version, now active", body = crate::openapi::schemas::ModelVersion),
+        (status = 404, description = "Unknown model or version", body = crate::openapi::schemas::Detail),
+        (status = 409, description = "The version's file was pruned by the retention policy (or is damaged)", body = crate::openapi::schemas::Detail),
+        (status = 422, description = "No or a bad `version`, a bad boolean", body = crate::openapi::schemas::Detail),
+    )
+)]
+pub async fn versions_activate(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: QueryMap,
+) -> ApiResult<HttpResponse> {
+    let model = path.into_inner();
+    let res = resolution(&state, &query)?;
+    state.app.weights_path(&model, res)?;
+    crate::routes::q_required(&query, "version")?;
+    let n = q_int(&query, "version", 0)?;
+    let v = versions::activate(&state.app, &state.datastore, res, n).await?;
+    crate::auth::audit::record(
+        &state.datastore,
+        &req,
+        "model.activate",
+        &model,
+        Some(&format!("v{}", v.version)),
+    )
+    .await;
+    Ok(response::json(versions::version_json(&v)))
 }

@@ -18,4 +18,5 @@ mod errors;
 mod infer;
 mod pacs;
 mod scribbles;
+mod versions;
 mod workbench;

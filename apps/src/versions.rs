@@ -1,0 +1,558 @@
+//! Model versions with provenance (docs/models.md): every weights file that becomes active — an
+//! upload (`PUT /model/{model}`), a better checkpoint of a Rust training, a torchrun training's
+//! checkpoint, or a file found in place — is kept content-addressed at
+//! `<bundle>/models/versions/<sha256>.<ext>` and recorded in the datastore
+//! ([`ferrolabel_datastore::versions`]) with its parent, job, user, training data and metrics.
+//!
+//! The bundle's `models/model.pt` (`model_lowres.pt` at 3 mm) stays what the engine loads: it
+//! is a copy of the active version, replaced by temp file + fsync + rename, so the engine's
+//! modification-time check and every server's pickup poll see a new version as before. The file
+//! decides which version is active: [`active`] hashes it (once per new file identity) and brings
+//! the table in line, recording an unknown file as a new version (`initial` when the table is
+//! empty, else `external`). Retention ([`prune`]) keeps the files of the last
+//! `model_versions_keep` versions (`--conf`, default [`DEFAULT_KEEP`]; 0 keeps all), the best
+//! one and the active one; rows are never deleted.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+use ferrolabel_datastore::{blocking, Datastore, DatastoreError, ModelVersion, NewModelVersion};
+use ferrolabel_models::Resolution;
+use serde_json::{json, Value};
+
+pub use ferrolabel_datastore::TrainedOn;
+
+use crate::error::{AppError, Result};
+use crate::{WholeBodyApp, MODEL_NAME};
+
+/// Versions whose files are kept unless `--conf model_versions_keep N` says otherwise.
+pub const DEFAULT_KEEP: usize = 5;
+
+/// Where a version came from and what made it.
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    /// `upload`, `train`, `torchrun` (`initial` and `external` are given by [`active`]).
+    pub source: String,
+    /// The job that made it.
+    pub job_id: Option<String>,
+    /// Who uploaded it or started the job.
+    pub user: Option<String>,
+    /// The `final` labels (image, revision) it was trained on ([`trained_on`]).
+    pub trained_on: Vec<TrainedOn>,
+    /// A JSON object: `best_metric`, `best_epoch`, ...
+    pub metrics: Value,
+}
+
+/// `highres` or `lowres`: the `resolution` column.
+pub fn resolution_name(res: Resolution) -> &'static str {
+    if res.is_high() {
+        "highres"
+    } else {
+        "lowres"
+    }
+}
+
+/// The folder of the version files.
+pub fn versions_dir(app: &WholeBodyApp) -> PathBuf {
+    app.bundle_dir().join("models").join("versions")
+}
+
+fn version_file(app: &WholeBodyApp, v: &ModelVersion) -> PathBuf {
+    versions_dir(app).join(format!("{}.{}", v.sha256, v.ext))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn ext_of(path: &Path) -> &'static str {
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        "safetensors"
+    } else {
+        "pt"
+    }
+}
+
+/// Size and modification time: what tells a new file at the same path.
+type FileId = (u64, Option<SystemTime>);
+
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    let m = std::fs::metadata(path)?;
+    Ok((m.len(), m.modified().ok()))
+}
+
+/// SHA-256 of the files last hashed, by path and identity (hashing a 18 MB checkpoint takes a
+/// few tens of ms: done once per new file, not per request).
+fn hash_cache() -> &'static Mutex<HashMap<PathBuf, (FileId, String)>> {
+    static CACHE: OnceLock<Mutex<HashMap<PathBuf, (FileId, String)>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// `(sha256, size)` of the file at `path`, `None` when it is missing (blocking).
+fn hash_file(path: &Path) -> Result<Option<(String, u64)>> {
+    for _ in 0..3 {
+        let before = match file_id(path) {
+            Ok(id) => id,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let cached = hash_cache()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .filter(|(id, _)| *id == before)
+            .map(|(_, h)| h.clone());
+        if let Some(h) = cached {
+            return Ok(Some((h, before.0)));
+        }
+        let sum = match ferrolabel_datastore::files::sha256_file(path) {
+            Ok(s) => s,
+            Err(_) if !path.exists() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        // replaced while it was read: hash the new one
+        if file_id(path).ok() == Some(before) {
+            hash_cache()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(path.to_path_buf(), (before, sum.clone()));
+            return Ok(Some((sum, before.0)));
+        }
+    }
+    Err(AppError::Task(format!(
+        "{} keeps changing while it is read",
+        path.display()
+    )))
+}
+
+/// Copies `src` to `dest` by temp file + fsync + rename (+ fsync of the folder).
+fn copy_atomic(src: &Path, dest: &Path) -> std::io::Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".version.{}.{}.tmp", std::process::id(), now_ms()));
+    let copied = std::fs::copy(src, &tmp)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, dest));
+    if copied.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    copied?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Keeps `file` as the version file of `sha256` (blocking; nothing to do when it is there).
+fn keep_file(dir: &Path, file: &Path, sha256: &str, ext: &str) -> Result<PathBuf> {
+    let dest = dir.join(format!("{sha256}.{ext}"));
+    if !dest.exists() {
+        copy_atomic(file, &dest)?;
+    }
+    Ok(dest)
+}
+
+/// Serialises this process's version changes (other processes: the file's rename and the
+/// table's lock order them; [`active`] reconciles).
+fn changes() -> &'static tokio::sync::Mutex<()> {
+    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(Default::default)
+}
+
+/// The active version of `res`: the one whose content the weights file has (`None`: no weights
+/// file). A file the table does not know yet is recorded (kept in the versions folder) as a
+/// new version: `initial` (no parent) when none is recorded, else `external`.
+pub async fn active(
+    app: &WholeBodyApp,
+    ds: &Datastore,
+    res: Resolution,
+) -> Result<Option<ModelVersion>> {
+    let rname = resolution_name(res);
+    let path = app.weights_path(MODEL_NAME, res)?;
+    let hashed = {
+        let path = path.clone();
+        blocking(move || hash_file(&path)).await?
+    };
+    let Some((sha, size)) = hashed else {
+        if ds.active_model_version(MODEL_NAME, rname).await?.is_some() {
+            ds.set_active_model_version(MODEL_NAME, rname, None, now_ms())
+                .await?;
+        }
+        return Ok(None);
+    };
+    if let Some(v) = ds.model_version_by_sha256(MODEL_NAME, rname, &sha).await? {
+        if v.active {
+            return Ok(Some(v));
+        }
+        ds.set_active_model_version(MODEL_NAME, rname, Some(v.version), now_ms())
+            .await?;
+        return Ok(ds.model_version(MODEL_NAME, rname, v.version).await?);
+    }
+    let _one = changes().lock().await;
+    let source = if ds.model_versions(MODEL_NAME, rname).await?.is_empty() {
+        "initial"
+    } else {
+        "external"
+    };
+    let ext = ext_of(&path);
+    {
+        let (dir, path, sha) = (versions_dir(app), path.clone(), sha.clone());
+        blocking(move || keep_file(&dir, &path, &sha, ext)).await?;
+    }
+    let new = NewModelVersion {
+        model: MODEL_NAME.into(),
+        resolution: rname.into(),
+        sha256: sha,
+        ext: ext.into(),
+        size: size as i64,
+        source: source.into(),
+        metrics: json!({}),
+        ..NewModelVersion::default()
+    };
+    let (v, _) = ds.record_model_version(&new, true, now_ms()).await?;
+    tracing::info!(
+        version = v.version,
+        source,
+        resolution = rname,
+        "model version recorded"
+    );
+    Ok(Some(v))
+}
+
+/// The `final` labels a training started now reads, as (image, revision): what
+/// [`Provenance::trained_on`] records.
+pub async fn trained_on(ds: &Datastore) -> Result<Vec<TrainedOn>> {
+    Ok(ds.final_label_revisions().await?)
+}
+
+/// Records the weights file `file` as a version of `res` and makes it active (copied over
+/// `model.pt` unless it is that file already), then prunes by the retention policy. The file
+/// must already be known to load (see [`register_trained`]).
+pub async fn register(
+    app: &WholeBodyApp,
+    ds: &Datastore,
+    res: Resolution,
+    file: &Path,
+    prov: Provenance,
+) -> Result<ModelVersion> {
+    let rname = resolution_name(res);
+    let active_path = app.weights_path(MODEL_NAME, res)?;
+    let in_place = file == active_path;
+    if !in_place {
+        // the file in place before this one is a version too (the parent)
+        active(app, ds, res).await?;
+    }
+    let _one = changes().lock().await;
+    let ext = ext_of(file);
+    let (sha, size) = {
+        let (dir, file) = (versions_dir(app), file.to_path_buf());
+        blocking(move || -> Result<(String, u64)> {
+            let (sha, size) = hash_file(&file)?.ok_or_else(|| {
+                AppError::InvalidParams(format!("no weights file at {}", file.display()))
+            })?;
+            keep_file(&dir, &file, &sha, ext)?;
+            Ok((sha, size))
+        })
+        .await?
+    };
+    if !in_place {
+        let kept = versions_dir(app).join(format!("{sha}.{ext}"));
+        let (bundle_dir, sha) = (app.bundle_dir().to_path_buf(), sha.clone());
+        blocking(move || install_in(&bundle_dir, res, &kept, ext, &sha)).await?;
+    }
+    let new = NewModelVersion {
+        model: MODEL_NAME.into(),
+        resolution: rname.into(),
+        sha256: sha,
+        ext: ext.into(),
+        size: size as i64,
+        source: prov.source,
+        job_id: prov.job_id,
+        username: prov.user,
+        trained_on: prov.trained_on,
+        metrics: prov.metrics,
+    };
+    let (v, created) = ds.record_model_version(&new, true, now_ms()).await?;
+    tracing::info!(
+        version = v.version,
+        created,
+        source = %v.source,
+        resolution = rname,
+        "model version active"
+    );
+    drop(_one);
+    prune(app, ds, res).await?;
+    Ok(v)
+}
+
+/// Makes the version file `kept` the weights the engine loads (blocking): replaces
+/// `model.<ext>` atomically, then removes the other format's file of that resolution so the
+/// bundle never prefers a stale one.
+fn install_in(
+    bundle_dir: &Path,
+    res: Resolution,
+    kept: &Path,
+    ext: &str,
+    sha256: &str,
+) -> Result<()> {
+    let pt = bundle_dir.join("models").join(res.model_file());
+    let dest = pt.with_extension(ext);
+    copy_atomic(kept, &dest)?;
+    if let Ok(id) = file_id(&dest) {
+        hash_cache()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dest.clone(), (id, sha256.to_string()));
+    }
+    let other = pt.with_extension(if ext == "pt" { "safetensors" } else { "pt" });
+    match std::fs::remove_file(&other) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// A checkpoint from a training (the torchrun path, or any file outside the bundle): loads it
+/// strictly into the network first ([`AppError::BadWeights`], 422, when it does not fit; it
+/// then never becomes active), then [`register`]s it with `prov`.
+pub async fn register_trained(
+    app: &WholeBodyApp,
+    ds: &Datastore,
+    res: Resolution,
+    checkpoint: &Path,
+    prov: Provenance,
+) -> Result<ModelVersion> {
+    app.validate_weights(checkpoint.to_path_buf()).await?;
+    register(app, ds, res, checkpoint, prov).await
+}
+
+/// Makes version `version` of `res` active again (rollback): its kept file is checked against
+/// its SHA-256 and copied over the weights file; the next inference uses it. Unknown version:
+/// [`DatastoreError::NotFound`] (404); its file pruned or damaged: [`DatastoreError::Conflict`]
+/// (409).
+pub async fn activate(
+    app: &WholeBodyApp,
+    ds: &Datastore,
+    res: Resolution,
+    version: i64,
+) -> Result<ModelVersion> {
+    let rname = resolution_name(res);
+    // the file in place is recorded before it is replaced
+    active(app, ds, res).await?;
+    let v = ds
+        .model_version(MODEL_NAME, rname, version)
+        .await?
+        .ok_or_else(|| {
+            DatastoreError::NotFound(format!("no version {version} of {MODEL_NAME} ({rname})"))
+        })?;
+    if v.pruned_at.is_some() {
+        return Err(DatastoreError::Conflict(format!(
+            "the file of version {version} was pruned by the retention policy (model_versions_keep)"
+        ))
+        .into());
+    }
+    let _one = changes().lock().await;
+    let kept = version_file(app, &v);
+    let (bundle_dir, sha, ext) = (
+        app.bundle_dir().to_path_buf(),
+        v.sha256.clone(),
+        v.ext.clone(),
+    );
+    blocking(move || -> Result<()> {
+        let sum = ferrolabel_datastore::files::sha256_file(&kept).map_err(|e| {
+            DatastoreError::Conflict(format!("the file of this version is missing: {e}"))
+        })?;
+        if sum != sha {
+            return Err(DatastoreError::Conflict(format!(
+                "{} does not hold the version's content (sha256 {sum})",
+                kept.display()
+            ))
+            .into());
+        }
+        install_in(&bundle_dir, res, &kept, &ext, &sha)
+    })
+    .await?;
+    ds.set_active_model_version(MODEL_NAME, rname, Some(version), now_ms())
+        .await?;
+    tracing::info!(version, resolution = rname, "model version activated");
+    Ok(ds
+        .model_version(MODEL_NAME, rname, version)
+        .await?
+        .unwrap_or(v))
+}
+
+/// Applies the retention policy to `res`: removes the version files of all but the last
+/// `model_versions_keep` versions, the best and the active one, and marks their rows pruned.
+/// Answers the pruned version numbers.
+pub async fn prune(app: &WholeBodyApp, ds: &Datastore, res: Resolution) -> Result<Vec<i64>> {
+    let rname = resolution_name(res);
+    let all = ds.model_versions(MODEL_NAME, rname).await?;
+    let ids = ferrolabel_datastore::versions::to_prune(&all, app.versions_keep());
+    let mut pruned = Vec::new();
+    for v in all.iter().filter(|v| ids.contains(&v.id)) {
+        let file = version_file(app, v);
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!("cannot prune {}: {e}", file.display());
+                continue;
+            }
+            _ => {}
+        }
+        ds.mark_model_version_pruned(v.id, now_ms()).await?;
+        pruned.push(v.version);
+    }
+    if !pruned.is_empty() {
+        tracing::info!(?pruned, resolution = rname, "model version files pruned");
+    }
+    Ok(pruned)
+}
+
+/// A version as the API shows it: its fields, `highres`, and `file` (kept or pruned).
+pub fn version_json(v: &ModelVersion) -> Value {
+    let mut out = serde_json::to_value(v).unwrap_or_default();
+    if let Some(m) = out.as_object_mut() {
+        m.insert("highres".into(), (v.resolution == "highres").into());
+        m.insert("file_kept".into(), v.pruned_at.is_none().into());
+    }
+    out
+}
+
+/// What an inference records about the weights it ran with: `{"model_version": N,
+/// "model_sha256": hex}` when the same version was active before and after it, else
+/// `{"model_version": null, "model_version_candidates": [before, after]}` (the file changed
+/// while it ran; the engine loads at the start of its job).
+pub fn used_by_infer(before: Option<&ModelVersion>, after: Option<&ModelVersion>) -> Value {
+    match (before, after) {
+        (Some(b), Some(a)) if a.sha256 == b.sha256 => {
+            json!({"model_version": b.version, "model_sha256": b.sha256})
+        }
+        (None, None) => json!({"model_version": null}),
+        (b, a) => json!({
+            "model_version": null,
+            "model_version_candidates": [b.map(|v| v.version), a.map(|v| v.version)],
+        }),
+    }
+}
+
+/// The active version of `res`, for an inference's record: failures are logged, not raised
+/// (an inference never fails because the version table cannot be read).
+pub async fn active_for_infer(
+    app: &WholeBodyApp,
+    ds: &Datastore,
+    res: Resolution,
+) -> Option<ModelVersion> {
+    match active(app, ds, res).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!("cannot tell the active model version: {e}");
+            None
+        }
+    }
+}
+
+/// `/info/`'s `models.<model>.model_version`: the active version of each resolution
+/// (`{"highres": {"version", "sha256", "source", "created_at"} | null, "lowres": ...}`).
+pub async fn info_json(app: &WholeBodyApp, ds: &Datastore) -> Value {
+    let mut out = serde_json::Map::new();
+    for res in [Resolution::High, Resolution::Low] {
+        let v = active_for_infer(app, ds, res).await;
+        out.insert(
+            resolution_name(res).into(),
+            v.map(|v| {
+                json!({"version": v.version, "sha256": v.sha256, "source": v.source,
+                       "created_at": v.created_at})
+            })
+            .unwrap_or(Value::Null),
+        );
+    }
+    Value::Object(out)
+}
+
+/// A checkpoint a training made active or wants activated, sent from blocking training code.
+#[derive(Debug, Clone)]
+pub struct Promotion {
+    /// The resolution trained.
+    pub res: Resolution,
+    /// The checkpoint: the active weights file itself (the Rust trainer writes it in place) or
+    /// a file elsewhere (copied over it).
+    pub path: PathBuf,
+    /// The epoch it was saved at.
+    pub epoch: usize,
+    /// Its validation metric.
+    pub metric: f64,
+    /// `train` or `torchrun`.
+    pub source: &'static str,
+}
+
+/// Receives the checkpoints a training promotes; [`crate::train::Trainer::run_promoting`] calls
+/// it from its (blocking) thread, so it must not block.
+pub trait Promote: Send + Sync {
+    /// A checkpoint was promoted.
+    fn promoted(&self, p: Promotion);
+}
+
+/// Records nothing (a training outside a scheduler: the CLI, unit tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoVersions;
+
+impl Promote for NoVersions {
+    fn promoted(&self, _: Promotion) {}
+}
+
+/// The [`Promote`] of a scheduled training: hands each promotion to [`promoter`]'s registrar.
+#[derive(Debug, Clone)]
+pub struct Promoter {
+    tx: tokio::sync::mpsc::UnboundedSender<Promotion>,
+}
+
+impl Promote for Promoter {
+    fn promoted(&self, p: Promotion) {
+        let _ = self.tx.send(p);
+    }
+}
+
+/// For the training job `job_id`: records the weights in place as versions first (the parent),
+/// captures the training data ([`trained_on`]) and the job's owner, and answers the
+/// [`Promoter`] to pass to the training and the registrar future to run beside it, which
+/// registers each promoted checkpoint ([`register`] for the Rust trainer's file in place,
+/// [`register_trained`] for any other) and ends once every `Promoter` clone is dropped.
+pub async fn promoter(
+    app: Arc<WholeBodyApp>,
+    ds: Datastore,
+    job_id: String,
+) -> Result<(Promoter, impl Future<Output = ()>)> {
+    for res in [Resolution::High, Resolution::Low] {
+        active_for_infer(&app, &ds, res).await;
+    }
+    let data = trained_on(&ds).await?;
+    let user = ds.get_job(&job_id).await?.and_then(|j| j.owner);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Promotion>();
+    let registrar = async move {
+        while let Some(p) = rx.recv().await {
+            let prov = Provenance {
+                source: p.source.to_string(),
+                job_id: Some(job_id.clone()),
+                user: user.clone(),
+                trained_on: data.clone(),
+                metrics: json!({"best_metric": p.metric, "best_epoch": p.epoch}),
+            };
+            let in_place = app
+                .weights_path(MODEL_NAME, p.res)
+                .is_ok_and(|a| a == p.path);
+            let done = if in_place {
+                register(&app, &ds, p.res, &p.path, prov).await
+            } else {
+                register_trained(&app, &ds, p.res, &p.path, prov).await
+            };
+            if let Err(e) = done {
+                tracing::warn!(job = %job_id, "checkpoint of epoch {} not recorded as a version: {e}", p.epoch);
+            }
+        }
+    };
+    Ok((Promoter { tx }, registrar))
+}
