@@ -15,6 +15,7 @@
 //! | `label_tag` | a valid tag | `original` |
 //! | `report` | boolean: add the quantitative report ([`crate::report`]) to the params | `true` |
 //! | `device` | one of the configured device names, `cpu`, `cuda`, `cuda:N` of the configured device | ignored |
+//! | `precision` | `fp32` (exact) or `bf16` (faster; a CPU without native bf16 answers 422) | the server's `--precision` |
 
 use std::path::Path;
 
@@ -94,6 +95,8 @@ pub struct InferPlan {
     pub label_tag: String,
     /// Add the quantitative report ([`crate::report`]) to the result params.
     pub report: bool,
+    /// Network precision (`None`: the server's default).
+    pub precision: Option<ferrolabel_models::Precision>,
 }
 
 /// The outcome of an infer task.
@@ -233,6 +236,13 @@ pub(crate) fn plan(
     if let Some(d) = param_str(params, "device")? {
         check_device(d, devices).map_err(|why| bad("device", &params["device"], &why))?;
     }
+    let precision = match param_str(params, "precision")? {
+        None | Some("") => None,
+        Some(p) => Some(
+            ferrolabel_models::Precision::parse(p)
+                .map_err(|_| bad("precision", &params["precision"], "supported: fp32, bf16"))?,
+        ),
+    };
     let save_label = param_bool(params, "save_label")?.unwrap_or(false);
     let report = param_bool(params, "report")?.unwrap_or(true);
     let label_tag = match param_str(params, "label_tag")? {
@@ -252,6 +262,7 @@ pub(crate) fn plan(
         save_label,
         label_tag,
         report,
+        precision,
     })
 }
 
@@ -348,6 +359,9 @@ mod tests {
         assert_eq!(plan.sw_overlap, Some(0.5));
         assert_eq!(plan.sw_batch_size, Some(2));
         assert_eq!(plan.result_ext, Some(ResultExt::Nrrd));
+        assert_eq!(plan.precision, None);
+        let plan = run(json!({"precision": "BF16"})).unwrap();
+        assert_eq!(plan.precision, Some(ferrolabel_models::Precision::Bf16));
     }
 
     #[test]
@@ -364,6 +378,7 @@ mod tests {
             json!({"result_dtype": "float32"}),
             json!({"device": "NVIDIA A100"}),
             json!({"label_tag": "../x"}),
+            json!({"precision": "fp16"}),
         ] {
             let e = run(bad.clone()).unwrap_err();
             assert!(matches!(e, AppError::InvalidParams(_)), "{bad}: {e}");

@@ -390,6 +390,7 @@ impl WholeBodyApp {
             resolution: plan.resolution,
             sw_overlap: plan.sw_overlap,
             sw_batch_size: plan.sw_batch_size,
+            precision: plan.precision,
             priority,
             cancel,
         };

@@ -19,6 +19,7 @@
 //!   was queued), returned with the job's result.
 
 use crate::bundle::{Bundle, Resolution};
+use crate::device::Precision;
 use crate::error::{ModelsError, Result};
 use crate::pipeline::{McDropout, Segmentation, Uncertainty};
 use crate::probability::{ClassProbability, VoxelBox};
@@ -40,6 +41,9 @@ pub struct EngineOptions {
     pub threads: Option<i32>,
     /// fp16 autocast around the network on CUDA (the bundle's `amp: true`).
     pub amp: bool,
+    /// The precision of requests that name none ([`crate::device::check_precision`] must
+    /// accept it on `device`; [`Engine::start`] checks).
+    pub precision: Precision,
     /// Jobs that may wait; more are refused.
     pub queue_limit: usize,
 }
@@ -50,6 +54,7 @@ impl Default for EngineOptions {
             device: Device::Cpu,
             threads: None,
             amp: true,
+            precision: Precision::Fp32,
             queue_limit: 8,
         }
     }
@@ -75,6 +80,9 @@ pub struct InferRequest {
     pub sw_overlap: Option<f64>,
     /// Windows per network call (default: the bundle's).
     pub sw_batch_size: Option<usize>,
+    /// Network precision (default: the engine's [`EngineOptions::precision`]); a precision
+    /// the device cannot run fast fails the job with [`ModelsError::Invalid`].
+    pub precision: Option<Precision>,
     /// Queue priority.
     pub priority: Priority,
     /// Set to cancel the job between two windows.
@@ -177,6 +185,7 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Starts the engine thread for `bundle`.
     pub fn start(bundle: Bundle, opts: EngineOptions) -> Result<Engine> {
+        crate::device::check_precision(opts.precision, opts.device)?;
         if let Some(t) = opts.threads {
             tch::set_num_threads(t);
         }

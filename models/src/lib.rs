@@ -20,6 +20,6 @@ pub mod train;
 pub mod transforms;
 
 pub use bundle::{Bundle, Resolution};
-pub use device::{parse_device, Device};
+pub use device::{parse_device, Device, Precision};
 pub use engine::{Engine, EngineOptions, InferRequest, Priority};
 pub use error::{ModelsError, Result};

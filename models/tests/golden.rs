@@ -16,6 +16,7 @@ use ferrolabel_models::inferer::{predict_labels, BlendMode, SlidingWindow};
 use ferrolabel_models::network::{weights, SegResNet};
 use ferrolabel_models::pipeline::{invert_labels, labels_to_vec, preprocess, volume_tensor};
 use ferrolabel_models::transforms::{intensity, orientation, spacing};
+use ferrolabel_models::Precision;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use tch::{nn, Kind, Tensor};
@@ -82,6 +83,8 @@ fn net_for(bundle: &Bundle, res: Resolution) -> (nn::VarStore, SegResNet) {
     let mut vs = nn::VarStore::new(tch::Device::Cpu);
     let net = SegResNet::new(&vs.root(), &bundle.network);
     weights::load_strict(&mut vs, &bundle.weights_path(res)).unwrap();
+    // the engine's exact path: channels-last fp32 inference copy
+    net.set_inference(Some(Precision::Fp32));
     (vs, net)
 }
 
@@ -95,7 +98,13 @@ fn network_logits_match_monai_on_one_window() {
     let f = load(g.join("unit_full.safetensors"));
     let y = tch::no_grad(|| net.forward_t(&f["input"], false));
     let d = max_abs_diff(&y, &f["logits"]);
-    eprintln!("full network, one 96^3 window: max |logit diff| = {d:e}");
+    eprintln!("full network, one 96^3 window, channels-last: max |logit diff| = {d:e}");
+    assert!(d <= 1e-4, "logits differ by {d}");
+    // the variable-store path (training's) too
+    net.set_inference(None);
+    let y = tch::no_grad(|| net.forward_t(&f["input"], false));
+    let d = max_abs_diff(&y, &f["logits"]);
+    eprintln!("full network, one 96^3 window, default layout: max |logit diff| = {d:e}");
     assert!(d <= 1e-4, "logits differ by {d}");
 }
 

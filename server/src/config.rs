@@ -42,6 +42,10 @@ pub struct ServerArgs {
     /// libtorch intra-op threads (default: libtorch's choice).
     #[arg(long, env = "FERROLABEL_THREADS")]
     pub threads: Option<i32>,
+    /// Network precision of infer requests that name none: fp32 (exact, MONAI's labels) or
+    /// bf16 (opt-in, faster; needs a CPU with AVX512-BF16 or AMX, else the server refuses to start).
+    #[arg(long, default_value = "fp32", env = "FERROLABEL_PRECISION", value_parser = parse_precision)]
+    pub precision: ferrolabel_models::Precision,
     /// Largest accepted upload (image, label, session, weights) in MiB; checked while streaming.
     #[arg(long, default_value_t = 2048, env = "FERROLABEL_MAX_UPLOAD_MB")]
     pub max_upload_mb: u64,
@@ -539,4 +543,9 @@ mod tests {
             .client_config("http://pacs/dicom-web")
             .is_err());
     }
+}
+
+/// clap's parser of `--precision`.
+fn parse_precision(s: &str) -> Result<ferrolabel_models::Precision, String> {
+    ferrolabel_models::Precision::parse(s).map_err(|e| e.to_string())
 }

@@ -359,6 +359,7 @@ fn open_app(args: &ServerArgs, settings: &Settings) -> Result<WholeBodyApp> {
             device,
             threads: args.threads,
             amp: device.is_cuda(),
+            precision: args.precision,
             queue_limit: args.infer_queue.max(1),
         },
         device_names: device_names(device),

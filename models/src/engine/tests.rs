@@ -36,6 +36,7 @@ fn tiny_engine(queue_limit: usize) -> (tempfile::TempDir, Engine) {
         device: Device::Cpu,
         threads: None,
         amp: false,
+        precision: crate::device::Precision::Fp32,
         queue_limit,
     };
     (dir, Engine::start(bundle, opts).unwrap())
@@ -65,6 +66,7 @@ fn request(nx: usize, priority: Priority, cancel: &Arc<AtomicBool>) -> InferRequ
         resolution: Resolution::High,
         sw_overlap: Some(0.9),
         sw_batch_size: Some(1),
+        precision: None,
         priority,
         cancel: cancel.clone(),
     }

@@ -8,6 +8,7 @@ use super::queue::Queued;
 use super::{mtime, EngineOptions, InferRequest, Job, Priority, ProbabilityRequest, Shared};
 use super::{JobRecord, UncertaintyRequest};
 use crate::bundle::{Bundle, Resolution};
+use crate::device::Precision;
 use crate::error::{ModelsError, Result};
 use crate::inferer::{BlendMode, PadMode, SlidingWindow};
 use crate::network::{weights, SegResNet};
@@ -140,6 +141,9 @@ impl Worker {
         let net = SegResNet::new(&vs.root(), &self.bundle.network);
         weights::load_strict(&mut vs, &path)?;
         vs.freeze();
+        // the inference copy of the default precision is made with the load, not in a job
+        net.set_inference(Some(self.opts.precision));
+        net.set_inference(None);
         let loaded = Rc::new(Loaded {
             net,
             _vs: vs,
@@ -257,16 +261,39 @@ impl Worker {
             blend: BlendMode::Gaussian { sigma_scale: 0.125 },
             pad: PadMode::Replicate,
         };
+        let precision = req.precision.unwrap_or(self.opts.precision);
+        crate::device::check_precision(precision, self.opts.device)?;
         let mut observer = self.window_observer(req.priority, req.cancel.clone());
-        segment(
-            &loaded.net,
-            &req.volume,
-            req.resolution.pixdim(),
-            &sw,
-            self.opts.device,
-            self.opts.amp,
-            &mut observer,
-        )
+        self.in_precision(&loaded.net, precision, |amp| {
+            segment(
+                &loaded.net,
+                &req.volume,
+                req.resolution.pixdim(),
+                &sw,
+                self.opts.device,
+                amp,
+                &mut observer,
+            )
+        })
+    }
+
+    /// Runs `work` with `net` switched to `precision` (see [`SegResNet::set_inference`]) and
+    /// switches it back afterwards, so an interactive job run between two windows of a
+    /// background job in another precision leaves that job's setting alone. `work` gets
+    /// whether to wrap the network in CUDA fp16 autocast: on CUDA, fp32 with `amp` keeps the
+    /// default-layout path under autocast, as the bundle's evaluator does.
+    fn in_precision<T>(
+        &self,
+        net: &SegResNet,
+        precision: Precision,
+        work: impl FnOnce(bool) -> T,
+    ) -> T {
+        let cuda_amp = self.opts.amp && self.opts.device.is_cuda() && precision == Precision::Fp32;
+        let mode = (!cuda_amp).then_some(precision);
+        let previous = net.set_inference(mode);
+        let out = work(cuda_amp);
+        net.set_inference(previous);
+        out
     }
 
     fn uncertainty(&self, req: &UncertaintyRequest) -> Result<Uncertainty> {
@@ -282,14 +309,16 @@ impl Worker {
         }
         let loaded = self.network(req.resolution)?;
         let mut observer = self.window_observer(req.priority, req.cancel.clone());
-        mc_dropout_entropy(
-            &loaded.net,
-            &req.volume,
-            &req.mc,
-            self.opts.device,
-            self.opts.amp,
-            &mut observer,
-        )
+        self.in_precision(&loaded.net, self.opts.precision, |amp| {
+            mc_dropout_entropy(
+                &loaded.net,
+                &req.volume,
+                &req.mc,
+                self.opts.device,
+                amp,
+                &mut observer,
+            )
+        })
     }
 
     fn probability(&self, req: &ProbabilityRequest) -> Result<ClassProbability> {
@@ -311,16 +340,18 @@ impl Worker {
             sw_batch_size: self.bundle.sw_batch_size.max(1),
         };
         let mut observer = self.window_observer(req.priority, req.cancel.clone());
-        class_probability(
-            &loaded.net,
-            &req.volume,
-            &req.roi,
-            req.class,
-            &settings,
-            self.opts.device,
-            self.opts.amp,
-            &mut observer,
-        )
+        self.in_precision(&loaded.net, self.opts.precision, |amp| {
+            class_probability(
+                &loaded.net,
+                &req.volume,
+                &req.roi,
+                req.class,
+                &settings,
+                self.opts.device,
+                amp,
+                &mut observer,
+            )
+        })
     }
 
     /// The observer of a sliding-window run: a background job counts the window and lets

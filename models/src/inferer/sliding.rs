@@ -10,6 +10,7 @@
 
 use super::window::{constant_importance_map, gaussian_importance_map, windows};
 use crate::error::{ModelsError, Result};
+use crate::network::segresnet::is_channels_last;
 use tch::{Device, Kind, Tensor};
 
 /// How windows are weighted when they overlap.
@@ -90,6 +91,30 @@ struct Slab {
     /// `[1, 1, L, Y, Z]` weight sums.
     count: Tensor,
     base: i64,
+    /// `acc` is channels-last (`[1, L, Y, Z, C]` in memory), as the logits it adds up.
+    channels_last: bool,
+}
+
+impl Slab {
+    /// A zeroed slab of `span` (`[L, Y, Z]`) whose accumulator has the layout of `logits`
+    /// (channels-last logits are added without a strided gather). The per-voxel arithmetic
+    /// is the same in both layouts.
+    fn new(logits: &Tensor, num_classes: i64, span: [i64; 3]) -> Slab {
+        let dev = logits.device();
+        let [l, y, z] = span;
+        let channels_last = is_channels_last(logits);
+        let acc = if channels_last {
+            Tensor::zeros([1, l, y, z, num_classes], (Kind::Float, dev)).permute([0, 4, 1, 2, 3])
+        } else {
+            Tensor::zeros([1, num_classes, l, y, z], (Kind::Float, dev))
+        };
+        Slab {
+            acc,
+            count: Tensor::zeros([1, 1, l, y, z], (Kind::Float, dev)),
+            base: 0,
+            channels_last,
+        }
+    }
 }
 
 /// Runs `predict` over windows of `input` (`[1, 1, X, Y, Z]`, float32) and returns the
@@ -149,14 +174,8 @@ pub fn predict_labels_timed(
     .to_device(dev)
     .view([1, 1, cfg.roi[0], cfg.roi[1], cfg.roi[2]]);
     let slab_len = cfg.roi[0].min(work[0]);
-    let mut slab = Slab {
-        acc: Tensor::zeros(
-            [1, num_classes, slab_len, work[1], work[2]],
-            (Kind::Float, dev),
-        ),
-        count: Tensor::zeros([1, 1, slab_len, work[1], work[2]], (Kind::Float, dev)),
-        base: 0,
-    };
+    // allocated at the first window, in the layout of the network's logits
+    let mut slab: Option<Slab> = None;
     let labels = Tensor::zeros(work, (Kind::Uint8, Device::Cpu));
     let total = wins.len();
     let batch = cfg.sw_batch_size.max(1);
@@ -177,10 +196,12 @@ pub fn predict_labels_timed(
             Tensor::cat(&parts, 0)
         };
         let logits = predict(&x)?;
+        let slab = slab
+            .get_or_insert_with(|| Slab::new(&logits, num_classes, [slab_len, work[1], work[2]]));
         for (i, w) in chunk.iter().enumerate() {
             if w[0] > slab.base {
                 let t = std::time::Instant::now();
-                finalize(&mut slab, w[0], &labels)?;
+                finalize(slab, w[0], &labels)?;
                 finalize_secs += t.elapsed().as_secs_f64();
             }
             let mut buf = logits.narrow(0, i as i64, 1);
@@ -205,7 +226,9 @@ pub fn predict_labels_timed(
         }
     }
     let t = std::time::Instant::now();
-    finalize(&mut slab, work[0], &labels)?;
+    if let Some(slab) = slab.as_mut() {
+        finalize(slab, work[0], &labels)?;
+    }
     finalize_secs += t.elapsed().as_secs_f64();
     let labels = labels
         .narrow(0, pads[0].0, size[0])
@@ -231,10 +254,16 @@ fn finalize(slab: &mut Slab, upto: i64, labels: &Tensor) -> Result<()> {
     while start < n_done {
         let planes = FINALIZE_PLANES.min(n_done - start);
         let out = slab.acc.narrow(2, start, planes) / slab.count.narrow(2, start, planes);
-        let probs = out.squeeze_dim(0).softmax(0, Kind::Float);
+        // channels-last: the classes are the innermost, contiguous dimension
+        let (out, dim) = if slab.channels_last {
+            (out.squeeze_dim(0).permute([1, 2, 3, 0]), -1)
+        } else {
+            (out.squeeze_dim(0), 0)
+        };
+        let probs = out.softmax(dim, Kind::Float);
         drop(out);
         let lab = probs
-            .argmax(0, false)
+            .argmax(dim, false)
             .to_kind(Kind::Uint8)
             .to_device(Device::Cpu);
         labels.narrow(0, slab.base + start, planes).copy_(&lab);

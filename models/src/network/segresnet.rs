@@ -4,7 +4,9 @@
 //! (`convInit.conv.weight`, `down_layers.1.2.norm1.weight`, `conv_final.2.conv.bias`, ...),
 //! so real MONAI checkpoints load by name. Semantics follow `docs/bundle.md` §2.
 
+use crate::device::Precision;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use tch::{nn, Kind, Tensor};
 
 /// The constructor arguments of MONAI's SegResNet that the bundle's `network_def` sets.
@@ -158,6 +160,20 @@ fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, bias: bool) -> Co
     }
 }
 
+/// `t` (5-D) with the same values in the channels-last-3d layout (`N, D, H, W, C` in
+/// memory): tch has no memory-format argument, so permute, make contiguous, permute back.
+pub fn channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 4, 1])
+        .contiguous()
+        .permute([0, 4, 1, 2, 3])
+}
+
+/// Whether a 5-D tensor is laid out channels-last (its channel stride is 1).
+pub fn is_channels_last(t: &Tensor) -> bool {
+    let st = t.stride();
+    t.dim() == 5 && t.size()[1] > 1 && st[1] == 1
+}
+
 #[derive(Debug)]
 struct Conv {
     ws: Tensor,
@@ -177,6 +193,15 @@ impl Conv {
             1,
         )
     }
+    /// A detached copy in the channels-last layout and dtype `kind` (weights and bias).
+    fn inference_copy(&self, kind: Kind) -> Conv {
+        Conv {
+            ws: channels_last(&self.ws.detach()).to_kind(kind),
+            bs: self.bs.as_ref().map(|b| b.detach().to_kind(kind)),
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -184,6 +209,10 @@ struct GroupNorm {
     ws: Tensor,
     bs: Tensor,
     groups: i64,
+    /// Normalise a contiguous copy of the input: libtorch's channels-last float32 kernel
+    /// takes its statistics differently (logits then differ from MONAI's by ~1e-3 on the
+    /// bundle's network instead of ~2e-5), so the exact path pays one copy per norm.
+    contiguous: bool,
 }
 
 impl GroupNorm {
@@ -192,10 +221,33 @@ impl GroupNorm {
             ws: p.var("weight", &[channels], nn::Init::Const(1.0)),
             bs: p.var("bias", &[channels], nn::Init::Const(0.0)),
             groups,
+            contiguous: false,
         }
     }
     fn forward(&self, x: &Tensor) -> Tensor {
+        // libtorch's CPU kernel takes bf16 input with float32 affine parameters and keeps
+        // the statistics in float32
+        if self.contiguous {
+            return x.contiguous().group_norm(
+                self.groups,
+                Some(&self.ws),
+                Some(&self.bs),
+                1e-5,
+                true,
+            );
+        }
         x.group_norm(self.groups, Some(&self.ws), Some(&self.bs), 1e-5, true)
+    }
+    /// A detached copy; the affine parameters stay float32 in every precision. For float32
+    /// activations (`kind`) the norm runs on a contiguous copy (exactness), for bfloat16 on
+    /// the channels-last input (speed).
+    fn inference_copy(&self, kind: Kind) -> GroupNorm {
+        GroupNorm {
+            ws: self.ws.detach(),
+            bs: self.bs.detach(),
+            groups: self.groups,
+            contiguous: kind == Kind::Float,
+        }
     }
 }
 
@@ -224,6 +276,14 @@ impl ResBlock {
         let _ = y.g_add_(x);
         y
     }
+    fn inference_copy(&self, kind: Kind) -> ResBlock {
+        ResBlock {
+            norm1: self.norm1.inference_copy(kind),
+            norm2: self.norm2.inference_copy(kind),
+            conv1: self.conv1.inference_copy(kind),
+            conv2: self.conv2.inference_copy(kind),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -240,15 +300,112 @@ struct UpLayer {
     blocks: Vec<ResBlock>,
 }
 
-/// The SegResNet network. Build it on a [`nn::VarStore`], then load weights into that store.
+/// The layers of the network: the variable-store ones, or an inference copy of them.
 #[derive(Debug)]
-pub struct SegResNet {
-    config: SegResNetConfig,
+struct Body {
     conv_init: Conv,
     down: Vec<DownLayer>,
     up: Vec<UpLayer>,
     final_norm: GroupNorm,
     final_conv: Conv,
+}
+
+impl Body {
+    /// A detached copy for inference in `precision`: every convolution's weights
+    /// channels-last (the layout libtorch's oneDNN convolutions run fastest in on CPU), in
+    /// bfloat16 for [`Precision::Bf16`] except the final 1x1x1 convolution, which stays
+    /// float32 (cheap, and the logits keep their float32 resolution).
+    fn inference_copy(&self, precision: Precision) -> Body {
+        let kind = match precision {
+            Precision::Fp32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+        };
+        let blocks = |b: &[ResBlock]| b.iter().map(|b| b.inference_copy(kind)).collect();
+        Body {
+            conv_init: self.conv_init.inference_copy(kind),
+            down: self
+                .down
+                .iter()
+                .map(|l| DownLayer {
+                    down: l.down.as_ref().map(|c| c.inference_copy(kind)),
+                    blocks: blocks(&l.blocks),
+                })
+                .collect(),
+            up: self
+                .up
+                .iter()
+                .map(|l| UpLayer {
+                    reduce: l.reduce.inference_copy(kind),
+                    blocks: blocks(&l.blocks),
+                })
+                .collect(),
+            final_norm: self.final_norm.inference_copy(kind),
+            final_conv: self.final_conv.inference_copy(Kind::Float),
+        }
+    }
+
+    /// `fast`: the input is cast to the weights' dtype and the activations are kept
+    /// channels-last; the logits are float32 either way.
+    fn forward(&self, x: &Tensor, dropout: Option<f64>, fast: bool) -> Tensor {
+        let mut x = if fast {
+            let x = x.to_kind(self.conv_init.ws.kind());
+            let y = self.conv_init.forward(&x);
+            if is_channels_last(&y) {
+                y
+            } else {
+                channels_last(&y)
+            }
+        } else {
+            self.conv_init.forward(x)
+        };
+        if let Some(p) = dropout {
+            x = x.feature_dropout(p, true);
+        }
+        let mut skips = Vec::with_capacity(self.down.len());
+        for layer in &self.down {
+            if let Some(d) = &layer.down {
+                x = d.forward(&x);
+            }
+            for b in &layer.blocks {
+                x = b.forward(&x);
+            }
+            skips.push(x.shallow_clone());
+        }
+        skips.pop();
+        for layer in &self.up {
+            let y = layer.reduce.forward(&x);
+            let size = y.size();
+            let out: Vec<i64> = size[2..].iter().map(|s| s * 2).collect();
+            let mut y = y.upsample_trilinear3d(&out, false, Some(2.0), Some(2.0), Some(2.0));
+            let _ = y.g_add_(&skips.pop().expect("one skip per decoder level"));
+            x = y;
+            for b in &layer.blocks {
+                x = b.forward(&x);
+            }
+        }
+        // free the decoder output before the widest tensor (C x 96^3 logits) is allocated
+        let mut h = self.final_norm.forward(&x).relu_();
+        drop(x);
+        if h.kind() != self.final_conv.ws.kind() {
+            h = h.to_kind(self.final_conv.ws.kind());
+        }
+        self.final_conv.forward(&h)
+    }
+}
+
+/// Inference copies of the weights, made on demand per precision.
+#[derive(Debug, Default)]
+struct InferenceState {
+    active: Option<Precision>,
+    copies: Vec<(Precision, Body)>,
+}
+
+/// The SegResNet network. Build it on a [`nn::VarStore`], then load weights into that store.
+#[derive(Debug)]
+pub struct SegResNet {
+    config: SegResNetConfig,
+    body: Body,
+    inference: RefCell<InferenceState>,
 }
 
 impl SegResNet {
@@ -300,11 +457,14 @@ impl SegResNet {
         );
         Self {
             config: config.clone(),
-            conv_init,
-            down,
-            up,
-            final_norm,
-            final_conv,
+            body: Body {
+                conv_init,
+                down,
+                up,
+                final_norm,
+                final_conv,
+            },
+            inference: RefCell::new(InferenceState::default()),
         }
     }
 
@@ -313,41 +473,48 @@ impl SegResNet {
         &self.config
     }
 
+    /// Switches the inference path and returns the previous setting.
+    ///
+    /// `Some(p)`: [`SegResNet::forward_t`] runs on a detached copy of the weights made for
+    /// `p` at its first use (channels-last, bf16 convolutions for [`Precision::Bf16`]) and
+    /// produces no gradients. The copy is a snapshot: use this only on a network whose
+    /// weights no longer change (the engine's loaded networks, reloaded as new objects).
+    /// `None` (the default, what training uses): the variable-store weights in libtorch's
+    /// default layout.
+    pub fn set_inference(&self, precision: Option<Precision>) -> Option<Precision> {
+        let mut st = self.inference.borrow_mut();
+        if let Some(p) = precision {
+            if !st.copies.iter().any(|(q, _)| *q == p) {
+                let copy = tch::no_grad(|| self.body.inference_copy(p));
+                st.copies.push((p, copy));
+            }
+        }
+        std::mem::replace(&mut st.active, precision)
+    }
+
+    /// The inference path [`SegResNet::set_inference`] selected.
+    pub fn inference(&self) -> Option<Precision> {
+        self.inference.borrow().active
+    }
+
     /// Forward pass on `(N, C, D, H, W)` float input whose spatial sizes are divisible by
-    /// [`SegResNetConfig::divisor`]. `train` enables Dropout3d after `convInit`.
+    /// [`SegResNetConfig::divisor`]. `train` enables Dropout3d after `convInit`. The logits
+    /// are float32 (outside CUDA autocast) in every precision.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut x = self.conv_init.forward(x);
-        if let Some(p) = self.config.dropout_prob {
-            if train && p > 0.0 {
-                x = x.feature_dropout(p, true);
+        let dropout = self.config.dropout_prob.filter(|&p| train && p > 0.0);
+        let st = self.inference.borrow();
+        match st.active {
+            Some(p) => {
+                let body = st
+                    .copies
+                    .iter()
+                    .find(|(q, _)| *q == p)
+                    .map(|(_, b)| b)
+                    .expect("set_inference made the copy");
+                tch::no_grad(|| body.forward(x, dropout, true))
             }
+            None => self.body.forward(x, dropout, false),
         }
-        let mut skips = Vec::with_capacity(self.down.len());
-        for layer in &self.down {
-            if let Some(d) = &layer.down {
-                x = d.forward(&x);
-            }
-            for b in &layer.blocks {
-                x = b.forward(&x);
-            }
-            skips.push(x.shallow_clone());
-        }
-        skips.pop();
-        for layer in &self.up {
-            let y = layer.reduce.forward(&x);
-            let size = y.size();
-            let out: Vec<i64> = size[2..].iter().map(|s| s * 2).collect();
-            let mut y = y.upsample_trilinear3d(&out, false, Some(2.0), Some(2.0), Some(2.0));
-            let _ = y.g_add_(&skips.pop().expect("one skip per decoder level"));
-            x = y;
-            for b in &layer.blocks {
-                x = b.forward(&x);
-            }
-        }
-        // free the decoder output before the widest tensor (C x 96^3 logits) is allocated
-        let h = self.final_norm.forward(&x).relu_();
-        drop(x);
-        self.final_conv.forward(&h)
     }
 
     /// Number of parameters (18,799,401 for the bundle's network).

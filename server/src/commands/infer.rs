@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use ferrolabel_imaging::{read_nifti, write_label_nifti, Limits};
 use ferrolabel_models::bundle::{Bundle, Resolution};
 use ferrolabel_models::engine::{Engine, EngineOptions, InferRequest, Priority};
+use ferrolabel_models::Precision;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -36,9 +37,18 @@ pub struct InferArgs {
     /// Windows per network call (default: the bundle's, 1).
     #[arg(long)]
     pub sw_batch_size: Option<usize>,
+    /// Network precision: fp32 (exact) or bf16 (opt-in, faster; needs a CPU with
+    /// AVX512-BF16 or AMX, else an error).
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    pub precision: Precision,
     /// Print the timings as JSON on stdout instead of text on stderr.
     #[arg(long)]
     pub json: bool,
+}
+
+/// clap's parser of `--precision`.
+fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
+    Precision::parse(s).map_err(|e| e.to_string())
 }
 
 /// Peak resident memory of this process in bytes (VmHWM), if the OS reports it.
@@ -53,6 +63,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 pub fn run(args: InferArgs) -> Result<()> {
     let t0 = Instant::now();
     let device = ferrolabel_models::parse_device(&args.device)?;
+    ferrolabel_models::device::check_precision(args.precision, device)?;
     let bundle =
         Bundle::open(&args.bundle).with_context(|| format!("bundle {}", args.bundle.display()))?;
     let res = Resolution::from_highres(args.highres.unwrap_or(bundle.default_highres));
@@ -70,6 +81,7 @@ pub fn run(args: InferArgs) -> Result<()> {
             device,
             threads: args.threads,
             amp: device.is_cuda(),
+            precision: args.precision,
             queue_limit: 1,
         },
     )?;
@@ -82,6 +94,7 @@ pub fn run(args: InferArgs) -> Result<()> {
         resolution: res,
         sw_overlap: args.sw_overlap,
         sw_batch_size: args.sw_batch_size,
+        precision: None,
         priority: Priority::Interactive,
         cancel: Arc::new(AtomicBool::new(false)),
     };
@@ -112,6 +125,7 @@ pub fn run(args: InferArgs) -> Result<()> {
         "output": args.output.display().to_string(),
         "highres": res.is_high(),
         "device": args.device,
+        "precision": args.precision.as_str(),
         "network_shape": seg.network_shape,
         "windows": seg.windows,
         "seconds": {"load": t_load, "preprocess": seg.times.pre, "network": seg.times.infer,

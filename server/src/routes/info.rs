@@ -29,5 +29,32 @@ pub async fn info(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     {
         m.insert("model_version".into(), active);
     }
+    add_precisions(
+        &mut doc,
+        &state.app.engine().options().device,
+        state.app.engine().options().precision,
+    );
     Ok(response::json(doc))
+}
+
+/// Lists the network precisions in the segmentation model's `config` (the server's default
+/// first, as Slicer takes a list's first entry for the default): the ones this device runs.
+fn add_precisions(
+    doc: &mut serde_json::Value,
+    device: &ferrolabel_models::Device,
+    default: ferrolabel_models::Precision,
+) {
+    let mut list = vec![default.as_str()];
+    list.extend(
+        ferrolabel_models::device::available_precisions(*device)
+            .into_iter()
+            .filter(|&p| p != default)
+            .map(|p| p.as_str()),
+    );
+    if let Some(config) = doc
+        .pointer_mut(&format!("/models/{}/config", ferrolabel_apps::MODEL_NAME))
+        .and_then(|c| c.as_object_mut())
+    {
+        config.insert("precision".into(), list.into());
+    }
 }
