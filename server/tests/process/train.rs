@@ -1,6 +1,7 @@
 //! Training over HTTP with the real binary: start, 429 while running, progress and
-//! `train_stats`, the curve image, hot reload of the new checkpoint by `/infer`, and a stop that
-//! kills the worker within seconds without leaving a torn or temporary file.
+//! `train_stats`, the curve image, hot reload of the new checkpoint by `/infer`, a stop that
+//! kills the worker within seconds without leaving a torn or temporary file, and `resume: true`
+//! continuing the stopped run from its last epoch (exactness itself: models/tests/resume.rs).
 
 use crate::common;
 use crate::common::spawned::Server;
@@ -187,7 +188,31 @@ fn train_reports_progress_and_the_next_infer_uses_the_new_weights() {
     assert_ne!(weights_before, weights_after);
     assert_eq!(
         models_dir_files(bundle.path()),
-        ["model.pt", "model_lowres.pt", "train_stats.json"]
+        [
+            "model.pt",
+            "model_lowres.pt",
+            "model_lowres.resume.pt",
+            "train_stats.json",
+            "versions"
+        ]
+    );
+    // the better checkpoint is a model version with its provenance (docs/models.md)
+    let (_, v) = s.get_json(&format!("/model/versions/{MODEL}?highres=false"));
+    let newest = &v["versions"][0];
+    assert_eq!(v["active"], newest["version"], "{v}");
+    assert_eq!(newest["source"], "train", "{v}");
+    assert_eq!(newest["job_id"], task["id"]);
+    assert_eq!(newest["parent"], 1, "the weights before the training: version 1");
+    assert_eq!(
+        newest["trained_on"],
+        json!([{"image": "example_ct", "rev": 1}])
+    );
+    assert!((newest["metrics"]["best_metric"].as_f64().unwrap() - best).abs() < 1e-6);
+    assert!(newest["metrics"]["best_epoch"].as_u64().is_some());
+    let sha = newest["sha256"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read(bundle.path().join(format!("models/versions/{sha}.pt"))).unwrap(),
+        weights_after
     );
     let after = infer_lowres(&s);
     assert_ne!(
@@ -224,7 +249,7 @@ fn train_reports_progress_and_the_next_infer_uses_the_new_weights() {
 }
 
 #[test]
-fn stop_kills_the_worker_within_seconds() {
+fn stop_kills_the_worker_within_seconds_and_resume_continues() {
     let bundle = common::bundle_copy();
     let s = Server::start(Opts {
         bundle: bundle.path().to_path_buf(),
@@ -252,22 +277,69 @@ fn stop_kills_the_worker_within_seconds() {
     assert_eq!(stopped["status"], "STOPPED");
     assert!(stopped["end_ts"].is_string());
     assert!(!stopped["details"].as_array().unwrap().is_empty());
+    // the epochs recorded before the stop (each epoch's resume state is written before its
+    // record: the state can be one epoch further, never behind)
+    let before_stop = s.get_json("/info/").1["train_stats"][MODEL]["history"].clone();
+    let k = before_stop.as_array().unwrap().len() as u64;
+    assert!(k >= 1, "{before_stop}");
+    let max_epochs = k + 2;
+    // the second run continues the stopped one (`resume: true`), accepted once it is gone
     let took = wait_until("the worker to end", Duration::from_secs(10), || {
         s.get_json("/train/?check_if_running=true").0 == 404
             && s.http
                 .post(s.url(&format!("/train/{MODEL}")))
                 .json(
-                    &json!({"highres": false, "max_epochs": 1, "roi_size": 32, "val_roi_size": 64}),
+                    &json!({"highres": false, "max_epochs": max_epochs, "val_interval": 1,
+                              "train_batch_size": 1, "roi_size": 32, "val_roi_size": 64,
+                              "resume": true}),
                 )
                 .send()
                 .map(|r| r.status() == 200)
                 .unwrap_or(false)
     });
     eprintln!("stop took {took:?}");
-    // the second (tiny) run: let it finish, then nothing is left behind
-    wait_until("the second run", Duration::from_secs(300), || {
+    // let it finish, then nothing is left behind
+    wait_until("the resumed run", Duration::from_secs(300), || {
         s.get_json("/train/").1["status"] != "RUNNING"
     });
+    let (_, resumed) = s.get_json("/train/");
+    assert_eq!(resumed["status"], "DONE", "{resumed}");
+    assert_eq!(resumed["result"]["epochs"], max_epochs, "{resumed}");
+    let lines: Vec<&str> = resumed["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let from: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("resumed exactly at epoch "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exact resume line: {lines:?}"));
+    assert!(
+        (k..max_epochs).contains(&from),
+        "resumed at {from}, {k} recorded: {lines:?}"
+    );
+    // it ran only the epochs after the stop: no epoch 1 again
+    assert!(
+        !lines.iter().any(|l| l.starts_with("epoch 1/")),
+        "the run restarted: {lines:?}"
+    );
+    // train_stats continue: epochs 1..=max, those before the stop kept as they were
+    let stats = s.get_json("/info/").1["train_stats"][MODEL].clone();
+    assert_eq!(stats["epoch"], max_epochs, "{stats}");
+    let history = stats["history"].as_array().unwrap();
+    let epochs: Vec<u64> = history
+        .iter()
+        .map(|r| r["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, (1..=max_epochs).collect::<Vec<_>>(), "{stats}");
+    assert_eq!(
+        history[..k as usize],
+        before_stop.as_array().unwrap()[..],
+        "{stats}"
+    );
     let r = s.http.delete(s.url("/train/")).send().unwrap();
     assert_eq!(r.text().unwrap(), "null");
     let (_, all) = s.get_json("/train/?all=true");
@@ -275,7 +347,13 @@ fn stop_kills_the_worker_within_seconds() {
     let files = models_dir_files(bundle.path());
     assert_eq!(
         files,
-        ["model.pt", "model_lowres.pt", "train_stats.json"],
+        [
+            "model.pt",
+            "model_lowres.pt",
+            "model_lowres.resume.pt",
+            "train_stats.json",
+            "versions"
+        ],
         "{files:?}"
     );
     // whatever checkpoint is there loads (the infer answers 200)
