@@ -26,6 +26,7 @@ pub mod resume;
 mod stats;
 mod torchrun;
 mod torchrun_conf;
+mod torchrun_procs;
 mod worker;
 
 use std::io::{BufRead, BufReader};
@@ -46,7 +47,7 @@ use stats::Stats;
 use worker::Finished;
 
 pub use stats::curve_svg;
-pub use torchrun::marked_processes;
+pub use torchrun_procs::marked_processes;
 pub use torchrun_conf::TorchrunSettings;
 pub use worker::{run_worker, WorkerRequest};
 
@@ -172,7 +173,6 @@ impl Trainer {
         params: &Map<String, Value>,
         pairs: Vec<Pair>,
     ) -> Result<Value> {
-    ) -> Result<Value> {
         self.run_promoting(handle, params, pairs, &crate::versions::NoVersions)
     }
 
@@ -184,8 +184,9 @@ impl Trainer {
         params: &Map<String, Value>,
         pairs: Vec<Pair>,
         promote: &dyn crate::versions::Promote,
+    ) -> Result<Value> {
         if torchrun_conf::requested(params)? {
-            return torchrun::run(self, handle, params, pairs);
+            return torchrun::run(self, handle, params, pairs, promote);
         }
         let _span = tracing::info_span!("train", task = %handle.id()).entered();
         let exe = self.worker_exe()?;
@@ -294,9 +295,9 @@ impl Trainer {
             stats,
             ck,
             start_epoch: job.config.start_epoch,
-        };
             promote,
             res,
+        };
         let pid = child.id();
         let (outcome, status, tail) = watch.follow(child);
         worker::remove_temp_files(&dir, pid);
@@ -342,11 +343,11 @@ struct Watch<'a> {
     ck: TrainCheckpoint,
     /// Epochs done before this attempt.
     start_epoch: usize,
-}
     /// Where better checkpoints are announced (model versions).
     promote: &'a dyn crate::versions::Promote,
     /// The resolution trained.
     res: Resolution,
+}
 
 impl Watch<'_> {
     /// Reads the worker's events until it ends; kills it once the job is cancelled. Answers
@@ -469,7 +470,6 @@ impl Watch<'_> {
                     path.display()
                 ));
                 self.ck.on_checkpoint(*epoch, *metric, path.clone());
-                handle.save_checkpoint(self.ck.to_value());
                 self.promote.promoted(crate::versions::Promotion {
                     res: self.res,
                     path: path.clone(),
@@ -477,6 +477,7 @@ impl Watch<'_> {
                     metric: *metric,
                     source: "train",
                 });
+                handle.save_checkpoint(self.ck.to_value());
             }
         }
     }
