@@ -163,7 +163,8 @@ fn versions_upload_rollback_retention() {
             (1, None, "initial".into(), false, true)
         ]
     );
-    assert_eq!(kept_files(bundle.path()), 2);
+    // highres versions kept, plus the low-res weights' version 1 (recorded by /info/)
+    assert_eq!(kept_files(bundle.path()), 3);
 
     // rollback: the next inference answers exactly what version 1 answered
     let (st, a) = activate(&s, "?version=1");
@@ -204,7 +205,8 @@ fn versions_upload_rollback_retention() {
         .path()
         .join(format!("models/versions/{sha1}.pt"))
         .exists());
-    assert_eq!(kept_files(bundle.path()), 2);
+    // highres versions kept, plus the low-res weights' version 1 (recorded by /info/)
+    assert_eq!(kept_files(bundle.path()), 3);
     let (st, e) = activate(&s, "?version=1");
     assert_eq!(st, 409);
     assert!(detail(&e).contains("pruned"), "{e}");
