@@ -126,7 +126,7 @@ pub fn to_prune(versions: &[ModelVersion], keep: usize) -> Vec<i64> {
         return Vec::new();
     }
     let mut by_new: Vec<&ModelVersion> = versions.iter().collect();
-    by_new.sort_by(|a, b| b.version.cmp(&a.version));
+    by_new.sort_by_key(|v| std::cmp::Reverse(v.version));
     let metric = |v: &ModelVersion| v.metrics.get("best_metric").and_then(Value::as_f64);
     let best = versions
         .iter()

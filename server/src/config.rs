@@ -61,10 +61,6 @@ pub struct ServerArgs {
     /// `<studies>/.ferrolabel/datastore.db`.
     #[arg(long, env = "FERROLABEL_DATASTORE_URL", hide_env_values = true)]
     pub datastore_url: Option<String>,
-    /// Run no submitted jobs here (batch inference, scoring, training): they wait in the jobs
-    /// table for `ferrolabel worker` processes (or other servers) on the same database. The
-    /// server still submits, lists and stops them, and runs its periodic sweeps.
-    #[arg(long, env = "FERROLABEL_NO_JOBS", default_value = "false", value_parser = parse_bool, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     /// Object storage for the content of images, labels and label revisions:
     /// `s3://BUCKET[/PREFIX]` (endpoint, region and credentials from the standard `AWS_*`
     /// environment variables; docs/team.md). Default: files in the studies folder.
@@ -73,6 +69,10 @@ pub struct ServerArgs {
     /// This process's cache of object-storage blobs (default `<studies>/.cache/objects`).
     #[arg(long, env = "FERROLABEL_STORAGE_CACHE")]
     pub storage_cache: Option<PathBuf>,
+    /// Run no submitted jobs here (batch inference, scoring, training): they wait in the jobs
+    /// table for `ferrolabel worker` processes (or other servers) on the same database. The
+    /// server still submits, lists and stops them, and runs its periodic sweeps.
+    #[arg(long, env = "FERROLABEL_NO_JOBS", default_value = "false", value_parser = parse_bool, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub no_jobs: bool,
     /// Largest accepted image, in voxels (default 512 x 512 x 2048).
     #[arg(long, env = "FERROLABEL_MAX_VOXELS")]
@@ -464,6 +464,11 @@ fn clean_dir(dir: &Path, min_age: std::time::Duration) {
     }
 }
 
+/// clap's parser of `--precision`.
+fn parse_precision(s: &str) -> Result<ferrolabel_models::Precision, String> {
+    ferrolabel_models::Precision::parse(s).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,9 +548,4 @@ mod tests {
             .client_config("http://pacs/dicom-web")
             .is_err());
     }
-}
-
-/// clap's parser of `--precision`.
-fn parse_precision(s: &str) -> Result<ferrolabel_models::Precision, String> {
-    ferrolabel_models::Precision::parse(s).map_err(|e| e.to_string())
 }

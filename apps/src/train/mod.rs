@@ -47,8 +47,8 @@ use stats::Stats;
 use worker::Finished;
 
 pub use stats::curve_svg;
-pub use torchrun_procs::marked_processes;
 pub use torchrun_conf::TorchrunSettings;
+pub use torchrun_procs::marked_processes;
 pub use worker::{run_worker, WorkerRequest};
 
 /// The trainer of the app: where it writes, how it starts workers.

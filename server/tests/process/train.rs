@@ -202,7 +202,10 @@ fn train_reports_progress_and_the_next_infer_uses_the_new_weights() {
     assert_eq!(v["active"], newest["version"], "{v}");
     assert_eq!(newest["source"], "train", "{v}");
     assert_eq!(newest["job_id"], task["id"]);
-    assert_eq!(newest["parent"], 1, "the weights before the training: version 1");
+    assert_eq!(
+        newest["parent"], 1,
+        "the weights before the training: version 1"
+    );
     assert_eq!(
         newest["trained_on"],
         json!([{"image": "example_ct", "rev": 1}])
