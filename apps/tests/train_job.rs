@@ -149,7 +149,7 @@ fn resumes_from_the_checkpoint(s: &Setup) {
     let details = second.details();
     let resumed = details
         .iter()
-        .find(|d| d.starts_with("resumed at epoch 1 of 2 (attempt 2)"))
+        .find(|d| d.starts_with("resumed at epoch 1 of 2 (attempt 2"))
         .unwrap_or_else(|| panic!("{details:?}"));
     assert!(
         resumed.contains(&s.model.display().to_string()),

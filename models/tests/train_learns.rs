@@ -3,10 +3,12 @@
 //! bundle's recipe (DiceCE, AdamW, random 96^3 crops): the loss must fall and the Dice of the
 //! largest structure on that image must rise above a threshold (see the README, Training).
 //!
-//! The small configuration: 64^3 crops (a 32^3 crop of the zero-padded foreground box is
-//! mostly background, and the network then learns to answer background), batch 1, learning
-//! rate 1e-2 (the recipe's 1e-4 needs thousands of steps), 100 steps, validation on a 96^3
-//! centre crop. Environment overrides: FERROLABEL_TRAIN_EPOCHS, _ROI, _LR_E4 (in 1e-4 units),
+//! The small configuration: 80^3 crops (smaller crops of the zero-padded foreground box are
+//! mostly background, and the network then learns to answer background: with the per-step
+//! random stream of exact resume, 64^3 crops left the liver at Dice 0 after 100 steps), batch 1,
+//! learning rate 1e-2 (the recipe's 1e-4 needs thousands of steps), 60 steps, validation on a
+//! 96^3 centre crop. The run is deterministic (every random decision comes from the seed, the
+//! epoch and the step). Environment overrides: FERROLABEL_TRAIN_EPOCHS, _ROI, _LR_E4 (in 1e-4 units),
 //! _THREADS.
 
 use ferrolabel_imaging::Limits;
@@ -55,14 +57,14 @@ fn loss_falls_and_the_largest_structures_are_learned() {
     .unwrap();
     let mut network = SegResNetConfig::from_network_def(&def["network_def"]).unwrap();
     network.init_filters = 8;
-    let epochs = env_usize("FERROLABEL_TRAIN_EPOCHS", 100);
+    let epochs = env_usize("FERROLABEL_TRAIN_EPOCHS", 60);
     let mut cfg = TrainConfig::default();
     cfg.prepare.pixdim = [3.0, 3.0, 3.0];
     cfg.max_epochs = epochs;
     cfg.val_interval = epochs;
     cfg.batch_size = 1;
     cfg.lr = env_usize("FERROLABEL_TRAIN_LR_E4", 100) as f64 * 1e-4;
-    let roi = env_usize("FERROLABEL_TRAIN_ROI", 64) as i64;
+    let roi = env_usize("FERROLABEL_TRAIN_ROI", 80) as i64;
     cfg.roi = [roi; 3];
     cfg.val_roi = [96, 96, 96];
     let output = dir.path().join("model_lowres.pt");

@@ -104,6 +104,12 @@ class Deployment:
         self.env = dict(os.environ, MONAI_LABEL_SESSION_PATH=os.path.join(tmp, "sessions"), **(env or {}))
         self.env.pop("FERROLABEL_DATASTORE_URL", None)
         app = os.path.join(REPO, "apps", "wholebody")
+        if os.path.realpath(bundle).startswith(os.path.realpath(GOLDEN) + os.sep):
+            # the server keeps model versions in its bundle (models/versions/, docs/models.md):
+            # never in the shared golden fixtures, a private copy
+            private = os.path.join(tmp, "bundle")
+            shutil.copytree(bundle, private)
+            bundle = private
         common = ["--app", app, "--studies", studies, "--conf", "bundle_dir", bundle, "--threads", str(threads)]
         self.cluster = CLUSTER
         try:

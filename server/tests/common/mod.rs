@@ -84,7 +84,10 @@ pub fn bundle_copy() -> tempfile::TempDir {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         for entry in std::fs::read_dir(src.join(sub)).unwrap() {
             let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
+            // the files only: a server that used the shared bundle keeps `models/versions/` there
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
+            }
         }
     }
     dir

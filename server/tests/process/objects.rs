@@ -55,11 +55,13 @@ fn start(s3: &S3Server, url: &str, db: &str, studies: &Path, bundle: &Path) -> (
 
 /// `<key> <sha256 of its content>` per object of the bucket, listed and read by boto3.
 fn bucket_listing(s3: &S3Server, bucket: &str) -> String {
-    const LIST: &str = "import boto3, hashlib, sys\n\
-c = boto3.client('s3', endpoint_url=sys.argv[1])\n\
-for o in c.list_objects_v2(Bucket=sys.argv[2]).get('Contents', []):\n\
-    body = c.get_object(Bucket=sys.argv[2], Key=o['Key'])['Body'].read()\n\
-    print(o['Key'], hashlib.sha256(body).hexdigest())\n";
+    // a raw string: a `\` line continuation would strip the loop body's indentation
+    const LIST: &str = r#"import boto3, hashlib, sys
+c = boto3.client('s3', endpoint_url=sys.argv[1])
+for o in c.list_objects_v2(Bucket=sys.argv[2]).get('Contents', []):
+    body = c.get_object(Bucket=sys.argv[2], Key=o['Key'])['Body'].read()
+    print(o['Key'], hashlib.sha256(body).hexdigest())
+"#;
     let mut cmd = Command::new(ferrolabel_testkit::python());
     cmd.args(["-c", LIST, &s3.endpoint(), bucket]);
     for (k, v) in s3.env() {
