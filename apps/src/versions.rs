@@ -94,8 +94,14 @@ fn hash_cache() -> &'static Mutex<HashMap<PathBuf, (FileId, String)>> {
     CACHE.get_or_init(Default::default)
 }
 
-/// `(sha256, size)` of the file at `path`, `None` when it is missing (blocking).
+/// `(sha256, size)` of the file at `path`, `None` when it is missing or not a regular file
+/// (blocking). A FIFO or a device in place of the weights is never opened here: reading it
+/// would block a request and take the bytes meant for the engine's loader.
 fn hash_file(path: &Path) -> Result<Option<(String, u64)>> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => return Ok(None),
+        _ => {}
+    }
     for _ in 0..3 {
         let before = match file_id(path) {
             Ok(id) => id,
