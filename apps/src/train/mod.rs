@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferrolabel_models::train::{Pair, TrainEvent, TrainJob, TrainOutcome};
+use ferrolabel_models::train::{EpochRecord, Pair, TrainEvent, TrainJob, TrainOutcome};
 use ferrolabel_models::{Bundle, Resolution};
 use serde_json::{json, Map, Value};
 
@@ -313,6 +313,24 @@ impl Trainer {
         }
     }
 
+    /// One finished epoch, the same for the Rust trainer and torchrun: the task's log line,
+    /// the history (an epoch run again after a resume replaces its record), `train_stats`.
+    fn record_epoch(&self, handle: &JobHandle, stats: &mut Stats, r: &EpochRecord) {
+        handle.log(format!(
+            "epoch {}/{}: loss {:.4}{}, {:.1} s",
+            r.epoch,
+            stats.total_epochs,
+            r.loss,
+            r.val_dice
+                .map(|d| format!(", {} {d:.4}", stats.metric_name))
+                .unwrap_or_default(),
+            r.seconds
+        ));
+        stats.history.retain(|h| h.epoch < r.epoch);
+        stats.history.push(r.clone());
+        self.write_stats(stats);
+    }
+
     fn write_stats(&self, stats: &Stats) {
         let path = self.stats_path();
         let tmp = path.with_extension("json.tmp");
@@ -443,19 +461,7 @@ impl Watch<'_> {
             )),
             TrainEvent::Resumed { .. } => {}
             TrainEvent::Epoch(r) => {
-                handle.log(format!(
-                    "epoch {}/{}: loss {:.4}{}, {:.1} s",
-                    r.epoch,
-                    stats.total_epochs,
-                    r.loss,
-                    r.val_dice
-                        .map(|d| format!(", {} {d:.4}", stats.metric_name))
-                        .unwrap_or_default(),
-                    r.seconds
-                ));
-                stats.history.retain(|h| h.epoch < r.epoch);
-                stats.history.push(r.clone());
-                self.trainer.write_stats(stats);
+                self.trainer.record_epoch(handle, stats, r);
                 self.ck.on_epoch(r);
                 handle.save_checkpoint(self.ck.to_value());
             }

@@ -431,19 +431,7 @@ impl Follow<'_> {
                 handle.progress(stats.iteration, total, Some(&format!("epoch {epoch}")));
             }
             TrainEvent::Epoch(r) => {
-                handle.log(format!(
-                    "epoch {}/{}: loss {:.4}{}, {:.1} s",
-                    r.epoch,
-                    stats.total_epochs,
-                    r.loss,
-                    r.val_dice
-                        .map(|d| format!(", {} {d:.4}", stats.metric_name))
-                        .unwrap_or_default(),
-                    r.seconds
-                ));
-                stats.history.retain(|h| h.epoch < r.epoch);
-                stats.history.push(r.clone());
-                self.trainer.write_stats(stats);
+                self.trainer.record_epoch(handle, stats, r);
             }
             TrainEvent::Checkpoint {
                 epoch,
