@@ -10,6 +10,8 @@
 #     scripts/fuzz.sh                 1,000,000 executions of every target (the README figures)
 #     scripts/fuzz.sh 20000           20,000 executions each (what scripts/test.sh runs)
 #     scripts/fuzz.sh 300s nifti      five minutes of the nifti target
+#     scripts/fuzz.sh build           only install cargo-fuzz and build the targets (scripts/test.sh
+#                                     runs this in the background while the Rust tests run)
 #
 # Fails on any crash, hang (-timeout), allocation over -malloc_limit_mb or RSS over
 # -rss_limit_mb; the input is saved in fuzz/artifacts/<target>/. Installs cargo-fuzz into
@@ -38,6 +40,7 @@ case "$length" in
 esac
 
 (cd fuzz && cargo fuzz build -O --debug-assertions) >&2
+[ "$length" = build ] && exit 0
 mkdir -p bench-out
 results=()
 for t in "${targets[@]}"; do
