@@ -417,8 +417,11 @@ impl Built {
             tls,
         } = self;
         let app_state = state.clone();
+        // TCP_NODELAY: with Nagle's algorithm a TLS response (written as several records) waited
+        // for the client's delayed ACK, ~40 ms on most HTTPS requests
         let server = HttpServer::new(move || crate::create_app(app_state.clone(), auth.clone()))
-            .workers(workers);
+            .workers(workers)
+            .tcp_nodelay(true);
         let server = if signals {
             server
         } else {
