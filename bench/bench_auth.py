@@ -5,12 +5,15 @@ weights needed), then over fresh connections on 127.0.0.1:
   * `--logins` x POST /auth/token (the argon2id check),
   * `--requests` x GET /auth/token/valid (token-checked) and GET /auth/ (open, no check),
 and prints mean and p50 of each, plus the token check's extra cost (valid minus open). Writes JSON.
+`--tls` serves HTTPS (a self-signed certificate made with `openssl`) and measures the same calls over
+fresh TLS connections (handshake included).
 
-Usage: bench_auth.py [--logins 10] [--requests 200] [--out bench-out/auth.json]
+Usage: bench_auth.py [--logins 10] [--requests 200] [--tls] [--out bench-out/auth.json]
 """
 import argparse
 import http.client
 import json
+import ssl
 import os
 import statistics
 import subprocess
@@ -32,8 +35,15 @@ def free_port():
         return s.getsockname()[1]
 
 
+TLS = False
+
+
 def call(port, method, path, body=None, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    if TLS:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=60,
+                                           context=ssl._create_unverified_context())
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     t0 = time.perf_counter()
     conn.request(method, path, body=body, headers=headers or {})
     r = conn.getresponse()
@@ -52,9 +62,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--logins", type=int, default=10)
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--out", default=os.path.join(REPO, "bench-out", "auth.json"))
+    ap.add_argument("--tls", action="store_true", help="serve and measure HTTPS")
+    ap.add_argument("--out", default=None, help="default bench-out/auth.json (auth-tls.json with --tls)")
     a = ap.parse_args()
+    global TLS
+    TLS = a.tls
+    a.out = a.out or os.path.join(REPO, "bench-out", "auth-tls.json" if a.tls else "auth.json")
     tmp = tempfile.mkdtemp(prefix="ferrolabel-bench-auth-")
+    tls_args = []
+    if a.tls:
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", cert], check=True, capture_output=True)
+        tls_args = ["--ssl-certfile", cert, "--ssl-keyfile", key]
     users = os.path.join(tmp, "users.json")
     subprocess.run([BIN, "auth", "add-user", "--users", users, "--username", "ann", "--role", "annotator"],
                    input="ann-password\n", text=True, check=True, capture_output=True)
@@ -62,7 +82,7 @@ def main():
     log = open(os.path.join(tmp, "server.log"), "wb")
     proc = subprocess.Popen([BIN, "start_server", "--app", os.path.join(REPO, "apps", "wholebody"),
                              "--studies", os.path.join(tmp, "studies"), "--host", "127.0.0.1", "--port", str(port),
-                             "--auth-enable", "true", "--auth-users", users], stdout=log, stderr=subprocess.STDOUT)
+                             "--auth-enable", "true", "--auth-users", users] + tls_args, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
         while True:
@@ -94,7 +114,8 @@ def main():
     finally:
         proc.terminate()
         proc.wait(30)
-    out = {"login": summary(logins), "token_checked": summary(valid), "open": summary(open_)}
+    out = {"scheme": "https" if a.tls else "http", "login": summary(logins),
+           "token_checked": summary(valid), "open": summary(open_)}
     out["token_check_extra_ms"] = round(out["token_checked"]["p50_ms"] - out["open"]["p50_ms"], 3)
     print(f"login (argon2id)            mean {out['login']['mean_ms']:8.2f} ms   p50 {out['login']['p50_ms']:8.2f} ms  ({a.logins} logins)")
     print(f"GET /auth/token/valid       mean {out['token_checked']['mean_ms']:8.2f} ms   p50 {out['token_checked']['p50_ms']:8.2f} ms  ({a.requests} requests)")
