@@ -2,15 +2,17 @@
 device and thread count. Prints each stage's time, peak RSS, the ratios and the label agreements, and writes
 JSON.
 
-Usage: bench_infer.py [--image IMG] [--bundle DIR] [--highres true|false] [--threads N] [--repeat K]
-                      [--precisions fp32,bf16] [--bigscan] [--out FILE]
+Usage: bench_infer.py [--image IMG] [--bundle DIR] [--trained-bundle DIR] [--highres true|false]
+                      [--threads N] [--repeat K] [--precisions fp32,bf16] [--bigscan] [--out FILE]
 
 Without --bundle it makes a bundle folder with seeded random weights of the real architecture (timing and
 memory do not depend on the weights' values; the agreement of bf16 with fp32 does: random weights have
-nearly tied logits, so that figure is a floor, and `cargo test --release -p ferrolabel-models --test
-precision` reports it on a trained network). The runs are interleaved (fp32, bf16, MONAI, then again with
---repeat), so that a neighbour's load on a shared machine hits all three alike; each program's fastest run
-is reported. Peak RSS is each child process's ru_maxrss from wait4, for all programs alike.
+nearly tied logits, so that figure is a floor). --trained-bundle DIR runs the same three programs again on
+a trained network (scripts/make_trained_fixture.py makes one: the bundle's SegResNet trained at 3 mm by
+ferrolabel's trainer, so use it with --highres false) and reports the agreements for both weights. The
+runs are interleaved (fp32, bf16, MONAI, then again with --repeat), so that a neighbour's load on a shared
+machine hits all three alike; each program's fastest run is reported. Peak RSS is each child process's
+ru_maxrss from wait4, for all programs alike.
 
 --bigscan adds the 512x512x400 scan (bench/bench_bigscan.py makes it and runs it, MONAI under a memory
 watchdog) at the same resolution.
@@ -59,7 +61,9 @@ def agreement(a, b):
 
 
 def shared_ct(a, bundle, work):
-    """fp32, bf16 and MONAI on `a.image`, interleaved `a.repeat` times; the fastest run of each."""
+    """fp32, bf16 and MONAI on `a.image` with `bundle`'s weights, interleaved `a.repeat` times; the fastest
+    run of each, with the label agreements."""
+    os.makedirs(work, exist_ok=True)
     precisions = a.precisions.split(",")
     best = {}
     for rep in range(a.repeat):
@@ -115,6 +119,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--image", default=os.path.join(REPO, "data", "totalseg", "example_ct.nii.gz"))
     ap.add_argument("--bundle")
+    ap.add_argument("--trained-bundle", help="also run on this trained bundle (make_trained_fixture.py)")
     ap.add_argument("--highres", default="true")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeat", type=int, default=1)
@@ -134,6 +139,10 @@ def main():
     ct = shared_ct(a, bundle, work)
     result = {"image": a.image, "highres": a.highres == "true", "threads": a.threads,
               "weights": "seeded random" if not a.bundle else a.bundle, "shared_ct": ct}
+    if a.trained_bundle:
+        print(f"shared CT, trained weights {a.trained_bundle}", flush=True)
+        result["trained_bundle"] = a.trained_bundle
+        result["shared_ct_trained"] = shared_ct(a, a.trained_bundle, os.path.join(work, "trained"))
     if a.bigscan:
         sys.path.insert(0, HERE)
         import bench_bigscan
@@ -144,6 +153,13 @@ def main():
                                         monai=True, monai_cap_gb=a.monai_cap_gb)
         result["bigscan"] = big
     print_table(f"\nshared CT ({ct['fp32']['network_shape']} network grid, {ct['fp32']['windows']} windows)", ct)
+    if a.trained_bundle:
+        print_table("\nshared CT, trained weights", result["shared_ct_trained"])
+        print("\nbf16 labels vs fp32 labels:")
+        for name, key in [("random weights", "shared_ct"), ("trained weights", "shared_ct_trained")]:
+            r = result[key].get("bf16", {})
+            if "label_agreement_with_fp32" in r:
+                print(f"  {name:16s} {100 * r['label_agreement_with_fp32']:.4f}%")
     if a.bigscan:
         print("\n512x512x400 scan")
         print(f"{'program':11s} {'prec':5s} {'network':>8s} {'total':>8s} {'peak RSS':>9s}  agreement / error")

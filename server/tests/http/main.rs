@@ -17,6 +17,7 @@ mod engine_errors;
 mod errors;
 mod infer;
 mod pacs;
+mod precision;
 mod scribbles;
 mod versions;
 mod workbench;
