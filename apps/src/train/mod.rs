@@ -25,7 +25,9 @@ mod options;
 pub mod resume;
 mod stats;
 mod torchrun;
+mod torchrun_cmd;
 mod torchrun_conf;
+mod torchrun_launch;
 mod torchrun_procs;
 mod worker;
 
@@ -47,7 +49,7 @@ use stats::Stats;
 use worker::Finished;
 
 pub use stats::curve_svg;
-pub use torchrun_conf::TorchrunSettings;
+pub use torchrun_launch::TorchrunSettings;
 pub use torchrun_procs::marked_processes;
 pub use worker::{run_worker, WorkerRequest};
 
@@ -142,7 +144,7 @@ impl Trainer {
     /// The checks made before a training job exists: bad options or nothing labelled `final`
     /// ([`AppError::InvalidParams`], 422), no worker executable in this process.
     pub fn validate(&self, params: &Map<String, Value>, pairs: &[Pair]) -> Result<()> {
-        if torchrun_conf::requested(params)? {
+        if torchrun_launch::requested(params)? {
             return torchrun::validate(self, params, pairs);
         }
         self.worker_exe()?;
@@ -185,7 +187,7 @@ impl Trainer {
         pairs: Vec<Pair>,
         promote: &dyn crate::versions::Promote,
     ) -> Result<Value> {
-        if torchrun_conf::requested(params)? {
+        if torchrun_launch::requested(params)? {
             return torchrun::run(self, handle, params, pairs, promote);
         }
         let _span = tracing::info_span!("train", task = %handle.id()).entered();

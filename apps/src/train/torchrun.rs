@@ -1,7 +1,9 @@
 //! Distributed training through `torchrun` (`POST /train/{model}` with `multi_gpu: true`):
 //! PyTorch DistributedDataParallel as the bundle ships it (`train.json` +
 //! `multi_gpu_train.json`), run by MONAI in the project's Python, on a datalist exported from
-//! the `final` labels, with ferrolabel's override last ([`super::torchrun_conf`]).
+//! the `final` labels, with ferrolabel's override last: the options in
+//! [`super::torchrun_launch`], the run's files in [`super::torchrun_conf`], the command lines in
+//! [`super::torchrun_cmd`], the processes in [`super::torchrun_procs`].
 //!
 //! * The run lives in `<bundle>/models/.torchrun-<task>/` (the override, the datalist, the
 //!   glue module, the progress file, the bundle's checkpoint); it is removed when the run ends,
@@ -34,8 +36,10 @@ use ferrolabel_models::Resolution;
 use serde_json::{json, Map, Value};
 
 use super::stats::Stats;
-use super::torchrun_conf::{self as conf, Launch, RunFiles, TorchrunSettings, MARKER_VAR};
-use super::torchrun_procs::{kill_marked, own_session, replace_atomically, signal};
+use super::torchrun_cmd as cmd;
+use super::torchrun_conf::{self as conf, RunFiles};
+use super::torchrun_launch::{self as launching, Launch, TorchrunSettings};
+use super::torchrun_procs::{kill_marked, own_session, replace_atomically, signal, MARKER_VAR};
 use super::{result_json, Trainer};
 use crate::error::{AppError, Result};
 use crate::jobs::JobHandle;
@@ -73,7 +77,7 @@ fn prepare(trainer: &Trainer, params: &Map<String, Value>, pairs: Vec<Pair>) -> 
         ));
     }
     let (job, res) = trainer.job(params, pairs)?;
-    let launch = conf::launch(params, &job, cuda_count(), settings.slurm.is_some())?;
+    let launch = launching::launch(params, &job, cuda_count(), settings.slurm.is_some())?;
     let root = &trainer.bundle.root;
     for f in [
         "configs/train.json",
@@ -123,9 +127,9 @@ pub(super) fn run(
     write_json(&files.datalist, &conf::datalist(&job))?;
     let override_path = files.dir.join("override.json");
     write_json(&override_path, &conf::override_json(&job, &launch, &files))?;
-    let configs = conf::config_files(&trainer.bundle.root, &override_path);
+    let configs = cmd::config_files(&trainer.bundle.root, &override_path);
     let bundle_args =
-        conf::bundle_args(&configs, &trainer.bundle.root.join("configs/metadata.json"));
+        cmd::bundle_args(&configs, &trainer.bundle.root.join("configs/metadata.json"));
     let mut env = vec![
         (MARKER_VAR.to_string(), marker.clone()),
         (
@@ -145,14 +149,14 @@ pub(super) fn run(
     let mut cmd = match &settings.slurm {
         None => {
             let mut c = Command::new(&settings.python);
-            c.args(conf::torchrun_args(&launch)).args(&bundle_args);
+            c.args(cmd::torchrun_args(&launch)).args(&bundle_args);
             c
         }
         Some(slurm) => {
             let script = files.dir.join("sbatch.sh");
             std::fs::write(
                 &script,
-                conf::sbatch_script(
+                cmd::sbatch_script(
                     &settings.python,
                     &launch,
                     slurm,

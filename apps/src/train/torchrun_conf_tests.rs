@@ -1,5 +1,8 @@
 use super::*;
+use crate::error::Result;
 use crate::train::options::{build_job, JobSource};
+use crate::train::torchrun_cmd::*;
+use crate::train::torchrun_launch::*;
 use ferrolabel_models::train::Pair;
 use ferrolabel_models::Bundle;
 

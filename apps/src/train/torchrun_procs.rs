@@ -6,8 +6,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::torchrun_conf::MARKER_VAR;
 use crate::error::Result;
+
+/// The environment variable that marks every process of one run (the agent, the ranks and their
+/// data loader workers inherit it): a stop kills every process that carries it.
+pub(super) const MARKER_VAR: &str = "FERROLABEL_TORCHRUN_RUN";
 
 /// Starts the child in a session of its own (its pid is its process group) and asks the
 /// kernel to SIGKILL it when the thread that started it ends.

@@ -1,11 +1,13 @@
 //! Test support shared by the two test binaries (`http`: servers in-process, `process`:
 //! spawned binaries): a bundle with small seeded weights, options of a test server, users made
 //! with `ferrolabel auth add-user`, small CT volumes and multipart helpers. The spawned server
-//! launcher is [`spawned`]; the in-process one is `tests/http/server.rs`.
+//! launcher is [`spawned`]; the in-process one is `tests/http/server.rs`; [`training`] holds
+//! what the training tests share.
 
 #![allow(dead_code)]
 
 pub mod spawned;
+pub mod training;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::training::{gunzip, wait_until};
 use super::{example_ct, free_port, repo, Opts, BIN};
 
 /// A running server; killed on drop.
@@ -113,6 +114,52 @@ impl Server {
         let r = self.http.get(self.url(path)).send().unwrap();
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
+    }
+
+    /// Saves `bytes` as the `final` label of `image` (200 expected).
+    pub fn save_final(&self, image: &str, bytes: Vec<u8>) {
+        let form = super::form_with_file("label", "label.nii.gz", bytes, "{}");
+        let r = self
+            .http
+            .put(self.url(&format!("/datastore/label?image={image}&tag=final")))
+            .multipart(form)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    }
+
+    /// `POST /infer/{model}?image={image}` at low resolution: the label, gunzipped.
+    pub fn infer_lowres(&self, model: &str, image: &str) -> Vec<u8> {
+        let form =
+            reqwest::blocking::multipart::Form::new().text("params", r#"{"highres": false}"#);
+        let r = self
+            .http
+            .post(self.url(&format!("/infer/{model}?image={image}&output=image")))
+            .multipart(form)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        gunzip(&r.bytes().unwrap())
+    }
+
+    /// Waits (up to `limit`) until the latest training task has made `steps` optimiser steps.
+    pub fn wait_train_steps(&self, steps: u64, limit: Duration) {
+        wait_until(&format!("{steps} training step(s)"), limit, || {
+            self.get_json("/train/").1["progress"]["done"]
+                .as_u64()
+                .unwrap_or(0)
+                >= steps
+        });
+    }
+
+    /// Waits (up to `limit`) until the latest training task is no longer `RUNNING`; answers it.
+    pub fn wait_train_end(&self, limit: Duration) -> Value {
+        let mut last = Value::Null;
+        wait_until("the training to end", limit, || {
+            last = self.get_json("/train/").1;
+            last["status"] != "RUNNING"
+        });
+        last
     }
 }
 

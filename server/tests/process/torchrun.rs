@@ -6,71 +6,54 @@
 //! process of it behind (found here independently: every process whose environment carries the
 //! run's marker).
 
+//! Distributed training through `torchrun`, driven by the official `monailabel` client
+//! (`MONAILabelClient.train_start` with MONAI Label's `multi_gpu` options, `train_status`,
+//! `infer`, `train_stop`: `torchrun_client.py`) against the real binary and the project's Python:
+//! two gloo processes on the CPU train a small network (the test bundle's `init_filters` 8) for 2
+//! epochs on the 30-slice CT and its mapped labels → DONE, progress in the task, `train_stats`
+//! and the curve; the checkpoint becomes a `torchrun` model version, loads strictly in
+//! ferrolabel (`ferrolabel infer` with the bundle) and the client's next infer uses it. Then a
+//! stop during a run leaves no process of it behind (found here independently: every process
+//! whose environment carries the run's marker).
+
 use crate::common;
 use crate::common::spawned::Server;
-use std::path::{Path, PathBuf};
+use crate::common::training::{cli_infer_lowres, gunzip, mapped_label, python, wait_until};
+use crate::common::Opts;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{form_with_file, repo, Opts, BIN};
 use serde_json::{json, Value};
 
 const MODEL: &str = "wholeBody_ct_segmentation";
 
-fn python() -> PathBuf {
-    std::env::var_os("FERROLABEL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"))
-}
-
-/// The example's TotalSegmentator v2 reference mapped onto the bundle's labels by name.
-fn mapped_label(dir: &Path) -> Vec<u8> {
-    let out_path = dir.join("seg_v1.nii.gz");
+/// Runs `torchrun_client.py <server> <args>` (the official client) and answers the JSON line it
+/// prints.
+fn client(s: &Server, args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/process/torchrun_client.py");
     let out = Command::new(python())
-        .arg(repo().join("tests/reference/train_reference.py"))
-        .arg("map-v2")
-        .arg(repo().join("data/totalseg/example_seg.nii.gz"))
-        .arg(repo().join("data/totalseg/totalseg_v2_classes.json"))
-        .arg(repo().join("apps/wholebody/model/wholeBody_ct_segmentation/configs/metadata.json"))
-        .arg(&out_path)
+        .arg(script)
+        .arg(&s.base)
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "the client failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.stderr()
     );
-    std::fs::read(out_path).unwrap()
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
-fn infer_lowres(s: &Server) -> Vec<u8> {
-    let form = reqwest::blocking::multipart::Form::new().text("params", r#"{"highres": false}"#);
-    let r = s
-        .http
-        .post(s.url(&format!("/infer/{MODEL}?image=example_ct&output=image")))
-        .multipart(form)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    decoded(&r.bytes().unwrap())
-}
-
-fn decoded(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    t0.elapsed()
+/// The client's low-resolution label of the example CT, gunzipped.
+fn client_infer(s: &Server, dir: &Path) -> Vec<u8> {
+    let out = dir.join("client-infer.nii.gz");
+    client(s, &["infer", "example_ct", out.to_str().unwrap()]);
+    gunzip(&std::fs::read(&out).unwrap())
 }
 
 fn details(task: &Value) -> Vec<String> {
@@ -115,7 +98,7 @@ fn leftovers(bundle: &Path) -> Vec<String> {
 }
 
 #[test]
-fn torchrun_trains_with_two_gloo_processes_and_a_stop_leaves_no_process() {
+fn torchrun_through_the_official_client_and_a_stop_leaves_no_process() {
     let t_start = Instant::now();
     let bundle = common::bundle_copy();
     let s = Server::start(Opts {
@@ -128,21 +111,7 @@ fn torchrun_trains_with_two_gloo_processes_and_a_stop_leaves_no_process() {
         ..Opts::new()
     });
     let tmp = tempfile::tempdir().unwrap();
-    let form = form_with_file("label", "label.nii.gz", mapped_label(tmp.path()), "{}");
-    let r = s
-        .http
-        .put(s.url("/datastore/label?image=example_ct&tag=final"))
-        .multipart(form)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-    let start = |body: Value| {
-        s.http
-            .post(s.url(&format!("/train/{MODEL}")))
-            .json(&body)
-            .send()
-            .unwrap()
-    };
+    s.save_final("example_ct", mapped_label(tmp.path()));
     // bad distributed options are refused before anything starts
     for bad in [
         json!({"multi_gpu": true, "gpus": "0,1"}),
@@ -150,28 +119,27 @@ fn torchrun_trains_with_two_gloo_processes_and_a_stop_leaves_no_process() {
         json!({"multi_gpu": true, "nproc_per_node": 0}),
         json!({"multi_gpu": true, "rdzv_endpoint": "nohost"}),
     ] {
-        let r = start(bad.clone());
+        let r = s
+            .http
+            .post(s.url(&format!("/train/{MODEL}")))
+            .json(&bad)
+            .send()
+            .unwrap();
         assert_eq!(r.status(), 422, "{bad}");
         let body: Value = r.json().unwrap();
         assert!(body["detail"].is_string(), "{body}");
     }
 
-    let before = infer_lowres(&s);
+    let before = client_infer(&s, tmp.path());
     let weights_before = std::fs::read(bundle.path().join("models/model_lowres.pt")).unwrap();
-    let r = start(json!({
-        "multi_gpu": true, "device": "cpu", "nproc_per_node": 2, "num_workers": 0,
-        "highres": false, "max_epochs": 2, "val_interval": 2, "train_batch_size": 1,
-        "roi_size": 32, "val_roi_size": 32, "init_LR": 0.01
-    }));
-    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-    let task: Value = r.json().unwrap();
-    assert_eq!(task["status"], "RUNNING");
-    let t_train = Instant::now();
-    wait_until("the torchrun training", Duration::from_secs(600), || {
-        s.get_json("/train/").1["status"] != "RUNNING"
+    // MONAI Label's options for a multi-GPU run (`gpus: "all"`), on the CPU here
+    let params = json!({
+        "multi_gpu": true, "gpus": "all", "device": "cpu", "nproc_per_node": 2,
+        "num_workers": 0, "highres": false, "max_epochs": 2, "val_interval": 2,
+        "train_batch_size": 1, "roi_size": 32, "val_roi_size": 32, "init_LR": 0.01
     });
-    eprintln!("2 epochs on 2 gloo processes took {:?}", t_train.elapsed());
-    let (_, last) = s.get_json("/train/");
+    let last = client(&s, &["train", &params.to_string()]);
+    eprintln!("2 epochs on 2 gloo processes took {}", last["seconds"]);
     let lines = details(&last);
     assert_eq!(last["status"], "DONE", "{last}\n{}", s.stderr());
     assert_eq!(last["result"]["epochs"], 2);
@@ -205,54 +173,39 @@ fn torchrun_trains_with_two_gloo_processes_and_a_stop_leaves_no_process() {
     assert_eq!(r.status(), 200);
     assert!(r.text().unwrap().starts_with("<svg"));
 
-    // the new checkpoint is active, loads strictly in ferrolabel, and the next infer uses it
+    // the new checkpoint is the active `torchrun` version, loads strictly in ferrolabel, and
+    // the client's next infer uses it
     let weights_after = std::fs::read(bundle.path().join("models/model_lowres.pt")).unwrap();
     assert_ne!(weights_before, weights_after);
     assert_eq!(leftovers(bundle.path()), Vec::<String>::new());
-    let after = infer_lowres(&s);
-    assert_ne!(before, after, "infer still uses the old weights");
-    let cli_out = tmp.path().join("cli.nii.gz");
-    let out = Command::new(BIN)
-        .args(["infer", "--bundle"])
-        .arg(bundle.path())
-        .arg("--image")
-        .arg(common::example_ct())
-        .arg("--output")
-        .arg(&cli_out)
-        .args(["--highres", "false", "--threads", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (_, v) = s.get_json(&format!("/model/versions/{MODEL}?highres=false"));
+    let newest = &v["versions"][0];
+    assert_eq!(v["active"], newest["version"], "{v}");
+    assert_eq!(newest["source"], "torchrun", "{v}");
+    assert_eq!(newest["job_id"], last["id"], "{v}");
+    let sha = newest["sha256"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read(bundle.path().join(format!("models/versions/{sha}.pt"))).unwrap(),
+        weights_after
     );
-    assert_eq!(after, decoded(&std::fs::read(&cli_out).unwrap()));
+    let after = client_infer(&s, tmp.path());
+    assert_ne!(before, after, "infer still uses the old weights");
+    assert_eq!(after, cli_infer_lowres(bundle.path(), tmp.path()));
 
     // a stop during a run: torchrun, its ranks and their data loader workers all end
-    let r = start(json!({
-        "multi_gpu": true, "device": "cpu", "nproc_per_node": 2, "num_workers": 1,
-        "highres": false, "max_epochs": 100000, "val_interval": 100000,
+    let params = json!({
+        "multi_gpu": true, "gpus": "all", "device": "cpu", "nproc_per_node": 2,
+        "num_workers": 1, "highres": false, "max_epochs": 100000, "val_interval": 100000,
         "train_batch_size": 1, "roi_size": 32
-    }));
-    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-    let id = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let marker = format!("ferrolabel-{id}");
-    wait_until("the first steps", Duration::from_secs(300), || {
-        s.get_json("/train/").1["progress"]["done"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1
     });
+    let task = client(&s, &["start", &params.to_string()]);
+    let marker = format!("ferrolabel-{}", task["id"].as_str().unwrap());
+    s.wait_train_steps(1, Duration::from_secs(300));
     let running = processes_of(&marker);
     // the agent and two ranks at least (each rank in a session of its own)
     assert!(running.len() >= 3, "{running:?}");
-    let r = s.http.delete(s.url("/train/")).send().unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().unwrap()["status"], "STOPPED");
+    let stopped = client(&s, &["stop"]);
+    assert_eq!(stopped["status"], "STOPPED", "{stopped}");
     let took = wait_until(
         "every process of the run to end",
         Duration::from_secs(30),

@@ -5,48 +5,14 @@
 
 use crate::common;
 use crate::common::spawned::Server;
+use crate::common::training::{cli_infer_lowres, mapped_label, wait_until};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::{detail, form_with_file, repo, Opts, BIN};
+use crate::common::{detail, Opts};
 use serde_json::{json, Value};
 
 const MODEL: &str = "wholeBody_ct_segmentation";
-
-/// The example's TotalSegmentator v2 reference mapped onto the bundle's labels by name.
-fn mapped_label(dir: &Path) -> Vec<u8> {
-    let out_path = dir.join("seg_v1.nii.gz");
-    let python = std::env::var_os("FERROLABEL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"));
-    let out = Command::new(python)
-        .arg(repo().join("tests/reference/train_reference.py"))
-        .arg("map-v2")
-        .arg(repo().join("data/totalseg/example_seg.nii.gz"))
-        .arg(repo().join("data/totalseg/totalseg_v2_classes.json"))
-        .arg(repo().join("apps/wholebody/model/wholeBody_ct_segmentation/configs/metadata.json"))
-        .arg(&out_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(out_path).unwrap()
-}
-
-fn save_final(s: &Server, label: Vec<u8>) {
-    let form = form_with_file("label", "label.nii.gz", label, "{}");
-    let r = s
-        .http
-        .put(s.url("/datastore/label?image=example_ct&tag=final"))
-        .multipart(form)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-}
 
 fn start_training(s: &Server, body: Value) -> reqwest::blocking::Response {
     s.http
@@ -57,24 +23,7 @@ fn start_training(s: &Server, body: Value) -> reqwest::blocking::Response {
 }
 
 fn infer_lowres(s: &Server) -> Vec<u8> {
-    let form = reqwest::blocking::multipart::Form::new().text("params", r#"{"highres": false}"#);
-    let r = s
-        .http
-        .post(s.url(&format!("/infer/{MODEL}?image=example_ct&output=image")))
-        .multipart(form)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.bytes().unwrap().to_vec()
-}
-
-fn decoded(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .read_to_end(&mut out)
-        .unwrap();
-    out
+    s.infer_lowres(MODEL, "example_ct")
 }
 
 fn models_dir_files(bundle: &Path) -> Vec<String> {
@@ -84,15 +33,6 @@ fn models_dir_files(bundle: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    t0.elapsed()
 }
 
 #[test]
@@ -129,7 +69,7 @@ fn train_reports_progress_and_the_next_infer_uses_the_new_weights() {
     assert_eq!(r.status(), 404);
 
     let tmp = tempfile::tempdir().unwrap();
-    save_final(&s, mapped_label(tmp.path()));
+    s.save_final("example_ct", mapped_label(tmp.path()));
     let before = infer_lowres(&s);
     let weights_before = std::fs::read(bundle.path().join("models/model_lowres.pt")).unwrap();
 
@@ -149,10 +89,7 @@ fn train_reports_progress_and_the_next_infer_uses_the_new_weights() {
     assert_eq!(code, 200);
     assert_eq!(running["id"], task["id"]);
 
-    wait_until("training to finish", Duration::from_secs(600), || {
-        s.get_json("/train/").1["status"] != "RUNNING"
-    });
-    let (_, last) = s.get_json("/train/");
+    let last = s.wait_train_end(Duration::from_secs(600));
     assert_eq!(last["status"], "DONE", "{last}");
     assert!(last["end_ts"].is_string());
     assert_eq!(last["result"]["epochs"], 3);
@@ -218,28 +155,8 @@ fn train_reports_progress_and_the_next_infer_uses_the_new_weights() {
         weights_after
     );
     let after = infer_lowres(&s);
-    assert_ne!(
-        decoded(&before),
-        decoded(&after),
-        "infer still uses the old weights"
-    );
-    let cli_out = tmp.path().join("cli.nii.gz");
-    let out = Command::new(BIN)
-        .args(["infer", "--bundle"])
-        .arg(bundle.path())
-        .arg("--image")
-        .arg(common::example_ct())
-        .arg("--output")
-        .arg(&cli_out)
-        .args(["--highres", "false", "--threads", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(decoded(&after), decoded(&std::fs::read(&cli_out).unwrap()));
+    assert_ne!(before, after, "infer still uses the old weights");
+    assert_eq!(after, cli_infer_lowres(bundle.path(), tmp.path()));
 
     let logs = s
         .http
@@ -259,7 +176,7 @@ fn stop_kills_the_worker_within_seconds_and_resume_continues() {
         ..Opts::new()
     });
     let tmp = tempfile::tempdir().unwrap();
-    save_final(&s, mapped_label(tmp.path()));
+    s.save_final("example_ct", mapped_label(tmp.path()));
     let weights_before = std::fs::read(bundle.path().join("models/model_lowres.pt")).unwrap();
     let r = start_training(
         &s,
@@ -268,12 +185,7 @@ fn stop_kills_the_worker_within_seconds_and_resume_continues() {
     );
     assert_eq!(r.status(), 200);
     // wait for the first optimiser steps
-    wait_until("progress", Duration::from_secs(300), || {
-        s.get_json("/train/").1["progress"]["done"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 2
-    });
+    s.wait_train_steps(2, Duration::from_secs(300));
     let r = s.http.delete(s.url("/train/")).send().unwrap();
     assert_eq!(r.status(), 200);
     let stopped: Value = r.json().unwrap();
@@ -302,10 +214,7 @@ fn stop_kills_the_worker_within_seconds_and_resume_continues() {
     });
     eprintln!("stop took {took:?}");
     // let it finish, then nothing is left behind
-    wait_until("the resumed run", Duration::from_secs(300), || {
-        s.get_json("/train/").1["status"] != "RUNNING"
-    });
-    let (_, resumed) = s.get_json("/train/");
+    let resumed = s.wait_train_end(Duration::from_secs(300));
     assert_eq!(resumed["status"], "DONE", "{resumed}");
     assert_eq!(resumed["result"]["epochs"], max_epochs, "{resumed}");
     let lines: Vec<&str> = resumed["details"]
@@ -372,7 +281,7 @@ fn a_worker_does_not_outlive_a_killed_server() {
         ..Opts::new()
     });
     let tmp = tempfile::tempdir().unwrap();
-    save_final(&s, mapped_label(tmp.path()));
+    s.save_final("example_ct", mapped_label(tmp.path()));
     let r = start_training(
         &s,
         json!({"highres": false, "max_epochs": 100000, "val_interval": 1000, "train_batch_size": 1,
@@ -402,12 +311,7 @@ fn a_worker_does_not_outlive_a_killed_server() {
         .parse()
         .unwrap();
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    wait_until("the first steps", Duration::from_secs(300), || {
-        s.get_json("/train/").1["progress"]["done"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1
-    });
+    s.wait_train_steps(1, Duration::from_secs(300));
     assert!(proc_dir.exists());
     s.kill();
     // the worker notices at its next step that nobody reads its progress, and exits
