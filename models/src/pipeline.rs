@@ -9,6 +9,7 @@ use crate::network::SegResNet;
 use crate::transforms::{intensity, orientation, spacing};
 use ferrolabel_imaging::Volume;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -140,8 +141,50 @@ pub fn segment(
     amp: bool,
     observer: &mut dyn WindowObserver,
 ) -> Result<Segmentation> {
+    segment_with(
+        net,
+        || Ok((preprocess(vol, pixdim)?, vol.dims)),
+        sw,
+        device,
+        amp,
+        observer,
+    )
+}
+
+/// [`segment`] of a shared volume whose handle is given up once the image is preprocessed:
+/// when no one else holds the volume its voxels (0.4 GB for a 512x512x400 CT) are freed
+/// before the sliding window, whose accumulator is the memory peak.
+pub fn segment_shared(
+    net: &SegResNet,
+    vol: Arc<Volume>,
+    pixdim: [f64; 3],
+    sw: &SlidingWindow,
+    device: Device,
+    amp: bool,
+    observer: &mut dyn WindowObserver,
+) -> Result<Segmentation> {
+    segment_with(
+        net,
+        move || Ok((preprocess(&vol, pixdim)?, vol.dims)),
+        sw,
+        device,
+        amp,
+        observer,
+    )
+}
+
+/// The pipeline after `prepare` (the preprocessed image and the input dims); everything
+/// `prepare` owns is dropped before the sliding window starts.
+fn segment_with(
+    net: &SegResNet,
+    prepare: impl FnOnce() -> Result<(Prepared, [usize; 3])>,
+    sw: &SlidingWindow,
+    device: Device,
+    amp: bool,
+    observer: &mut dyn WindowObserver,
+) -> Result<Segmentation> {
     let t0 = Instant::now();
-    let prepared = preprocess(vol, pixdim)?;
+    let (prepared, dims) = prepare()?;
     let input = prepared.image.unsqueeze(0).to_device(device);
     let s = input.size();
     let network_shape = [s[2], s[3], s[4]];
@@ -172,7 +215,7 @@ pub fn segment(
     let t3 = Instant::now();
     Ok(Segmentation {
         labels: out,
-        dims: vol.dims,
+        dims,
         network_shape,
         windows,
         times: StageTimes {

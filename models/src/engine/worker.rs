@@ -12,7 +12,7 @@ use crate::device::Precision;
 use crate::error::{ModelsError, Result};
 use crate::inferer::{BlendMode, PadMode, SlidingWindow};
 use crate::network::{weights, SegResNet};
-use crate::pipeline::{mc_dropout_entropy, segment, Segmentation, Uncertainty};
+use crate::pipeline::{mc_dropout_entropy, segment_shared, Segmentation, Uncertainty};
 use crate::probability::{class_probability, ClassProbability, ProbabilitySettings};
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -195,7 +195,7 @@ impl Worker {
         }
         let answer: Box<dyn FnOnce()> = match job {
             Job::Infer { req, reply } => {
-                let result = guarded(&self.tainted, "infer", || self.segment(&req)).map(|mut s| {
+                let result = guarded(&self.tainted, "infer", || self.segment(req)).map(|mut s| {
                     record.finished_at = self.background_windows();
                     s.engine = record;
                     s
@@ -243,7 +243,9 @@ impl Worker {
         answer();
     }
 
-    fn segment(&self, req: &InferRequest) -> Result<Segmentation> {
+    /// Runs an inference job; the job's handle on the image is given up after preprocessing
+    /// (see [`segment_shared`]).
+    fn segment(&self, req: InferRequest) -> Result<Segmentation> {
         let span =
             tracing::info_span!("engine_infer", res = ?req.resolution, dims = ?req.volume.dims);
         let _g = span.enter();
@@ -265,9 +267,9 @@ impl Worker {
         crate::device::check_precision(precision, self.opts.device)?;
         let mut observer = self.window_observer(req.priority, req.cancel.clone());
         self.in_precision(&loaded.net, precision, |amp| {
-            segment(
+            segment_shared(
                 &loaded.net,
-                &req.volume,
+                req.volume,
                 req.resolution.pixdim(),
                 &sw,
                 self.opts.device,
