@@ -89,6 +89,8 @@ pub fn run(args: InferArgs) -> Result<()> {
     let vol = read_nifti(&args.image, &Limits::default())
         .with_context(|| format!("cannot read {}", args.image.display()))?;
     let t_load = t0.elapsed().as_secs_f64();
+    // only the grid is kept here: the engine frees the voxels once it has preprocessed them
+    let (dims, affine, header) = (vol.dims, vol.affine, vol.header.clone());
     let req = InferRequest {
         volume: Arc::new(vol),
         resolution: res,
@@ -98,7 +100,6 @@ pub fn run(args: InferArgs) -> Result<()> {
         priority: Priority::Interactive,
         cancel: Arc::new(AtomicBool::new(false)),
     };
-    let volume = req.volume.clone();
     let seg = engine.infer_blocking(req)?;
     let t_write0 = Instant::now();
     if labels_count > 256 {
@@ -106,12 +107,10 @@ pub fn run(args: InferArgs) -> Result<()> {
     }
     let name = args.output.to_string_lossy();
     if name.ends_with(".nrrd") {
-        let bytes =
-            ferrolabel_imaging::encode_label_nrrd(&seg.labels, volume.dims, &volume.affine, true)?;
+        let bytes = ferrolabel_imaging::encode_label_nrrd(&seg.labels, dims, &affine, true)?;
         std::fs::write(&args.output, bytes)?;
     } else {
-        let header = volume
-            .header
+        let header = header
             .as_ref()
             .context("the input has no NIfTI header to copy the grid from")?;
         write_label_nifti(&args.output, &seg.labels, header)
