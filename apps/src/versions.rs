@@ -9,7 +9,9 @@
 //! modification-time check and every server's pickup poll see a new version as before. The file
 //! decides which version is active: [`active`] hashes it (once per new file identity) and brings
 //! the table in line, recording an unknown file as a new version (`initial` when the table is
-//! empty, else `external`). Retention ([`prune`]) keeps the files of the last
+//! empty, else `external`). With object storage (`--storage-url`) every version file is also a
+//! blob and the table's active version is the deployment's: a server's file that is missing or
+//! stale follows it (`versions/shared.rs`). Retention ([`prune`]) keeps the files of the last
 //! `model_versions_keep` versions (`--conf`, default [`DEFAULT_KEEP`]; 0 keeps all), the best
 //! one and the active one; rows are never deleted.
 
@@ -27,6 +29,11 @@ pub use ferrolabel_datastore::TrainedOn;
 
 use crate::error::{AppError, Result};
 use crate::{WholeBodyApp, MODEL_NAME};
+
+mod shared;
+
+pub use shared::share;
+use shared::{fetch_missing, follow};
 
 /// Versions whose files are kept unless `--conf model_versions_keep N` says otherwise.
 pub const DEFAULT_KEEP: usize = 5;
@@ -185,6 +192,12 @@ pub async fn active(
         let path = path.clone();
         blocking(move || hash_file(&path)).await?
     };
+    if ds.storage_url().is_some() {
+        let local = hashed.as_ref().map(|(sha, _)| sha.as_str());
+        if let Some(v) = follow(app, ds, res, local).await? {
+            return Ok(Some(v));
+        }
+    }
     let Some((sha, size)) = hashed else {
         if ds.active_model_version(MODEL_NAME, rname).await?.is_some() {
             ds.set_active_model_version(MODEL_NAME, rname, None, now_ms())
@@ -207,10 +220,12 @@ pub async fn active(
         "external"
     };
     let ext = ext_of(&path);
-    {
+    let kept = {
         let (dir, path, sha) = (versions_dir(app), path.clone(), sha.clone());
-        blocking(move || keep_file(&dir, &path, &sha, ext)).await?;
-    }
+        blocking(move || keep_file(&dir, &path, &sha, ext)).await?
+    };
+    // with object storage the blob goes first, the row last (as for labels)
+    ds.put_blob(&kept, &sha).await?;
     let new = NewModelVersion {
         model: MODEL_NAME.into(),
         resolution: rname.into(),
@@ -256,19 +271,19 @@ pub async fn register(
     }
     let _one = changes().lock().await;
     let ext = ext_of(file);
-    let (sha, size) = {
+    let (sha, size, kept) = {
         let (dir, file) = (versions_dir(app), file.to_path_buf());
-        blocking(move || -> Result<(String, u64)> {
+        blocking(move || -> Result<(String, u64, PathBuf)> {
             let (sha, size) = hash_file(&file)?.ok_or_else(|| {
                 AppError::InvalidParams(format!("no weights file at {}", file.display()))
             })?;
-            keep_file(&dir, &file, &sha, ext)?;
-            Ok((sha, size))
+            let kept = keep_file(&dir, &file, &sha, ext)?;
+            Ok((sha, size, kept))
         })
         .await?
     };
+    ds.put_blob(&kept, &sha).await?;
     if !in_place {
-        let kept = versions_dir(app).join(format!("{sha}.{ext}"));
         let (bundle_dir, sha) = (app.bundle_dir().to_path_buf(), sha.clone());
         blocking(move || install_in(&bundle_dir, res, &kept, ext, &sha)).await?;
     }
@@ -364,6 +379,7 @@ pub async fn activate(
     }
     let _one = changes().lock().await;
     let kept = version_file(app, &v);
+    fetch_missing(ds, &v, &kept).await?;
     let (bundle_dir, sha, ext) = (
         app.bundle_dir().to_path_buf(),
         v.sha256.clone(),

@@ -109,7 +109,7 @@ pub use labels::{LabelRecord, RevisionRecord};
 #[cfg(feature = "store")]
 pub use monai_json::{DEFAULT_DESCRIPTION, DEFAULT_NAME};
 #[cfg(feature = "store")]
-pub use objects::StorageOptions;
+pub use objects::{BlobGc, StorageOptions};
 #[cfg(feature = "store")]
 pub use remote::{OutboxItem, RemoteImage, RemoteSource, SyncStats};
 #[cfg(feature = "store")]

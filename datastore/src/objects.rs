@@ -23,6 +23,7 @@
 //! The sync/async split is the crate's: object requests are async, file work (hashing, the
 //! cache's temp file + rename) runs on the blocking pool.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,7 @@ use sha2::{Digest, Sha256};
 use crate::blocking::blocking;
 use crate::error::{DatastoreError, IoContext, Result};
 use crate::files;
+use crate::store::{now_secs, Datastore};
 
 /// The folder of the bucket (under the URL's prefix) that holds the blobs.
 pub const BLOB_DIR: &str = "sha256";
@@ -196,6 +198,37 @@ impl Objects {
         }
     }
 
+    /// Writes blob `sha` to `dest` (temp file + rename), checked against its hash first; a
+    /// blob missing from the bucket is `NotFound`, one holding other content is `Storage`.
+    pub(crate) async fn fetch_to(&self, sha: &str, dest: &Path) -> Result<()> {
+        let key = self.key(sha);
+        let got = match self.store.get(&key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(DatastoreError::NotFound(format!(
+                    "blob {key} in {}",
+                    self.url
+                )))
+            }
+            Err(e) => return Err(storage_err(&self.url, e)),
+        };
+        let bytes = got.bytes().await.map_err(|e| storage_err(&self.url, e))?;
+        let (want, url, dest) = (sha.to_string(), self.url.clone(), dest.to_path_buf());
+        blocking(move || {
+            let got = hex::encode(Sha256::digest(&bytes));
+            if got != want {
+                return Err(DatastoreError::Storage(format!(
+                    "{url}: blob {want} holds content with SHA-256 {got}"
+                )));
+            }
+            if let Some(dir) = dest.parent() {
+                files::create_dir_durable(dir)?;
+            }
+            files::write_atomic(&dest, &bytes)
+        })
+        .await
+    }
+
     /// The local path of blob `sha` as a `<sha><ext>` file, fetched into the cache (and
     /// checked against its hash) unless already there. A blob missing from the bucket is
     /// `NotFound`, unless `fallback` names an existing local file (content saved before the
@@ -210,33 +243,41 @@ impl Objects {
         if files::is_file(&dest) {
             return Ok(dest);
         }
-        let key = self.key(sha);
-        let got = match self.store.get(&key).await {
-            Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => {
-                return match fallback.filter(|f| files::is_file(f)) {
-                    Some(f) => Ok(f),
-                    None => Err(DatastoreError::NotFound(format!(
-                        "blob {key} in {}",
-                        self.url
-                    ))),
-                }
-            }
-            Err(e) => return Err(storage_err(&self.url, e)),
-        };
-        let bytes = got.bytes().await.map_err(|e| storage_err(&self.url, e))?;
-        let (want, url) = (sha.to_string(), self.url.clone());
-        blocking(move || {
-            let got = hex::encode(Sha256::digest(&bytes));
-            if got != want {
-                return Err(DatastoreError::Storage(format!(
-                    "{url}: blob {want} holds content with SHA-256 {got}"
-                )));
-            }
-            files::write_atomic(&dest, &bytes)?;
-            Ok(dest)
-        })
-        .await
+        match self.fetch_to(sha, &dest).await {
+            Err(DatastoreError::NotFound(what)) => match fallback.filter(|f| files::is_file(f)) {
+                Some(f) => Ok(f),
+                None => Err(DatastoreError::NotFound(what)),
+            },
+            done => done.map(|()| dest),
+        }
+    }
+
+    /// `(sha, last modified in epoch seconds, size)` of every blob (names that are not a
+    /// SHA-256 are left out: they are not ours).
+    pub(crate) async fn list_meta(&self) -> Result<Vec<(String, i64, u64)>> {
+        let prefix = self.prefix.child(BLOB_DIR);
+        let metas = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| storage_err(&self.url, e))?
+            .objects;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let sha = m.location.filename()?.to_string();
+                check_sha(&sha).ok()?;
+                Some((sha, m.last_modified.timestamp(), m.size))
+            })
+            .collect())
+    }
+
+    /// Deletes blob `sha` (garbage collection only: no other code deletes).
+    pub(crate) async fn delete(&self, sha: &str) -> Result<()> {
+        match self.store.delete(&self.key(sha)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(storage_err(&self.url, e)),
+        }
     }
 
     /// Lists the keys under the blob folder (tests and tools).
@@ -284,6 +325,114 @@ pub(crate) async fn store_source(
     let d = dest.clone();
     blocking(move || files::publish(&tmp, &d)).await?;
     Ok((sha, dest))
+}
+
+/// Fails unless `sha` is a lowercase hex SHA-256 (64 characters): it becomes part of a key.
+fn check_sha(sha: &str) -> Result<()> {
+    if sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(DatastoreError::Invalid(format!(
+            "{sha:?} is not a hex SHA-256"
+        )))
+    }
+}
+
+/// What a blob garbage collection found and did ([`Datastore::collect_blob_garbage`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BlobGc {
+    /// Blobs in the bucket.
+    pub blobs: usize,
+    /// Blobs a row names (an image, a label, a label revision, a model version whose file is
+    /// kept or that is active).
+    pub referenced: usize,
+    /// Unreferenced blobs younger than the grace period: left for a later run.
+    pub young: usize,
+    /// Keys of the unreferenced blobs older than the grace period: deleted (or, in a dry run,
+    /// that would be).
+    pub deleted: Vec<String>,
+    /// Bytes of the deleted blobs.
+    pub deleted_bytes: u64,
+}
+
+/// Every SHA-256 a row names: the content that must stay in the bucket.
+const REFERENCED: &str = "SELECT sha256 FROM images WHERE sha256 IS NOT NULL \
+     UNION SELECT sha256 FROM labels WHERE sha256 IS NOT NULL \
+     UNION SELECT sha256 FROM label_revisions WHERE sha256 IS NOT NULL \
+     UNION SELECT sha256 FROM model_versions WHERE pruned_at IS NULL OR active = 1";
+
+impl Datastore {
+    /// With object storage: uploads the file at `path`, whose SHA-256 is `sha`, as the blob
+    /// `<prefix>/sha256/<sha>` unless the bucket holds it already (a blob is never
+    /// overwritten); answers whether it uploaded. Without object storage: nothing, `false`.
+    /// For content whose row lives outside the image and label tables (model versions): put
+    /// the blob before the row is committed.
+    pub async fn put_blob(&self, path: &Path, sha: &str) -> Result<bool> {
+        check_sha(sha)?;
+        match self.objects() {
+            Some(objects) => objects.put_file(path, sha).await,
+            None => Ok(false),
+        }
+    }
+
+    /// With object storage: writes blob `sha` to `dest` (temp file + rename in its folder),
+    /// checked against its hash. Without object storage, or a blob the bucket lacks:
+    /// [`DatastoreError::NotFound`]; a blob holding other content: [`DatastoreError::Storage`].
+    pub async fn fetch_blob(&self, sha: &str, dest: &Path) -> Result<()> {
+        check_sha(sha)?;
+        match self.objects() {
+            Some(objects) => objects.fetch_to(sha, dest).await,
+            None => Err(DatastoreError::NotFound(format!(
+                "blob {sha}: no object storage"
+            ))),
+        }
+    }
+
+    /// Deletes the blobs no row names that are older than `grace` (by their last
+    /// modification in the bucket); `dry_run` only counts them. The grace period covers
+    /// saves in flight: a save puts its blob before it commits its row, so a blob younger
+    /// than the longest save may be about to be named. Without object storage: `Invalid`.
+    pub async fn collect_blob_garbage(&self, grace: Duration, dry_run: bool) -> Result<BlobGc> {
+        let Some(objects) = self.objects() else {
+            return Err(DatastoreError::Invalid(
+                "blob garbage collection needs object storage (--storage-url)".into(),
+            ));
+        };
+        // the listing first, the references after: a blob put and named in between is
+        // referenced; one put after the listing is not looked at
+        let listed = objects.list_meta().await?;
+        let referenced: HashSet<String> = sqlx::query_scalar::<_, String>(REFERENCED)
+            .fetch_all(self.pool())
+            .await?
+            .into_iter()
+            .collect();
+        let cutoff = now_secs().saturating_sub(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX));
+        let mut gc = BlobGc {
+            blobs: listed.len(),
+            ..BlobGc::default()
+        };
+        for (sha, modified, size) in listed {
+            if referenced.contains(&sha) {
+                gc.referenced += 1;
+            } else if modified > cutoff {
+                gc.young += 1;
+            } else {
+                if !dry_run {
+                    objects.delete(&sha).await?;
+                }
+                gc.deleted.push(objects.key(&sha).to_string());
+                gc.deleted_bytes += size;
+            }
+        }
+        if !dry_run && !gc.deleted.is_empty() {
+            tracing::info!(
+                deleted = gc.deleted.len(),
+                bytes = gc.deleted_bytes,
+                "unreferenced blobs deleted"
+            );
+        }
+        Ok(gc)
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use ferrolabel_datastore::{Datastore, DatastoreError, DatastoreOptions, StorageOptions};
+use ferrolabel_datastore::{
+    Datastore, DatastoreError, DatastoreOptions, NewModelVersion, StorageOptions,
+};
 use ferrolabel_testkit::S3Server;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;
@@ -315,4 +317,140 @@ fn a_storage_that_is_down_fails_the_save_and_commits_nothing() {
         let err = Datastore::open(dir.path(), opts).await.unwrap_err();
         assert!(matches!(err, DatastoreError::Storage(_)), "{err}");
     });
+}
+
+/// Blobs put and fetched by callers (model versions) and the garbage collection: a blob no row
+/// names is deleted once older than the grace period (a dry run only counts it); every blob a
+/// row names stays — images, labels, every label revision, a model version whose file is kept
+/// or that is active — and reads back after the cache is emptied.
+async fn blobs_and_garbage(db: Db) {
+    let Some(s3) = S3Server::shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, url) = bucket(s3);
+    let studies = tmp.path().join("studies");
+    let ds = Datastore::open(&studies, options(&db, s3, &url, None))
+        .await
+        .unwrap();
+    let blob = |name: &str, bytes: &[u8]| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        (p, sha(bytes))
+    };
+    // a caller's blob: put once (a second put leaves it), fetched to a path of the caller's
+    let (w1, s1) = blob("w1.pt", b"weights one");
+    assert!(ds.put_blob(&w1, &s1).await.unwrap());
+    assert!(!ds.put_blob(&w1, &s1).await.unwrap());
+    let back = tmp.path().join("fetched/w1.pt");
+    ds.fetch_blob(&s1, &back).await.unwrap();
+    assert_eq!(read(&back).await, b"weights one");
+    let err = ds.fetch_blob(&sha(b"absent"), &back).await.unwrap_err();
+    assert!(matches!(err, DatastoreError::NotFound(_)), "{err}");
+    let err = ds.put_blob(&w1, "../../escape").await.unwrap_err();
+    assert!(matches!(err, DatastoreError::Invalid(_)), "{err}");
+
+    // rows: an image with two label revisions, an active model version (w1), a pruned one
+    // (w2), an image removed (its blob no longer named), a blob never named (orphan)
+    ds.add_image("ct1", ".nii.gz", b"img".to_vec().into(), Map::new(), None)
+        .await
+        .unwrap();
+    for l in [b"rev one".as_slice(), b"rev two"] {
+        ds.save_label(
+            "ct1",
+            "final",
+            ".nii.gz",
+            l.to_vec().into(),
+            Map::new(),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let version = |s: &str| NewModelVersion {
+        model: "m".into(),
+        resolution: "highres".into(),
+        sha256: s.to_string(),
+        ext: "pt".into(),
+        size: 1,
+        source: "upload".into(),
+        metrics: serde_json::json!({}),
+        ..NewModelVersion::default()
+    };
+    let (w2, s2) = blob("w2.pt", b"weights two");
+    ds.put_blob(&w2, &s2).await.unwrap();
+    let (v2, _) = ds
+        .record_model_version(&version(&s2), true, 1)
+        .await
+        .unwrap();
+    ds.record_model_version(&version(&s1), true, 2)
+        .await
+        .unwrap();
+    ds.mark_model_version_pruned(v2.id, 3).await.unwrap();
+    ds.add_image("ct2", ".nii.gz", b"gone".to_vec().into(), Map::new(), None)
+        .await
+        .unwrap();
+    ds.remove_image("ct2").await.unwrap();
+    let (orphan, so) = blob("orphan", b"nobody names me");
+    ds.put_blob(&orphan, &so).await.unwrap();
+
+    let key = |s: &str| format!("team/sha256/{s}");
+    let mut garbage = vec![key(&s2), key(&sha(b"gone")), key(&so)];
+    garbage.sort();
+    let all = ds.storage_keys().await.unwrap();
+    assert_eq!(all.len(), 7, "{all:?}");
+    // within the grace period nothing goes
+    let gc = ds
+        .collect_blob_garbage(std::time::Duration::from_secs(3600), false)
+        .await
+        .unwrap();
+    assert_eq!((gc.blobs, gc.referenced, gc.young), (7, 4, 3));
+    assert!(gc.deleted.is_empty());
+    // a dry run names the garbage and deletes nothing
+    let mut gc = ds
+        .collect_blob_garbage(std::time::Duration::ZERO, true)
+        .await
+        .unwrap();
+    gc.deleted.sort();
+    assert_eq!(gc.deleted, garbage);
+    assert_eq!(ds.storage_keys().await.unwrap(), all);
+    // the real run deletes exactly that
+    let mut gc = ds
+        .collect_blob_garbage(std::time::Duration::ZERO, false)
+        .await
+        .unwrap();
+    gc.deleted.sort();
+    assert_eq!(gc.deleted, garbage);
+    assert_eq!(
+        gc.deleted_bytes,
+        (b"weights two".len() + b"gone".len() + b"nobody names me".len()) as u64
+    );
+    let left = ds.storage_keys().await.unwrap();
+    assert_eq!(left.len(), 4, "{left:?}");
+    assert!(left.iter().all(|k| !garbage.contains(k)), "{left:?}");
+    // what rows name still reads back from the bucket
+    std::fs::remove_dir_all(studies.join(".cache/objects")).unwrap();
+    std::fs::create_dir_all(studies.join(".cache/objects")).unwrap();
+    assert_eq!(read(&ds.image_path("ct1").await.unwrap()).await, b"img");
+    assert_eq!(
+        read(&ds.label_revision_path("ct1", "final", 1).await.unwrap()).await,
+        b"rev one"
+    );
+    assert_eq!(
+        read(&ds.label_path("ct1", "final").await.unwrap()).await,
+        b"rev two"
+    );
+    ds.fetch_blob(&s1, &back).await.unwrap();
+    ds.close().await;
+}
+
+#[test]
+fn blobs_and_garbage_on_sqlite() {
+    run(blobs_and_garbage(Db::sqlite()));
+}
+
+#[test]
+fn blobs_and_garbage_on_postgres() {
+    if S3Server::shared().is_none() {
+        return;
+    }
+    run(blobs_and_garbage(Db::postgres()));
 }

@@ -7,6 +7,7 @@
 //! * `worker` — runs the jobs of the servers on a shared database, no HTTP ([`ferrolabel::commands::worker`]);
 //! * `infer` — one-shot segmentation of a file ([`ferrolabel::commands::infer`]);
 //! * `auth add-user` / `auth hash-password` — the users file of the auth mode ([`ferrolabel::commands::auth`]);
+//! * `storage gc` — deletes object-storage blobs no row names ([`ferrolabel::commands::storage`]);
 //! * `dev make-weights` (hidden) — random, seeded weights for demos and tests (not a model).
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,11 @@ enum Command {
         #[command(subcommand)]
         command: ferrolabel::commands::auth::AuthCommand,
     },
+    /// Object storage (--storage-url): `storage gc` deletes the blobs no row names.
+    Storage {
+        #[command(subcommand)]
+        command: ferrolabel::commands::storage::StorageCommand,
+    },
     /// Developer tools.
     #[command(hide = true)]
     Dev {
@@ -54,6 +60,10 @@ fn main() {
         Command::Auth { command } => {
             ferrolabel::logging::init_stderr("warn");
             ferrolabel::commands::auth::run(command)
+        }
+        Command::Storage { command } => {
+            ferrolabel::logging::init_stderr("warn");
+            ferrolabel::commands::storage::run(command)
         }
         Command::Dev { command } => {
             ferrolabel::logging::init_stderr("warn");

@@ -11,12 +11,18 @@
 //! `--conf preload` on (the default), reloads the default resolution at once, so the first
 //! request after a new checkpoint does not pay for the load. The identity is read from the
 //! file itself, so it does not matter which process (or machine) wrote it.
+//!
+//! With object storage (`--storage-url`) the servers need not share the bundle folder: each
+//! poll first brings this server's weights in line with the database's active version
+//! ([`ferrolabel_apps::versions::active`] fetches it from the bucket and installs it), and the
+//! identity check below then picks the new file up as if another process had written it.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ferrolabel_apps::WholeBodyApp;
+use ferrolabel_datastore::Datastore;
 use ferrolabel_models::Resolution;
 
 /// How often the weights files are looked at.
@@ -43,8 +49,14 @@ pub fn identity(path: &Path) -> Option<Identity> {
 
 /// Starts the watcher of `app`'s weights on the current tokio runtime (the server's actix
 /// system); `every` is the polling interval; `reload`: load a changed default resolution at
-/// once. Abort the handle to stop it.
-pub fn spawn(app: Arc<WholeBodyApp>, every: Duration, reload: bool) -> tokio::task::JoinHandle<()> {
+/// once; `shared`: the datastore whose active model versions the weights follow (a datastore
+/// with object storage; `None`: only the files are watched). Abort the handle to stop it.
+pub fn spawn(
+    app: Arc<WholeBodyApp>,
+    every: Duration,
+    reload: bool,
+    shared: Option<Datastore>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let resolutions = [Resolution::High, Resolution::Low];
         let path = |res| app.engine().bundle().weights_path(res);
@@ -53,6 +65,11 @@ pub fn spawn(app: Arc<WholeBodyApp>, every: Duration, reload: bool) -> tokio::ta
         loop {
             tokio::time::sleep(every).await;
             for (i, res) in resolutions.iter().enumerate() {
+                if let Some(ds) = &shared {
+                    if let Err(e) = ferrolabel_apps::versions::active(&app, ds, *res).await {
+                        tracing::warn!(?res, "weights not in line with the active version: {e}");
+                    }
+                }
                 let now = identity(&path(*res));
                 if now == seen[i] {
                     continue;

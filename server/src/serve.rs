@@ -301,6 +301,9 @@ pub(crate) async fn open_core(
     )
     .await
     .with_context(|| format!("cannot open the datastore {}", settings.studies.display()))?;
+    // with object storage: the versions' files as blobs, this process's weights in line with
+    // the deployment's active versions (fetched from the bucket when missing here)
+    ferrolabel_apps::versions::share(&app, &datastore).await;
     match worker_exe {
         Some(exe) => app.trainer().set_worker_exe(exe),
         None => tracing::warn!("training is unavailable: no worker executable"),
@@ -452,7 +455,11 @@ impl Built {
                 }
             });
         }
-        let pickup = crate::pickup::spawn(state.app.clone(), crate::pickup::POLL, preload);
+        let shared = state
+            .datastore
+            .storage_url()
+            .map(|_| state.datastore.clone());
+        let pickup = crate::pickup::spawn(state.app.clone(), crate::pickup::POLL, preload, shared);
         Ok(Serving {
             server: server.run(),
             addrs,

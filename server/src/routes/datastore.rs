@@ -263,9 +263,11 @@ pub async fn download_image(
         .await?
         .ok_or_else(|| ApiError::not_found(IMAGE_NOT_FOUND))?;
     let name = format!("{}{}", rec.id, rec.ext);
-    // a PACS image is fetched on first use (502/504 when the PACS fails)
-    let path = if rec.remote {
-        state.datastore.image_path(id).await?
+    // a PACS image is fetched on first use (502/504 when the PACS fails); with object storage
+    // the record's path is this server's cache, which holds the blob only once it was fetched
+    // (an image another server stored is not there yet)
+    let path = if rec.remote || state.datastore.storage_url().is_some() {
+        state.datastore.image_path(id).await.map_err(image_not_found)?
     } else {
         rec.path
     };
@@ -463,11 +465,19 @@ pub async fn download_label(
             )))
         }
     };
-    let rec = state
+    let mut rec = state
         .datastore
         .label(id, tag)
         .await?
         .ok_or_else(|| ApiError::not_found(LABEL_NOT_FOUND))?;
+    if state.datastore.storage_url().is_some() {
+        // the blob, fetched into this server's cache unless there (another server saved it)
+        rec.path = state
+            .datastore
+            .label_path(id, tag)
+            .await
+            .map_err(label_not_found)?;
+    }
     if let Some(kind) = seg_type {
         let series = crate::dicom_source::load(&state, &rec.image_id)
             .await?
