@@ -267,7 +267,11 @@ pub async fn download_image(
     // the record's path is this server's cache, which holds the blob only once it was fetched
     // (an image another server stored is not there yet)
     let path = if rec.remote || state.datastore.storage_url().is_some() {
-        state.datastore.image_path(id).await.map_err(image_not_found)?
+        state
+            .datastore
+            .image_path(id)
+            .await
+            .map_err(image_not_found)?
     } else {
         rec.path
     };
