@@ -193,6 +193,38 @@ impl Conv {
             1,
         )
     }
+    /// The inference path on channels-last input: on the CPU, a 1x1x1 convolution is one
+    /// matrix product of the `[voxels, C]` view (libtorch's oneDNN 1x1 kernel is several
+    /// times slower for the 105 output classes), and every other convolution calls oneDNN
+    /// directly (libtorch's dispatch sends the 1-channel first convolution and the deepest
+    /// level's small windows to its slow unfold-and-multiply fallback). The output is
+    /// channels-last. Elsewhere (CUDA): `conv3d`.
+    fn fast_forward(&self, x: &Tensor) -> Tensor {
+        if x.device() != tch::Device::Cpu {
+            return self.forward(x);
+        }
+        let k = self.ws.size();
+        if k[2..] == [1, 1, 1] && self.stride == 1 && is_channels_last(x) {
+            let s = x.size();
+            let rows = x.permute([0, 2, 3, 4, 1]).reshape([-1, s[1]]);
+            let w = self.ws.view([k[0], k[1]]).transpose(0, 1);
+            let y = match &self.bs {
+                Some(b) => b.addmm(&rows, &w),
+                None => rows.matmul(&w),
+            };
+            return y
+                .view([s[0], s[2], s[3], s[4], k[0]])
+                .permute([0, 4, 1, 2, 3]);
+        }
+        x.mkldnn_convolution(
+            &self.ws,
+            self.bs.as_ref(),
+            [self.padding; 3],
+            [self.stride; 3],
+            [1, 1, 1],
+            1,
+        )
+    }
     /// A detached copy in the channels-last layout and dtype `kind` (weights and bias).
     fn inference_copy(&self, kind: Kind) -> Conv {
         Conv {
@@ -204,15 +236,25 @@ impl Conv {
     }
 }
 
+/// How a [`GroupNorm`] computes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum NormMode {
+    /// libtorch's kernel on the tensor as it comes (training: the default layout; bf16
+    /// inference: channels-last bf16 input, float32 affine parameters and statistics).
+    Native,
+    /// Float32 channels-last inference, exact: libtorch's channels-last float32 kernel takes
+    /// its statistics differently (logits then differ from MONAI's by ~1e-3 on the bundle's
+    /// network instead of ~2e-5), and a contiguous copy for its default-layout kernel costs
+    /// two layout conversions per norm. So [`channels_last_group_norm`].
+    ExactChannelsLast,
+}
+
 #[derive(Debug)]
 struct GroupNorm {
     ws: Tensor,
     bs: Tensor,
     groups: i64,
-    /// Normalise a contiguous copy of the input: libtorch's channels-last float32 kernel
-    /// takes its statistics differently (logits then differ from MONAI's by ~1e-3 on the
-    /// bundle's network instead of ~2e-5), so the exact path pays one copy per norm.
-    contiguous: bool,
+    mode: NormMode,
 }
 
 impl GroupNorm {
@@ -221,34 +263,63 @@ impl GroupNorm {
             ws: p.var("weight", &[channels], nn::Init::Const(1.0)),
             bs: p.var("bias", &[channels], nn::Init::Const(0.0)),
             groups,
-            contiguous: false,
+            mode: NormMode::Native,
         }
     }
     fn forward(&self, x: &Tensor) -> Tensor {
-        // libtorch's CPU kernel takes bf16 input with float32 affine parameters and keeps
-        // the statistics in float32
-        if self.contiguous {
-            return x.contiguous().group_norm(
-                self.groups,
-                Some(&self.ws),
-                Some(&self.bs),
-                1e-5,
-                true,
-            );
+        match self.mode {
+            NormMode::ExactChannelsLast if is_channels_last(x) => {
+                channels_last_group_norm(x, self.groups, &self.ws, &self.bs, 1e-5)
+            }
+            _ => x.group_norm(self.groups, Some(&self.ws), Some(&self.bs), 1e-5, true),
         }
-        x.group_norm(self.groups, Some(&self.ws), Some(&self.bs), 1e-5, true)
     }
-    /// A detached copy; the affine parameters stay float32 in every precision. For float32
-    /// activations (`kind`) the norm runs on a contiguous copy (exactness), for bfloat16 on
-    /// the channels-last input (speed).
+    /// A detached copy; the affine parameters stay float32 in every precision. Float32
+    /// activations (`kind`) are normalised exactly on the channels-last tensor, bfloat16
+    /// ones by libtorch's kernel.
     fn inference_copy(&self, kind: Kind) -> GroupNorm {
         GroupNorm {
             ws: self.ws.detach(),
             bs: self.bs.detach(),
             groups: self.groups,
-            contiguous: kind == Kind::Float,
+            mode: if kind == Kind::Float {
+                NormMode::ExactChannelsLast
+            } else {
+                NormMode::Native
+            },
         }
     }
+}
+
+/// GroupNorm of a float32 channels-last `[N, C, D, H, W]` tensor, in that layout, with the
+/// statistics of libtorch's default-layout kernel to float32 rounding: per channel the sum
+/// over the voxels (libtorch's cascade summation), per group the mean, then the variance
+/// from a second pass over the centred values (never `E[x^2] - E[x]^2`, which cancels), and
+/// the output as one fused `centred * (weight * rstd) + bias`, written over the centred
+/// copy. Four passes over the tensor and no layout conversion.
+pub fn channels_last_group_norm(
+    x: &Tensor,
+    groups: i64,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Tensor {
+    let s = x.size();
+    let (n, c) = (s[0], s[1]);
+    let k = c / groups;
+    let count = (s[2] * s[3] * s[4] * k) as f64;
+    let per_group = |t: &Tensor| {
+        t.sum_dim_intlist([2i64, 3, 4].as_slice(), false, Kind::Float)
+            .view([n, groups, k])
+            .sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)
+            / count
+    };
+    let mean = per_group(x);
+    let centred = x - mean.expand([n, groups, k], false).reshape([n, c, 1, 1, 1]);
+    let var = per_group(&(&centred * &centred));
+    let scale = (weight.view([1, groups, k]) * (var + eps).rsqrt()).reshape([n, c, 1, 1, 1]);
+    bias.view([1, c, 1, 1, 1])
+        .addcmul_out(&centred, &centred, &scale)
 }
 
 /// Pre-activation residual block: `conv2(relu(gn2(conv1(relu(gn1(x)))))) + x`.
@@ -269,10 +340,17 @@ impl ResBlock {
             conv2: conv(p / "conv2" / "conv", c, c, 3, 1, false),
         }
     }
-    fn forward(&self, x: &Tensor) -> Tensor {
+    fn forward(&self, x: &Tensor, fast: bool) -> Tensor {
+        let conv = |c: &Conv, x: &Tensor| {
+            if fast {
+                c.fast_forward(x)
+            } else {
+                c.forward(x)
+            }
+        };
         // in-place ReLU and residual add on fresh tensors, as MONAI (inplace=True, `x += identity`)
-        let y = self.conv1.forward(&self.norm1.forward(x).relu_());
-        let mut y = self.conv2.forward(&self.norm2.forward(&y).relu_());
+        let y = conv(&self.conv1, &self.norm1.forward(x).relu_());
+        let mut y = conv(&self.conv2, &self.norm2.forward(&y).relu_());
         let _ = y.g_add_(x);
         y
     }
@@ -344,12 +422,20 @@ impl Body {
         }
     }
 
-    /// `fast`: the input is cast to the weights' dtype and the activations are kept
-    /// channels-last; the logits are float32 either way.
+    /// `fast`: the input is cast to the weights' dtype, the activations are kept
+    /// channels-last and the convolutions take [`Conv::fast_forward`]; the logits are
+    /// float32 either way.
     fn forward(&self, x: &Tensor, dropout: Option<f64>, fast: bool) -> Tensor {
+        let conv = |c: &Conv, x: &Tensor| {
+            if fast {
+                c.fast_forward(x)
+            } else {
+                c.forward(x)
+            }
+        };
         let mut x = if fast {
-            let x = x.to_kind(self.conv_init.ws.kind());
-            let y = self.conv_init.forward(&x);
+            let x = channels_last(&x.to_kind(self.conv_init.ws.kind()));
+            let y = self.conv_init.fast_forward(&x);
             if is_channels_last(&y) {
                 y
             } else {
@@ -364,23 +450,23 @@ impl Body {
         let mut skips = Vec::with_capacity(self.down.len());
         for layer in &self.down {
             if let Some(d) = &layer.down {
-                x = d.forward(&x);
+                x = conv(d, &x);
             }
             for b in &layer.blocks {
-                x = b.forward(&x);
+                x = b.forward(&x, fast);
             }
             skips.push(x.shallow_clone());
         }
         skips.pop();
         for layer in &self.up {
-            let y = layer.reduce.forward(&x);
+            let y = conv(&layer.reduce, &x);
             let size = y.size();
             let out: Vec<i64> = size[2..].iter().map(|s| s * 2).collect();
             let mut y = y.upsample_trilinear3d(&out, false, Some(2.0), Some(2.0), Some(2.0));
             let _ = y.g_add_(&skips.pop().expect("one skip per decoder level"));
             x = y;
             for b in &layer.blocks {
-                x = b.forward(&x);
+                x = b.forward(&x, fast);
             }
         }
         // free the decoder output before the widest tensor (C x 96^3 logits) is allocated
@@ -389,7 +475,7 @@ impl Body {
         if h.kind() != self.final_conv.ws.kind() {
             h = h.to_kind(self.final_conv.ws.kind());
         }
-        self.final_conv.forward(&h)
+        conv(&self.final_conv, &h)
     }
 }
 
