@@ -19,12 +19,13 @@ use crate::locks::PgLock;
 use crate::store::Datastore;
 use crate::FINAL_TAG;
 
-/// One (image, label revision) a model was trained on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One (image, `final` label revision) a model was trained on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrainedOn {
     /// The image id.
     pub image: String,
-    /// The `final` label's revision at the time (`None`: a label never saved through the store).
+    /// The `final` label's revision at the time (`null`: a label never saved through the
+    /// datastore).
     pub rev: Option<i64>,
 }
 
@@ -53,19 +54,21 @@ pub struct NewModelVersion {
     pub metrics: Value,
 }
 
-/// A recorded version.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A recorded version (docs/models.md). Its serialized form is what the HTTP API shows of it
+/// (with `highres` and `file_kept` added by the server), and its OpenAPI schema is derived here.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelVersion {
     /// Row id.
     #[serde(skip)]
     pub id: i64,
-    /// The model name.
+    /// The model.
     pub model: String,
     /// `highres` or `lowres`.
     pub resolution: String,
-    /// 1, 2, ... per (model, resolution).
+    /// 1, 2, ... per model and resolution.
     pub version: i64,
-    /// Hex SHA-256 of the weights file.
+    /// SHA-256 of the weights file (hex); kept as `models/versions/<sha256>.<ext>`.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub sha256: String,
     /// `pt` or `safetensors`.
     pub ext: String,
@@ -73,23 +76,25 @@ pub struct ModelVersion {
     pub size: i64,
     /// The version that was active when this one was recorded.
     pub parent: Option<i64>,
-    /// `initial`, `external`, `upload`, `train`, `torchrun`.
+    /// `initial` (the file found at the first look), `external` (a file put in place by hand),
+    /// `upload`, `train` or `torchrun`.
     pub source: String,
-    /// The job that made it.
+    /// The training job that made it.
     pub job_id: Option<String>,
-    /// Who uploaded it or started the job.
+    /// Who uploaded it or started the training.
     pub user: Option<String>,
-    /// The training data.
+    /// The `final` labels it was trained on.
     pub trained_on: Vec<TrainedOn>,
-    /// Metrics.
+    /// Metrics (`best_metric`, `best_epoch` for a training): a JSON object.
+    #[schema(value_type = Object)]
     pub metrics: Value,
-    /// When it was recorded (ms).
+    /// When it was recorded (epoch ms).
     pub created_at: i64,
-    /// When it last became active (ms).
+    /// When it last became active (epoch ms).
     pub activated_at: Option<i64>,
-    /// Whether it is the active version.
+    /// Whether it is the active version (what `model.pt` holds).
     pub active: bool,
-    /// When the retention policy removed its file (ms); `None`: the file is kept.
+    /// When the retention policy removed its file (epoch ms); `null`: the file is kept.
     pub pruned_at: Option<i64>,
 }
 

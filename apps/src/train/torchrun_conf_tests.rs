@@ -1,10 +1,12 @@
 use super::*;
-use crate::error::Result;
+use crate::error::{AppError, Result};
 use crate::train::options::{build_job, JobSource};
 use crate::train::torchrun_cmd::*;
 use crate::train::torchrun_launch::*;
+use crate::train::torchrun_procs::MARKER_VAR;
 use ferrolabel_models::train::Pair;
 use ferrolabel_models::Bundle;
+use std::collections::BTreeMap;
 
 fn pairs(n: usize) -> Vec<Pair> {
     (0..n)

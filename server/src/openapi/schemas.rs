@@ -179,59 +179,7 @@ pub struct ModelUpload {
     /// Modification time, seconds since the epoch.
     pub modified_time: u64,
     /// The version (new, or an earlier one with the same content), now active.
-    pub version: ModelVersion,
-}
-
-/// One (image, `final` label revision) a model version was trained on.
-#[derive(ToSchema)]
-pub struct TrainedOn {
-    /// Image id.
-    pub image: String,
-    /// The label revision (`null`: a label never saved through the datastore).
-    pub rev: Option<i64>,
-}
-
-/// A model version (docs/models.md).
-#[derive(ToSchema)]
-pub struct ModelVersion {
-    /// The model.
-    pub model: String,
-    /// `highres` or `lowres`.
-    pub resolution: String,
-    /// `true` for `highres`.
-    pub highres: bool,
-    /// 1, 2, ... per model and resolution.
-    pub version: i64,
-    /// SHA-256 of the weights file (hex); kept as `models/versions/<sha256>.<ext>`.
-    #[schema(pattern = "^[0-9a-f]{64}$")]
-    pub sha256: String,
-    /// `pt` or `safetensors`.
-    pub ext: String,
-    /// Bytes.
-    pub size: i64,
-    /// The version active when this one was recorded.
-    pub parent: Option<i64>,
-    /// `initial` (the file found at the first look), `external` (a file put in place by hand),
-    /// `upload`, `train` or `torchrun`.
-    pub source: String,
-    /// The training job that made it.
-    pub job_id: Option<String>,
-    /// Who uploaded it or started the training.
-    pub user: Option<String>,
-    /// The final labels it was trained on.
-    pub trained_on: Vec<TrainedOn>,
-    /// `best_metric`, `best_epoch` (training).
-    pub metrics: AnyObject,
-    /// When it was recorded (epoch ms).
-    pub created_at: i64,
-    /// When it last became active (epoch ms).
-    pub activated_at: Option<i64>,
-    /// Whether it is the active version (what `model.pt` holds).
-    pub active: bool,
-    /// When the retention policy removed its file (epoch ms).
-    pub pruned_at: Option<i64>,
-    /// Whether its file is kept (it can be activated).
-    pub file_kept: bool,
+    pub version: crate::routes::model::ModelVersionView,
 }
 
 /// `GET /model/versions/{model}`.
@@ -246,7 +194,7 @@ pub struct ModelVersions {
     /// `model_versions_keep`: files kept besides the best and the active one (0: all).
     pub keep: u64,
     /// Newest first.
-    pub versions: Vec<ModelVersion>,
+    pub versions: Vec<crate::routes::model::ModelVersionView>,
 }
 
 /// A session: where its image is and when it expires.

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use ferrolabel_datastore::blocking;
+use ferrolabel_datastore::{blocking, ModelVersion};
 use ferrolabel_models::Resolution;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::error::{ApiError, ApiResult};
@@ -14,6 +15,30 @@ use crate::response;
 use crate::routes::{q_bool, q_int, QueryMap};
 use crate::state::AppState;
 use ferrolabel_apps::versions;
+
+/// A model version as the API answers it (`GET /model/versions/{model}`, the activation, the
+/// upload): the datastore's record ([`ModelVersion`], whose schema is derived there) and two
+/// fields derived from it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ModelVersionView {
+    /// The record.
+    #[serde(flatten)]
+    pub record: ModelVersion,
+    /// `true` for `highres`.
+    pub highres: bool,
+    /// Whether its file is kept (it can be activated).
+    pub file_kept: bool,
+}
+
+impl From<ModelVersion> for ModelVersionView {
+    fn from(record: ModelVersion) -> Self {
+        ModelVersionView {
+            highres: record.resolution == versions::resolution_name(Resolution::High),
+            file_kept: record.pruned_at.is_none(),
+            record,
+        }
+    }
+}
 
 fn resolution(state: &AppState, query: &QueryMap) -> ApiResult<Resolution> {
     let default = state.app.default_resolution().is_high();
@@ -159,16 +184,18 @@ pub async fn upload(
     drop(staged_guard);
     let dest = state.app.weights_path(&model, res)?;
     let mut out = blocking(move || checksum_json(dest)).await?;
-    out["version"] = versions::version_json(&v);
+    let number = v.version;
+    // a plain struct of strings and numbers: serializing it cannot fail
+    out["version"] = json!(ModelVersionView::from(v));
     crate::auth::audit::record(
         &state.datastore,
         &req,
         "model.upload",
         &model,
-        Some(&format!("v{}", v.version)),
+        Some(&format!("v{}", number)),
     )
     .await;
-    tracing::info!(model = %model, ?res, version = v.version, "weights replaced");
+    tracing::info!(model = %model, ?res, version = number, "weights replaced");
     Ok(response::json(out))
 }
 
@@ -235,7 +262,7 @@ pub async fn versions_list(
         "highres": res.is_high(),
         "active": active.map(|v| v.version),
         "keep": state.app.versions_keep(),
-        "versions": list.iter().map(versions::version_json).collect::<Vec<_>>(),
+        "versions": list.into_iter().map(ModelVersionView::from).collect::<Vec<_>>(),
     })))
 }
 
@@ -252,7 +279,7 @@ pub async fn versions_list(
         ("highres" = Option<bool>, Query, description = "`false`: the 3 mm weights (`model_lowres.pt`); default: the bundle's default"),
     ),
     responses(
-        (status = 200, description = "The version, now active", body = crate::openapi::schemas::ModelVersion),
+        (status = 200, description = "The version, now active", body = ModelVersionView),
         (status = 404, description = "Unknown model or version", body = crate::openapi::schemas::Detail),
         (status = 409, description = "The version's file was pruned by the retention policy (or is damaged)", body = crate::openapi::schemas::Detail),
         (status = 422, description = "No or a bad `version`, a bad boolean", body = crate::openapi::schemas::Detail),
@@ -278,5 +305,5 @@ pub async fn versions_activate(
         Some(&format!("v{}", v.version)),
     )
     .await;
-    Ok(response::json(versions::version_json(&v)))
+    Ok(response::json(ModelVersionView::from(v)))
 }

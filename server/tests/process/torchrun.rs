@@ -176,7 +176,10 @@ fn torchrun_through_the_official_client_and_a_stop_leaves_no_process() {
     // the new checkpoint is the active `torchrun` version, loads strictly in ferrolabel, and
     // the client's next infer uses it
     let weights_after = std::fs::read(bundle.path().join("models/model_lowres.pt")).unwrap();
-    assert_ne!(weights_before, weights_after);
+    assert!(
+        weights_before != weights_after,
+        "the weights file was not replaced"
+    );
     assert_eq!(leftovers(bundle.path()), Vec::<String>::new());
     let (_, v) = s.get_json(&format!("/model/versions/{MODEL}?highres=false"));
     let newest = &v["versions"][0];
@@ -184,9 +187,10 @@ fn torchrun_through_the_official_client_and_a_stop_leaves_no_process() {
     assert_eq!(newest["source"], "torchrun", "{v}");
     assert_eq!(newest["job_id"], last["id"], "{v}");
     let sha = newest["sha256"].as_str().unwrap();
-    assert_eq!(
-        std::fs::read(bundle.path().join(format!("models/versions/{sha}.pt"))).unwrap(),
-        weights_after
+    assert!(
+        std::fs::read(bundle.path().join(format!("models/versions/{sha}.pt"))).unwrap()
+            == weights_after,
+        "the version's kept file is not the weights file"
     );
     let after = client_infer(&s, tmp.path());
     assert_ne!(before, after, "infer still uses the old weights");
@@ -218,9 +222,9 @@ fn torchrun_through_the_official_client_and_a_stop_leaves_no_process() {
     wait_until("the run folder to go", Duration::from_secs(30), || {
         leftovers(bundle.path()).is_empty()
     });
-    assert_eq!(
-        std::fs::read(bundle.path().join("models/model_lowres.pt")).unwrap(),
-        weights_after
+    assert!(
+        std::fs::read(bundle.path().join("models/model_lowres.pt")).unwrap() == weights_after,
+        "the stopped run changed the weights file"
     );
     eprintln!("torchrun test took {:?}", t_start.elapsed());
 }
