@@ -70,11 +70,11 @@ fn fp32_inference_path_matches_the_default_layout_network() {
         for (name, mut t) in vs.variables() {
             if t.dim() == 1 {
                 let r = Tensor::rand_like(&t);
-                let _ = if name.ends_with("weight") {
-                    t.copy_(&(r + 0.5))
+                if name.ends_with("weight") {
+                    t.copy_(&(r + 0.5));
                 } else {
-                    t.copy_(&((r - 0.5) * 0.4))
-                };
+                    t.copy_(&((r - 0.5) * 0.4));
+                }
             }
         }
     });
