@@ -95,6 +95,24 @@ pub fn bundle_copy() -> tempfile::TempDir {
     dir
 }
 
+/// Seeded random weights of the test bundle's network (`ferrolabel dev make-weights`), as the
+/// bytes of a `model.pt`.
+pub fn weights(seed: u32) -> Vec<u8> {
+    let dir = bundle_copy();
+    let out = Command::new(BIN)
+        .args(["dev", "make-weights", "--bundle"])
+        .arg(dir.path())
+        .args(["--seed", &seed.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(dir.path().join("models/model.pt")).unwrap()
+}
+
 /// A fresh bundle folder without `models/`.
 pub fn bundle_without_weights() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()

@@ -8,31 +8,13 @@
 //! in the audit log.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::common::{self, detail, form_with_file, small_ct_bytes, Opts, BIN};
+use crate::common::{self, detail, form_with_file, small_ct_bytes, weights, Opts};
 use crate::server::Server;
 
 const MODEL: &str = "wholeBody_ct_segmentation";
-
-/// Seeded random weights of the test bundle's network (`ferrolabel dev make-weights`).
-fn weights(seed: u32) -> Vec<u8> {
-    let dir = common::bundle_copy();
-    let out = Command::new(BIN)
-        .args(["dev", "make-weights", "--bundle"])
-        .arg(dir.path())
-        .args(["--seed", &seed.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(dir.path().join("models/model.pt")).unwrap()
-}
 
 fn list(s: &Server) -> Value {
     let (st, v) = s.get_json(&format!("/model/versions/{MODEL}"));

@@ -14,7 +14,9 @@ use std::time::Duration;
 use ferrolabel_testkit::{free_port, S3Server};
 use sha2::Digest;
 
-use crate::common::{self, bundle_copy, bundle_without_weights, repo, small_ct_bytes, BIN};
+use crate::common::{
+    self, bundle_copy, bundle_without_weights, repo, small_ct_bytes, weights, BIN,
+};
 use crate::jobs_support::ball_label;
 
 /// A server process; killed on drop.
@@ -57,23 +59,6 @@ fn start(s3: &S3Server, url: &str, db: &str, studies: &Path, bundle: &Path) -> (
 }
 
 const MODEL: &str = "wholeBody_ct_segmentation";
-
-/// Seeded random weights of the test bundle's network (`ferrolabel dev make-weights`).
-fn weights(seed: u32) -> Vec<u8> {
-    let dir = bundle_copy();
-    let out = Command::new(BIN)
-        .args(["dev", "make-weights", "--bundle"])
-        .arg(dir.path())
-        .args(["--seed", &seed.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(dir.path().join("models/model.pt")).unwrap()
-}
 
 /// `<key> <sha256 of its content>` per object of the bucket, listed and read by boto3.
 fn bucket_listing(s3: &S3Server, bucket: &str) -> String {
