@@ -116,11 +116,14 @@ impl Datastore {
         .bind(serde_json::to_string(&info)?)
         .bind(ts)
         .bind(ts)
-        .bind(sha)
+        .bind(sha.clone())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         held.finish().await?;
+        if let Some(sha) = &sha {
+            self.recheck_blob(&dest, sha).await?;
+        }
 
         if let Some(old) = old_ext.filter(|o| o != ext) {
             let old = self.image_file(id, &old);

@@ -197,6 +197,9 @@ impl Datastore {
         .await?;
         tx.commit().await?;
         held.finish().await?;
+        if self.objects().is_some() {
+            self.recheck_blob(&live, &sha).await?;
+        }
 
         if let Some(old) = current.filter(|c| c.ext != ext) {
             let old = self.label_file(tag, image_id, &old.ext);

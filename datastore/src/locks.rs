@@ -57,6 +57,9 @@ pub(crate) enum PgLock<'a> {
     Label { id: &'a str, tag: &'a str },
     /// Anything else that one server at a time must do (e.g. `json`, `remote_sync`).
     Named(&'a str),
+    /// Blob garbage collection (exclusive) against saves that may name a blob (shared, taken
+    /// last, from before the blob's `HEAD` until the row is committed: `objects_gc.rs`).
+    Gc { exclusive: bool },
 }
 
 impl PgLock<'_> {
@@ -67,6 +70,7 @@ impl PgLock<'_> {
             // ids and tags never contain '/' (see `ids`)
             PgLock::Label { id, tag } => (format!("ferrolabel:label:{id}/{tag}"), true),
             PgLock::Named(name) => (format!("ferrolabel:{name}"), true),
+            PgLock::Gc { exclusive } => ("ferrolabel:blob-gc".into(), exclusive),
         }
     }
 }
@@ -189,6 +193,11 @@ impl Datastore {
                 let mut tx = self.pool().begin().await?;
                 for lock in locks {
                     pg_lock(&mut tx, *lock).await?;
+                }
+                // the save may name a blob that exists already: no collection deletes it
+                // until the row is committed (taken last: a collection holds nothing else)
+                if self.objects().is_some() {
+                    pg_lock(&mut tx, PgLock::Gc { exclusive: false }).await?;
                 }
                 Ok(Held::Postgres(tx))
             }

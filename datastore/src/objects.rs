@@ -23,7 +23,6 @@
 //! The sync/async split is the crate's: object requests are async, file work (hashing, the
 //! cache's temp file + rename) runs on the blocking pool.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,10 +32,18 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
 use sha2::{Digest, Sha256};
 
+#[path = "objects_gc.rs"]
+mod gc;
+#[path = "objects_refs.rs"]
+mod refs;
+
+pub use gc::{BlobClaim, BlobGc};
+pub use refs::BlobRef;
+
 use crate::blocking::blocking;
 use crate::error::{DatastoreError, IoContext, Result};
 use crate::files;
-use crate::store::{now_secs, Datastore};
+use crate::store::Datastore;
 
 /// The folder of the bucket (under the URL's prefix) that holds the blobs.
 pub const BLOB_DIR: &str = "sha256";
@@ -198,6 +205,15 @@ impl Objects {
         }
     }
 
+    /// Puts the file at `path` again if blob `sha` is gone (a collection deleted it while a
+    /// save that found it was committing its row: SQLite's side of `objects_gc.rs`).
+    pub(crate) async fn ensure(&self, path: &Path, sha: &str) -> Result<()> {
+        if self.put_file(path, sha).await? {
+            tracing::warn!(sha, "blob deleted by a collection during a save: put again");
+        }
+        Ok(())
+    }
+
     /// Writes blob `sha` to `dest` (temp file + rename), checked against its hash first; a
     /// blob missing from the bucket is `NotFound`, one holding other content is `Storage`.
     pub(crate) async fn fetch_to(&self, sha: &str, dest: &Path) -> Result<()> {
@@ -255,6 +271,7 @@ impl Objects {
     /// `(sha, last modified in epoch seconds, size)` of every blob (names that are not a
     /// SHA-256 are left out: they are not ours).
     pub(crate) async fn list_meta(&self) -> Result<Vec<(String, i64, u64)>> {
+        // the blobs are flat under `sha256/`: one level lists them all
         let prefix = self.prefix.child(BLOB_DIR);
         let metas = self
             .store
@@ -280,17 +297,14 @@ impl Objects {
         }
     }
 
-    /// Lists the keys under the blob folder (tests and tools).
+    /// The keys of every blob, sorted (tests and tools).
     pub(crate) async fn list(&self) -> Result<Vec<String>> {
-        // the blobs are flat under `sha256/`: one level lists them all
-        let prefix = self.prefix.child(BLOB_DIR);
-        let metas = self
-            .store
-            .list_with_delimiter(Some(&prefix))
-            .await
-            .map_err(|e| storage_err(&self.url, e))?
-            .objects;
-        let mut keys: Vec<String> = metas.into_iter().map(|m| m.location.to_string()).collect();
+        let mut keys: Vec<String> = self
+            .list_meta()
+            .await?
+            .into_iter()
+            .map(|(sha, _, _)| self.key(&sha).to_string())
+            .collect();
         keys.sort();
         Ok(keys)
     }
@@ -328,7 +342,7 @@ pub(crate) async fn store_source(
 }
 
 /// Fails unless `sha` is a lowercase hex SHA-256 (64 characters): it becomes part of a key.
-fn check_sha(sha: &str) -> Result<()> {
+pub(crate) fn check_sha(sha: &str) -> Result<()> {
     if sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         Ok(())
     } else {
@@ -338,35 +352,12 @@ fn check_sha(sha: &str) -> Result<()> {
     }
 }
 
-/// What a blob garbage collection found and did ([`Datastore::collect_blob_garbage`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct BlobGc {
-    /// Blobs in the bucket.
-    pub blobs: usize,
-    /// Blobs a row names (an image, a label, a label revision, a model version whose file is
-    /// kept or that is active).
-    pub referenced: usize,
-    /// Unreferenced blobs younger than the grace period: left for a later run.
-    pub young: usize,
-    /// Keys of the unreferenced blobs older than the grace period: deleted (or, in a dry run,
-    /// that would be).
-    pub deleted: Vec<String>,
-    /// Bytes of the deleted blobs.
-    pub deleted_bytes: u64,
-}
-
-/// Every SHA-256 a row names: the content that must stay in the bucket.
-const REFERENCED: &str = "SELECT sha256 FROM images WHERE sha256 IS NOT NULL \
-     UNION SELECT sha256 FROM labels WHERE sha256 IS NOT NULL \
-     UNION SELECT sha256 FROM label_revisions WHERE sha256 IS NOT NULL \
-     UNION SELECT sha256 FROM model_versions WHERE pruned_at IS NULL OR active = 1";
-
 impl Datastore {
     /// With object storage: uploads the file at `path`, whose SHA-256 is `sha`, as the blob
     /// `<prefix>/sha256/<sha>` unless the bucket holds it already (a blob is never
     /// overwritten); answers whether it uploaded. Without object storage: nothing, `false`.
-    /// For content whose row lives outside the image and label tables (model versions): put
-    /// the blob before the row is committed.
+    /// Content a row will name takes a [`BlobClaim`] instead ([`Datastore::claim_blob`]): a
+    /// put alone does not keep a concurrent garbage collection off an existing blob.
     pub async fn put_blob(&self, path: &Path, sha: &str) -> Result<bool> {
         check_sha(sha)?;
         match self.objects() {
@@ -386,52 +377,6 @@ impl Datastore {
                 "blob {sha}: no object storage"
             ))),
         }
-    }
-
-    /// Deletes the blobs no row names that are older than `grace` (by their last
-    /// modification in the bucket); `dry_run` only counts them. The grace period covers
-    /// saves in flight: a save puts its blob before it commits its row, so a blob younger
-    /// than the longest save may be about to be named. Without object storage: `Invalid`.
-    pub async fn collect_blob_garbage(&self, grace: Duration, dry_run: bool) -> Result<BlobGc> {
-        let Some(objects) = self.objects() else {
-            return Err(DatastoreError::Invalid(
-                "blob garbage collection needs object storage (--storage-url)".into(),
-            ));
-        };
-        // the listing first, the references after: a blob put and named in between is
-        // referenced; one put after the listing is not looked at
-        let listed = objects.list_meta().await?;
-        let referenced: HashSet<String> = sqlx::query_scalar::<_, String>(REFERENCED)
-            .fetch_all(self.pool())
-            .await?
-            .into_iter()
-            .collect();
-        let cutoff = now_secs().saturating_sub(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX));
-        let mut gc = BlobGc {
-            blobs: listed.len(),
-            ..BlobGc::default()
-        };
-        for (sha, modified, size) in listed {
-            if referenced.contains(&sha) {
-                gc.referenced += 1;
-            } else if modified > cutoff {
-                gc.young += 1;
-            } else {
-                if !dry_run {
-                    objects.delete(&sha).await?;
-                }
-                gc.deleted.push(objects.key(&sha).to_string());
-                gc.deleted_bytes += size;
-            }
-        }
-        if !dry_run && !gc.deleted.is_empty() {
-            tracing::info!(
-                deleted = gc.deleted.len(),
-                bytes = gc.deleted_bytes,
-                "unreferenced blobs deleted"
-            );
-        }
-        Ok(gc)
     }
 }
 

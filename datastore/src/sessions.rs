@@ -5,6 +5,10 @@
 //! the folder `<root>/<uuid>/image/` holding them all, which is then the session image.
 //! A session is built in a hidden temp folder and renamed into place, so a half-written session
 //! is never visible; leftovers are removed at open.
+//!
+//! With object storage ([`Sessions::shared_through`]) the files are also blobs and the session
+//! is recorded in the database, so every server on that database and bucket serves it; the
+//! folder is then this server's cache of it (`objects_sessions.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +20,12 @@ use crate::blocking::blocking;
 use crate::error::{DatastoreError, IoContext, Result};
 use crate::files::{self, Source};
 use crate::ids::{basename, validate_id, validate_session_id};
-use crate::store::now_secs;
+use crate::store::{now_secs, Datastore};
+
+#[path = "objects_sessions.rs"]
+mod shared;
+
+pub use shared::SHARED_MARK;
 
 /// The session metadata file in each session folder.
 pub const META_FILE: &str = "meta.info";
@@ -61,6 +70,8 @@ pub struct Sessions {
     max_expiry: i64,
     /// Serialises metadata rewrites against removals.
     lock: Arc<tokio::sync::Mutex<()>>,
+    /// With object storage: the datastore recording shared sessions.
+    shared: Option<Datastore>,
 }
 
 impl Sessions {
@@ -93,7 +104,28 @@ impl Sessions {
             root,
             max_expiry,
             lock: Arc::default(),
+            shared: None,
         })
+    }
+
+    /// Shares the sessions through `ds`'s object storage (when it has a storage URL; else
+    /// nothing changes): new sessions are recorded in its database and their files put in its
+    /// bucket, and a session another server created is fetched on first use.
+    pub fn shared_through(mut self, ds: &Datastore) -> Sessions {
+        if ds.storage_url().is_some() {
+            self.shared = Some(ds.clone());
+        }
+        self
+    }
+
+    /// The datastore of shared sessions, if the session folder `dir` is (or would be) one.
+    async fn shared_for(&self, dir: &Path) -> Option<&Datastore> {
+        let ds = self.shared.as_ref()?;
+        let local = tokio::fs::try_exists(dir).await.unwrap_or(false);
+        let marked = tokio::fs::try_exists(dir.join(SHARED_MARK))
+            .await
+            .unwrap_or(false);
+        (!local || marked).then_some(ds)
     }
 
     /// The session folder.
@@ -161,6 +193,7 @@ impl Sessions {
         let build = files::temp_path(&self.root, &id);
         let build2 = build.clone();
         let single = named.len() == 1;
+        let mark = self.shared.is_some();
         let res = blocking(move || {
             std::fs::create_dir(&build2).at(&build2)?;
             let dir = if single {
@@ -173,6 +206,9 @@ impl Sessions {
             for (name, source) in named {
                 let tmp = files::stage(source, &dir, &name)?;
                 files::publish(&tmp, &dir.join(&name))?;
+            }
+            if mark {
+                files::write_atomic(&build2.join(SHARED_MARK), b"")?;
             }
             files::write_atomic(&build2.join(META_FILE), &line)
         })
@@ -194,6 +230,12 @@ impl Sessions {
             let _ = tokio::fs::remove_dir_all(&build).await;
             return Err(e);
         }
+        if let Some(ds) = &self.shared {
+            if let Err(e) = shared::record(ds, &info).await {
+                let _ = remove_dir(&path).await;
+                return Err(e);
+            }
+        }
         tracing::info!(session = %id, expiry = info.expiry, "session created");
         Ok(info)
     }
@@ -205,6 +247,9 @@ impl Sessions {
         validate_session_id(id)?;
         let _guard = self.lock.lock().await;
         let dir = self.root.join(id);
+        if let Some(ds) = self.shared_for(&dir).await {
+            return self.get_shared(ds, &dir, id, update_ts).await;
+        }
         let Some(mut info) = self.read_alive(&dir).await? else {
             return Ok(None);
         };
@@ -224,9 +269,52 @@ impl Sessions {
         validate_session_id(id)?;
         let _guard = self.lock.lock().await;
         let dir = self.root.join(id);
-        let info = read_meta(&dir.join(META_FILE)).await.ok().flatten();
+        let mut info = read_meta(&dir.join(META_FILE)).await.ok().flatten();
+        if let Some(ds) = self.shared_for(&dir).await {
+            let known = shared::load(ds, &self.root, id).await?;
+            shared::forget(ds, id).await?;
+            info = known.or(info);
+        }
         remove_dir(&dir).await?;
         Ok(info)
+    }
+
+    /// [`Sessions::get`] of a shared session: the database's, fetched into the folder if this
+    /// server has not got it; expired or removed elsewhere: gone here too.
+    async fn get_shared(
+        &self,
+        ds: &Datastore,
+        dir: &Path,
+        id: &str,
+        update_ts: bool,
+    ) -> Result<Option<SessionInfo>> {
+        let now = now_secs();
+        let mut info = match shared::load(ds, &self.root, id).await? {
+            Some(info) if info.is_expired(now) => {
+                tracing::info!(session = %id, "session expired");
+                shared::forget(ds, id).await?;
+                None
+            }
+            other => other,
+        };
+        let Some(info) = info.as_mut() else {
+            remove_dir(dir).await?;
+            return Ok(None);
+        };
+        // not here yet, or this server's copy lost its image: from the bucket
+        if !tokio::fs::try_exists(&info.image).await.unwrap_or(false) {
+            remove_dir(dir).await?;
+            shared::materialise(ds, &self.root, info).await?;
+        }
+        if update_ts {
+            info.last_access_ts = now;
+            shared::touch(ds, info).await?;
+            let mut line = serde_json::to_vec(&*info)?;
+            line.push(b'\n');
+            let meta = dir.join(META_FILE);
+            blocking(move || files::write_atomic(&meta, &line)).await?;
+        }
+        Ok(Some(info.clone()))
     }
 
     /// Removes every expired or broken session; returns how many were removed.
@@ -240,8 +328,25 @@ impl Sessions {
             if validate_session_id(&name).is_err() || !entry.path().is_dir() {
                 continue;
             }
+            if self.shared_for(&entry.path()).await.is_some() {
+                continue;
+            }
             if self.read_alive(&entry.path()).await?.is_none() {
                 n += 1;
+            }
+        }
+        // shared sessions: the database's expiry, for every server
+        if let Some(ds) = &self.shared {
+            n += shared::sweep(ds).await?;
+            let mut entries = tokio::fs::read_dir(&self.root).await.at(&self.root)?;
+            while let Some(entry) = entries.next_entry().await.at(&self.root)? {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if validate_session_id(&name).is_ok()
+                    && self.shared_for(&entry.path()).await.is_some()
+                    && shared::load(ds, &self.root, &name).await?.is_none()
+                {
+                    remove_dir(&entry.path()).await?;
+                }
             }
         }
         Ok(n)

@@ -1,9 +1,16 @@
-//! Session store tests in temp folders.
+//! Session store tests in temp folders; shared sessions through object storage against moto's
+//! S3 server (`testkit::S3Server`) on SQLite and PostgreSQL.
+
+mod common;
 
 use std::fs;
 
-use ferrolabel_datastore::sessions::{SessionInfo, META_FILE};
-use ferrolabel_datastore::{DatastoreError, Sessions, Source};
+use ferrolabel_datastore::sessions::{SessionInfo, META_FILE, SHARED_MARK};
+use ferrolabel_datastore::StorageOptions;
+use ferrolabel_datastore::{Datastore, DatastoreError, DatastoreOptions, Sessions, Source};
+use ferrolabel_testkit::S3Server;
+
+use common::{run, Db};
 
 fn file(name: &str, body: &str) -> (String, Source) {
     (name.to_string(), Source::Bytes(body.as_bytes().to_vec()))
@@ -169,4 +176,137 @@ async fn half_built_sessions_are_removed_at_open() {
     fs::write(tmp.path().join(".abc.123.tmp/x.nii"), b"x").unwrap();
     Sessions::open(tmp.path(), 3600).await.unwrap();
     assert!(!tmp.path().join(".abc.123.tmp").exists());
+}
+
+/// Two servers' session stores on one database and one bucket (`Sessions::shared_through`): a
+/// session created on A is served by B (fetched from the bucket into B's folder, one file and a
+/// folder of files), an access on B counts on A, a removal on B removes it on A, and the expiry
+/// is the database's for every server.
+async fn shared_sessions(db: Db) {
+    let Some(s3) = S3Server::shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let db = match db.url {
+        Some(_) => db,
+        None => Db {
+            url: Some(format!(
+                "sqlite://{}",
+                tmp.path().join("shared.db").display()
+            )),
+        },
+    };
+    let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
+    s3.create_bucket(&bucket);
+    let opts = |cache: &str| DatastoreOptions {
+        storage: Some(StorageOptions {
+            url: format!("s3://{bucket}/team"),
+            cache_dir: Some(tmp.path().join(cache)),
+            settings: s3.env(),
+        }),
+        ..db.options()
+    };
+    let ds_a = Datastore::open(&tmp.path().join("a"), opts("ca"))
+        .await
+        .unwrap();
+    let ds_b = Datastore::open(&tmp.path().join("b"), opts("cb"))
+        .await
+        .unwrap();
+    let a = Sessions::open(&tmp.path().join("sa"), 3600)
+        .await
+        .unwrap()
+        .shared_through(&ds_a);
+    let b = Sessions::open(&tmp.path().join("sb"), 3600)
+        .await
+        .unwrap()
+        .shared_through(&ds_b);
+
+    let one = a
+        .create(vec![file("ct.nii.gz", "volume")], 0)
+        .await
+        .unwrap();
+    let many = a
+        .create(vec![file("1.dcm", "s1"), file("2.dcm", "s2")], 100)
+        .await
+        .unwrap();
+    assert!(one.path.join(SHARED_MARK).exists());
+    // the files are blobs
+    assert_eq!(ds_a.storage_keys().await.unwrap().len(), 3);
+
+    // B serves both, fetched into its own folder
+    let got = b
+        .get(&one.name, false)
+        .await
+        .unwrap()
+        .expect("B finds A's session");
+    assert_eq!(got.path, b.root().join(&one.name));
+    assert_eq!(got.image, got.path.join("ct.nii.gz"));
+    assert_eq!(fs::read(&got.image).unwrap(), b"volume");
+    assert_eq!((got.create_ts, got.expiry), (one.create_ts, one.expiry));
+    // last used 50 s ago (in the database); B's access with update_ts counts on A
+    let mut aged = serde_json::to_value(&many).unwrap();
+    aged["last_access_ts"] = (many.last_access_ts - 50).into();
+    aged["files_in_folder"] = true.into();
+    assert!(ds_a
+        .set_blob_ref_info("session", &many.name, &aged)
+        .await
+        .unwrap());
+    let got = b.get(&many.name, true).await.unwrap().unwrap();
+    assert!(got.last_access_ts >= many.last_access_ts);
+    assert!(got.image.is_dir());
+    assert_eq!(fs::read(got.image.join("2.dcm")).unwrap(), b"s2");
+    assert_eq!(got.expiry, 100);
+    let seen = a.get(&many.name, false).await.unwrap().unwrap();
+    assert_eq!(seen.last_access_ts, got.last_access_ts);
+    // B's copy lost its image: fetched again
+    fs::remove_file(b.root().join(&one.name).join("ct.nii.gz")).unwrap();
+    let again = b.get(&one.name, false).await.unwrap().unwrap();
+    assert_eq!(fs::read(&again.image).unwrap(), b"volume");
+
+    // removed on B: gone on A, A's copy too
+    assert_eq!(
+        b.remove(&one.name).await.unwrap().map(|i| i.name),
+        Some(one.name.clone())
+    );
+    assert_eq!(a.get(&one.name, false).await.unwrap(), None);
+    assert!(!one.path.exists());
+
+    // aged in the database: expired for every server; A's sweep removes it, B's copy follows
+    let mut old = serde_json::to_value(&many).unwrap();
+    old["last_access_ts"] = (many.last_access_ts - 1000).into();
+    old["files_in_folder"] = true.into();
+    assert!(ds_a
+        .set_blob_ref_info("session", &many.name, &old)
+        .await
+        .unwrap());
+    assert_eq!(a.remove_expired().await.unwrap(), 1);
+    assert!(!many.path.exists());
+    assert!(ds_b
+        .blob_refs("session", &many.name)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(b.get(&many.name, false).await.unwrap(), None);
+    assert!(!b.root().join(&many.name).exists());
+
+    // a store without object storage keeps its sessions to itself
+    let plain = Db::sqlite().open(&tmp.path().join("plain")).await;
+    let local = Sessions::open(&tmp.path().join("sl"), 3600)
+        .await
+        .unwrap()
+        .shared_through(&plain);
+    let s = local.create(vec![file("x.nii.gz", "x")], 0).await.unwrap();
+    assert!(!s.path.join(SHARED_MARK).exists());
+    assert_eq!(b.get(&s.name, false).await.unwrap(), None);
+}
+
+#[test]
+fn shared_sessions_on_sqlite() {
+    run(shared_sessions(Db::sqlite()));
+}
+
+#[test]
+fn shared_sessions_on_postgres() {
+    if S3Server::shared().is_none() {
+        return;
+    }
+    run(shared_sessions(Db::postgres()));
 }
