@@ -15,10 +15,8 @@
 //! `model_versions_keep` versions (`--conf`, default [`DEFAULT_KEEP`]; 0 keeps all), the best
 //! one and the active one; rows are never deleted.
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use ferrolabel_datastore::{blocking, Datastore, DatastoreError, ModelVersion, NewModelVersion};
@@ -30,8 +28,12 @@ pub use ferrolabel_datastore::TrainedOn;
 use crate::error::{AppError, Result};
 use crate::{WholeBodyApp, MODEL_NAME};
 
+mod files;
+mod promote;
 mod shared;
 
+use files::{hash_file, install_checked, install_in, keep_file};
+pub use promote::{promoter, NoVersions, Promote, Promoter, Promotion};
 pub use shared::share;
 use shared::{fetch_missing, follow};
 
@@ -84,91 +86,6 @@ fn ext_of(path: &Path) -> &'static str {
     } else {
         "pt"
     }
-}
-
-/// Size and modification time: what tells a new file at the same path.
-type FileId = (u64, Option<SystemTime>);
-
-fn file_id(path: &Path) -> std::io::Result<FileId> {
-    let m = std::fs::metadata(path)?;
-    Ok((m.len(), m.modified().ok()))
-}
-
-/// SHA-256 of the files last hashed, by path and identity (hashing a 18 MB checkpoint takes a
-/// few tens of ms: done once per new file, not per request).
-fn hash_cache() -> &'static Mutex<HashMap<PathBuf, (FileId, String)>> {
-    static CACHE: OnceLock<Mutex<HashMap<PathBuf, (FileId, String)>>> = OnceLock::new();
-    CACHE.get_or_init(Default::default)
-}
-
-/// `(sha256, size)` of the file at `path`, `None` when it is missing or not a regular file
-/// (blocking). A FIFO or a device in place of the weights is never opened here: reading it
-/// would block a request and take the bytes meant for the engine's loader.
-fn hash_file(path: &Path) -> Result<Option<(String, u64)>> {
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() => return Ok(None),
-        _ => {}
-    }
-    for _ in 0..3 {
-        let before = match file_id(path) {
-            Ok(id) => id,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let cached = hash_cache()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-            .filter(|(id, _)| *id == before)
-            .map(|(_, h)| h.clone());
-        if let Some(h) = cached {
-            return Ok(Some((h, before.0)));
-        }
-        let sum = match ferrolabel_datastore::files::sha256_file(path) {
-            Ok(s) => s,
-            Err(_) if !path.exists() => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        // replaced while it was read: hash the new one
-        if file_id(path).ok() == Some(before) {
-            hash_cache()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(path.to_path_buf(), (before, sum.clone()));
-            return Ok(Some((sum, before.0)));
-        }
-    }
-    Err(AppError::Task(format!(
-        "{} keeps changing while it is read",
-        path.display()
-    )))
-}
-
-/// Copies `src` to `dest` by temp file + fsync + rename (+ fsync of the folder).
-fn copy_atomic(src: &Path, dest: &Path) -> std::io::Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".version.{}.{}.tmp", std::process::id(), now_ms()));
-    let copied = std::fs::copy(src, &tmp)
-        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, dest));
-    if copied.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    copied?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// Keeps `file` as the version file of `sha256` (blocking; nothing to do when it is there).
-fn keep_file(dir: &Path, file: &Path, sha256: &str, ext: &str) -> Result<PathBuf> {
-    let dest = dir.join(format!("{sha256}.{ext}"));
-    if !dest.exists() {
-        copy_atomic(file, &dest)?;
-    }
-    Ok(dest)
 }
 
 /// Serialises this process's version changes (other processes: the file's rename and the
@@ -224,8 +141,9 @@ pub async fn active(
         let (dir, path, sha) = (versions_dir(app), path.clone(), sha.clone());
         blocking(move || keep_file(&dir, &path, &sha, ext)).await?
     };
-    // with object storage the blob goes first, the row last (as for labels)
-    ds.put_blob(&kept, &sha).await?;
+    // with object storage the blob goes first, the row last (as for labels); the claim keeps
+    // a garbage collection off the blob until the row names it
+    let claim = ds.claim_blob(&kept, &sha).await?;
     let new = NewModelVersion {
         model: MODEL_NAME.into(),
         resolution: rname.into(),
@@ -237,6 +155,7 @@ pub async fn active(
         ..NewModelVersion::default()
     };
     let (v, _) = ds.record_model_version(&new, true, now_ms()).await?;
+    claim.release().await?;
     tracing::info!(
         version = v.version,
         source,
@@ -282,7 +201,7 @@ pub async fn register(
         })
         .await?
     };
-    ds.put_blob(&kept, &sha).await?;
+    let claim = ds.claim_blob(&kept, &sha).await?;
     if !in_place {
         let (bundle_dir, sha) = (app.bundle_dir().to_path_buf(), sha.clone());
         blocking(move || install_in(&bundle_dir, res, &kept, ext, &sha)).await?;
@@ -300,6 +219,7 @@ pub async fn register(
         metrics: prov.metrics,
     };
     let (v, created) = ds.record_model_version(&new, true, now_ms()).await?;
+    claim.release().await?;
     tracing::info!(
         version = v.version,
         created,
@@ -310,32 +230,6 @@ pub async fn register(
     drop(_one);
     prune(app, ds, res).await?;
     Ok(v)
-}
-
-/// Makes the version file `kept` the weights the engine loads (blocking): replaces
-/// `model.<ext>` atomically, then removes the other format's file of that resolution so the
-/// bundle never prefers a stale one.
-fn install_in(
-    bundle_dir: &Path,
-    res: Resolution,
-    kept: &Path,
-    ext: &str,
-    sha256: &str,
-) -> Result<()> {
-    let pt = bundle_dir.join("models").join(res.model_file());
-    let dest = pt.with_extension(ext);
-    copy_atomic(kept, &dest)?;
-    if let Ok(id) = file_id(&dest) {
-        hash_cache()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(dest.clone(), (id, sha256.to_string()));
-    }
-    let other = pt.with_extension(if ext == "pt" { "safetensors" } else { "pt" });
-    match std::fs::remove_file(&other) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-        _ => Ok(()),
-    }
 }
 
 /// A checkpoint from a training (the torchrun path, or any file outside the bundle): loads it
@@ -385,20 +279,7 @@ pub async fn activate(
         v.sha256.clone(),
         v.ext.clone(),
     );
-    blocking(move || -> Result<()> {
-        let sum = ferrolabel_datastore::files::sha256_file(&kept).map_err(|e| {
-            DatastoreError::Conflict(format!("the file of this version is missing: {e}"))
-        })?;
-        if sum != sha {
-            return Err(DatastoreError::Conflict(format!(
-                "{} does not hold the version's content (sha256 {sum})",
-                kept.display()
-            ))
-            .into());
-        }
-        install_in(&bundle_dir, res, &kept, &ext, &sha)
-    })
-    .await?;
+    blocking(move || install_checked(&bundle_dir, res, &kept, &ext, &sha)).await?;
     ds.set_active_model_version(MODEL_NAME, rname, Some(version), now_ms())
         .await?;
     tracing::info!(version, resolution = rname, "model version activated");
@@ -493,88 +374,4 @@ pub async fn info_json(app: &WholeBodyApp, ds: &Datastore) -> Value {
         );
     }
     Value::Object(out)
-}
-
-/// A checkpoint a training made active or wants activated, sent from blocking training code.
-#[derive(Debug, Clone)]
-pub struct Promotion {
-    /// The resolution trained.
-    pub res: Resolution,
-    /// The checkpoint: the active weights file itself (the Rust trainer writes it in place) or
-    /// a file elsewhere (copied over it).
-    pub path: PathBuf,
-    /// The epoch it was saved at.
-    pub epoch: usize,
-    /// Its validation metric.
-    pub metric: f64,
-    /// `train` or `torchrun`.
-    pub source: &'static str,
-}
-
-/// Receives the checkpoints a training promotes; [`crate::train::Trainer::run_promoting`] calls
-/// it from its (blocking) thread, so it must not block.
-pub trait Promote: Send + Sync {
-    /// A checkpoint was promoted.
-    fn promoted(&self, p: Promotion);
-}
-
-/// Records nothing (a training outside a scheduler: the CLI, unit tests).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoVersions;
-
-impl Promote for NoVersions {
-    fn promoted(&self, _: Promotion) {}
-}
-
-/// The [`Promote`] of a scheduled training: hands each promotion to [`promoter`]'s registrar.
-#[derive(Debug, Clone)]
-pub struct Promoter {
-    tx: tokio::sync::mpsc::UnboundedSender<Promotion>,
-}
-
-impl Promote for Promoter {
-    fn promoted(&self, p: Promotion) {
-        let _ = self.tx.send(p);
-    }
-}
-
-/// For the training job `job_id`: records the weights in place as versions first (the parent),
-/// captures the training data ([`trained_on`]) and the job's owner, and answers the
-/// [`Promoter`] to pass to the training and the registrar future to run beside it, which
-/// registers each promoted checkpoint ([`register`] for the Rust trainer's file in place,
-/// [`register_trained`] for any other) and ends once every `Promoter` clone is dropped.
-pub async fn promoter(
-    app: Arc<WholeBodyApp>,
-    ds: Datastore,
-    job_id: String,
-) -> Result<(Promoter, impl Future<Output = ()>)> {
-    for res in [Resolution::High, Resolution::Low] {
-        active_for_infer(&app, &ds, res).await;
-    }
-    let data = trained_on(&ds).await?;
-    let user = ds.get_job(&job_id).await?.and_then(|j| j.owner);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Promotion>();
-    let registrar = async move {
-        while let Some(p) = rx.recv().await {
-            let prov = Provenance {
-                source: p.source.to_string(),
-                job_id: Some(job_id.clone()),
-                user: user.clone(),
-                trained_on: data.clone(),
-                metrics: json!({"best_metric": p.metric, "best_epoch": p.epoch}),
-            };
-            let in_place = app
-                .weights_path(MODEL_NAME, p.res)
-                .is_ok_and(|a| a == p.path);
-            let done = if in_place {
-                register(&app, &ds, p.res, &p.path, prov).await
-            } else {
-                register_trained(&app, &ds, p.res, &p.path, prov).await
-            };
-            if let Err(e) = done {
-                tracing::warn!(job = %job_id, "checkpoint of epoch {} not recorded as a version: {e}", p.epoch);
-            }
-        }
-    };
-    Ok((Promoter { tx }, registrar))
 }

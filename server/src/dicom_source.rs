@@ -8,6 +8,11 @@
 //! non-DICOM upload (or removed), the stale sidecar is ignored and deleted. A PACS image's
 //! source is the PACS's series itself (`crate::pacs`).
 //!
+//! With object storage (`--storage-url`) the sidecar is a blob instead, recorded in the
+//! database (`blob_refs` kind `dicom_source`) with the SHA-256 of the image content it
+//! describes: every server on that database and bucket finds it (a SEG export on another server
+//! than the one that received the DICOM), and an image replaced by other content has none.
+//!
 //! With a source, `POST /infer/{model}?output=dicom_seg` and
 //! `GET /datastore/label?...&format=dicom_seg` answer the label as a DICOM Segmentation
 //! (`seg_type=binary`, the default, or `labelmap`; docs/dicom.md).
@@ -49,9 +54,78 @@ fn stamp(path: &Path) -> std::io::Result<(u64, u128)> {
     Ok((meta.len(), modified))
 }
 
+/// The `blob_refs` kind of DICOM sources, and the name of the one blob of an image.
+const KIND: &str = "dicom_source";
+const BLOB_NAME: &str = "series.json";
+
+/// With object storage: the SHA-256 of image `image_id`'s content (`None` without object
+/// storage, or for content saved before it was configured: the sidecar file is used then).
+async fn shared_sha(state: &AppState, image_id: &str) -> ApiResult<Option<String>> {
+    if state.datastore.storage_url().is_none() {
+        return Ok(None);
+    }
+    Ok(state.datastore.image_sha256(image_id).await?)
+}
+
+/// Keeps `series` as the DICOM source of the image whose content is `image_sha` in object
+/// storage (a blob named in the database).
+async fn save_shared(
+    state: &AppState,
+    image_id: &str,
+    image_sha: &str,
+    series: Value,
+) -> ApiResult<()> {
+    let doc = json!({"version": VERSION, "image": {"sha256": image_sha}, "series": series});
+    let dir = tempfile::tempdir_in(state.datastore.studies())?;
+    let file = dir.path().join(BLOB_NAME);
+    tokio::fs::write(&file, doc.to_string()).await?;
+    state
+        .datastore
+        .put_blob_refs(
+            KIND,
+            image_id,
+            &[(BLOB_NAME.to_string(), file.as_path())],
+            &json!({"image_sha256": image_sha}),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The DICOM source of image `image_id` recorded in the database for its content `image_sha`;
+/// `None` when none is recorded, or (removed then) when it describes other content.
+async fn load_shared(
+    state: &AppState,
+    image_id: &str,
+    image_sha: &str,
+) -> ApiResult<Option<SeriesInfo>> {
+    let ds = &state.datastore;
+    let Some(r) = ds.blob_refs(KIND, image_id).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    if r.info["image_sha256"].as_str() != Some(image_sha) {
+        tracing::info!(image = image_id, "stale DICOM source forgotten");
+        ds.remove_blob_refs(KIND, image_id).await?;
+        return Ok(None);
+    }
+    let dir = tempfile::tempdir_in(ds.studies())?;
+    let file = dir.path().join(BLOB_NAME);
+    ds.fetch_blob(&r.sha256, &file).await?;
+    let doc: Value = serde_json::from_slice(&tokio::fs::read(&file).await?).unwrap_or(Value::Null);
+    if doc["version"].as_u64() != Some(VERSION) {
+        return Ok(None);
+    }
+    SeriesInfo::from_json(&doc["series"])
+        .map(Some)
+        .map_err(|e| ApiError::internal(format!("DICOM source of {image_id}: {e}")))
+}
+
 /// Keeps `info` as the DICOM source of the stored (local) image `image_id`. Call it after the
-/// image file is written: the sidecar is bound to that file.
+/// image file is written: the sidecar is bound to that file (with object storage: to its
+/// content's hash).
 pub async fn save(state: &AppState, image_id: &str, info: &SeriesInfo) -> ApiResult<()> {
+    if let Some(sha) = shared_sha(state, image_id).await? {
+        return save_shared(state, image_id, &sha, info.to_json()).await;
+    }
     let rec = state
         .datastore
         .image(image_id)
@@ -96,6 +170,9 @@ pub async fn load(state: &AppState, image_id: &str) -> ApiResult<Option<SeriesIn
         let cached = pacs.cached(image_id, &remote).await?;
         return Ok(Some(pacs.series_info(&cached).await?));
     }
+    if let Some(sha) = shared_sha(state, image_id).await? {
+        return load_shared(state, image_id, &sha).await;
+    }
     let sidecar = sidecar_path(state, image_id);
     let name = format!("{}{}", rec.id, rec.ext);
     blocking(move || -> ApiResult<Option<SeriesInfo>> {
@@ -132,6 +209,11 @@ pub async fn load(state: &AppState, image_id: &str) -> ApiResult<Option<SeriesIn
 pub async fn remove(state: &AppState, image_id: &str) {
     let sidecar = sidecar_path(state, image_id);
     let _ = tokio::fs::remove_file(&sidecar).await;
+    if state.datastore.storage_url().is_some() {
+        if let Err(e) = state.datastore.remove_blob_refs(KIND, image_id).await {
+            tracing::warn!(image = image_id, "DICOM source not forgotten: {e}");
+        }
+    }
 }
 
 /// The SEG type chosen by `seg_type` (`binary`, the default, or `labelmap`).

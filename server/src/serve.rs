@@ -231,7 +231,9 @@ impl Plan {
             Some(p) => Some(
                 Sessions::open(p, settings.session_expiry)
                     .await
-                    .with_context(|| format!("cannot open the session folder {}", p.display()))?,
+                    .with_context(|| format!("cannot open the session folder {}", p.display()))?
+                    // with --storage-url, sessions are shared by every server (docs/team.md)
+                    .shared_through(&datastore),
             ),
             None => None,
         };

@@ -10,9 +10,9 @@ use std::path::Path;
 use ferrolabel_datastore::{blocking, Datastore, DatastoreError, ModelVersion};
 use ferrolabel_models::Resolution;
 
+use super::files::{hash_file, install_checked};
 use super::{
-    active, changes, hash_file, install_in, resolution_name, version_file, AppError, Result,
-    WholeBodyApp, MODEL_NAME,
+    active, changes, resolution_name, version_file, AppError, Result, WholeBodyApp, MODEL_NAME,
 };
 
 /// With object storage, fetches the file of version `v` from the bucket into `kept` (its
@@ -97,18 +97,7 @@ pub(super) async fn follow(
         a.sha256.clone(),
         a.ext.clone(),
     );
-    blocking(move || -> Result<()> {
-        let sum = ferrolabel_datastore::files::sha256_file(&kept)?;
-        if sum != sha {
-            return Err(DatastoreError::Conflict(format!(
-                "{} does not hold the version's content (sha256 {sum})",
-                kept.display()
-            ))
-            .into());
-        }
-        install_in(&bundle_dir, res, &kept, &ext, &sha)
-    })
-    .await?;
+    blocking(move || install_checked(&bundle_dir, res, &kept, &ext, &sha)).await?;
     tracing::info!(
         version = a.version,
         resolution = rname,

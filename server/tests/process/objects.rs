@@ -5,7 +5,10 @@
 //! in the bucket under their SHA-256 (listed and read back with boto3, which moto installs).
 //! Server B, on the same database and bucket with an empty studies folder and a bundle without
 //! weights of its own, serves the same label and image and starts with version 2's weights,
-//! fetched from the bucket; when A rolls back to version 1, B's weights follow.
+//! fetched from the bucket; when A rolls back to version 1, B's weights follow. A session created
+//! on A serves `/infer?session_id=` on B, and an image uploaded to A as a DICOM series exports
+//! its label as a DICOM SEG from B (the session's files and the DICOM source are blobs named in
+//! the database, not files of A's folders).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -186,6 +189,7 @@ fn servers_on_one_bucket_save_and_serve_labels_through_http() {
         .json()
         .unwrap();
     assert_eq!(versions["active"], 2, "{versions}");
+    shared_sessions_and_dicom_sources(&http, &a, &b, tmp.path());
 
     // A rolls back to version 1: B's weights follow (its pickup poll, every 3 s)
     let r = http
@@ -241,4 +245,107 @@ fn servers_on_one_bucket_save_and_serve_labels_through_http() {
             assert!(listed.contains(&key(kept)), "{listed}");
         }
     }
+}
+
+/// The shipped DICOM series as one zip.
+fn series_zip() -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let dir = repo().join("data/totalseg/example_ct_dicom");
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    for p in paths {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        w.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(&std::fs::read(&p).unwrap()).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// A session created on A is used by an inference on B; an image A received as a DICOM series
+/// exports its label as a DICOM SEG from B.
+fn shared_sessions_and_dicom_sources(
+    http: &reqwest::blocking::Client,
+    a: &str,
+    b: &str,
+    tmp: &Path,
+) {
+    let form = common::form_with_file("files", "ct.nii.gz", small_ct_bytes(), "{}");
+    let r = http
+        .put(format!("{a}/session/"))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let created: serde_json::Value = r.json().unwrap();
+    let id = created["session_id"].as_str().unwrap().to_string();
+    let r = http
+        .post(format!("{b}/infer/{MODEL}?session_id={id}"))
+        .form(&[("params", r#"{"highres": false}"#)])
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "infer on B with A's session: {}",
+        r.text().unwrap()
+    );
+    let r = http.get(format!("{b}/session/{id}")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    // removed on B: gone on A
+    let r = http.delete(format!("{b}/session/{id}")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.get(format!("{a}/session/{id}")).send().unwrap();
+    assert_eq!(r.status(), 404);
+
+    // a DICOM series uploaded to A; a label saved on A; its SEG from B
+    let form = common::form_with_file("file", "series.zip", series_zip(), "{}");
+    let r = http
+        .put(format!("{a}/datastore/?image=dcm1"))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    assert!(
+        !tmp.join("a/.dcm1.dicom-source.json").exists(),
+        "a blob, not a sidecar"
+    );
+    let image = http
+        .get(format!("{a}/datastore/image?image=dcm1"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let limits = ferrolabel_imaging::Limits::default();
+    let volume = ferrolabel_imaging::read_nifti_bytes(&image, &limits).unwrap();
+    let labels: Vec<u8> = volume
+        .data
+        .iter()
+        .map(|&v| u8::from(v > 300.0) * 92)
+        .collect();
+    assert!(labels.iter().any(|&v| v != 0));
+    let nifti =
+        ferrolabel_imaging::encode_label_nifti(&labels, volume.header.as_ref().unwrap(), true)
+            .unwrap();
+    let form = common::form_with_file("label", "final.nii.gz", nifti, "{}");
+    let r = http
+        .put(format!("{a}/datastore/label?image=dcm1&tag=final"))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let r = http
+        .get(format!(
+            "{b}/datastore/label?label=dcm1&tag=final&format=dicom_seg"
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "SEG from B: {}", r.text().unwrap());
+    assert_eq!(r.headers()["content-type"], "application/dicom");
+    let seg = r.bytes().unwrap();
+    assert_eq!(&seg[128..132], b"DICM");
 }
