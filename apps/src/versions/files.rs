@@ -145,3 +145,42 @@ pub(super) fn install_checked(
     }
     install_in(bundle_dir, res, kept, ext, sha256)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conflict(r: Result<()>) -> String {
+        match r {
+            Err(AppError::Datastore(DatastoreError::Conflict(m))) => m,
+            other => panic!("want a conflict (409), got {other:?}"),
+        }
+    }
+
+    /// The check every install of a kept version goes through (activate, and following the
+    /// deployment's active version): a missing or wrong file is a 409 and leaves the weights
+    /// alone; the right one is installed (and the other format's file removed).
+    #[test]
+    fn install_checked_refuses_a_missing_or_wrong_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bundle = tmp.path();
+        let models = bundle.join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        std::fs::write(models.join("model.pt"), b"old").unwrap();
+        std::fs::write(models.join("model.safetensors"), b"stale").unwrap();
+        let kept = tmp.path().join("kept.pt");
+        let new = tmp.path().join("new.pt");
+        std::fs::write(&new, b"new").unwrap();
+        let sha = ferrolabel_datastore::files::sha256_file(&new).unwrap();
+        let m = conflict(install_checked(bundle, Resolution::High, &kept, "pt", &sha));
+        assert!(m.contains("missing"), "{m}");
+        std::fs::write(&kept, b"other").unwrap();
+        let m = conflict(install_checked(bundle, Resolution::High, &kept, "pt", &sha));
+        assert!(m.contains("does not hold"), "{m}");
+        assert_eq!(std::fs::read(models.join("model.pt")).unwrap(), b"old");
+        std::fs::write(&kept, b"new").unwrap();
+        install_checked(bundle, Resolution::High, &kept, "pt", &sha).unwrap();
+        assert_eq!(std::fs::read(models.join("model.pt")).unwrap(), b"new");
+        assert!(!models.join("model.safetensors").exists());
+    }
+}
