@@ -6,7 +6,10 @@
 //! after its blob was put) once they are older than a grace period, and prints what it found
 //! as JSON ([`ferrolabel_datastore::BlobGc`]). It opens the datastore as a server does (same
 //! `--studies`, `--datastore-url`, `--storage-url` and `AWS_*` environment), so give it the
-//! studies folder of one of the servers: the open scans that folder.
+//! studies folder of one of the servers: the open scans that folder. It deletes in batches, each
+//! under the collection lock against saves that may name a blob in flight (a session's file, a
+//! removed session, a DICOM source count as names too: `datastore/src/objects_gc.rs`), so it
+//! may run while the servers work.
 
 use std::path::PathBuf;
 use std::time::Duration;
