@@ -7,9 +7,9 @@
 //! as JSON ([`ferrolabel_datastore::BlobGc`]). It opens the datastore as a server does (same
 //! `--studies`, `--datastore-url`, `--storage-url` and `AWS_*` environment), so give it the
 //! studies folder of one of the servers: the open scans that folder. It deletes in batches, each
-//! under the collection lock against saves that may name a blob in flight (a session's file, a
-//! removed session, a DICOM source count as names too: `datastore/src/objects_gc.rs`), so it
-//! may run while the servers work.
+//! under the collection lock against saves that may name a blob in flight
+//! (`datastore/src/objects_gc.rs`; the files of live sessions and DICOM sources are names too),
+//! so it may run while the servers work.
 
 use std::path::PathBuf;
 use std::time::Duration;
