@@ -30,6 +30,7 @@ use crate::{WholeBodyApp, MODEL_NAME};
 
 mod files;
 mod promote;
+mod resume_share;
 mod shared;
 
 use files::{hash_file, install_checked, install_in, keep_file};
@@ -110,6 +111,10 @@ pub async fn active(
         blocking(move || hash_file(&path)).await?
     };
     if ds.storage_url().is_some() {
+        // the resume state follows the deployment too (another process's training)
+        if let Err(e) = resume_share::sync(app, ds, res).await {
+            tracing::warn!(resolution = rname, "resume state not shared: {e}");
+        }
         let local = hashed.as_ref().map(|(sha, _)| sha.as_str());
         if let Some(v) = follow(app, ds, res, local).await? {
             return Ok(Some(v));

@@ -8,7 +8,8 @@
 //! fetched from the bucket; when A rolls back to version 1, B's weights follow. A session created
 //! on A serves `/infer?session_id=` on B, and an image uploaded to A as a DICOM series exports
 //! its label as a DICOM SEG from B (the session's files and the DICOM source are blobs named in
-//! the database, not files of A's folders).
+//! the database, not files of A's folders), and a resume state written in A's bundle reaches
+//! B's.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -201,6 +202,21 @@ fn servers_on_one_bucket_save_and_serve_labels_through_http() {
         "B's weights follow the rollback",
         Duration::from_secs(60),
         || std::fs::read(&b_weights).is_ok_and(|w| w == v1),
+    );
+
+    // a resume state A's training left (written in place, as the trainer does at an epoch
+    // end) reaches B's bundle, so `resume: true` on B finds it
+    let state = b"resume state of epoch 3".to_vec();
+    std::fs::write(
+        bundle_a.path().join("models/model_lowres.resume.pt"),
+        &state,
+    )
+    .unwrap();
+    let b_state = bundle_b.path().join("models/model_lowres.resume.pt");
+    crate::common::training::wait_until(
+        "B fetches A's resume state",
+        Duration::from_secs(60),
+        || std::fs::read(&b_state).is_ok_and(|s| s == state),
     );
 
     // `ferrolabel storage gc`: the image removed through A is named by no row any more; its
