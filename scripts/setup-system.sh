@@ -13,9 +13,11 @@
 #     conformance suite's cluster mode (config from deploy/team/haproxy.cfg)
 #   mold: the linker scripts/linker/cc uses when it is installed (.cargo/config.toml); it links the ~50
 #     test binaries several times faster than GNU ld (about 1 s instead of 10 s each)
+#   slurm-wlm, munge: the throwaway single-node Slurm cluster (slurmctld, slurmd and munged in a temp
+#     folder, testkit/src/slurm.rs) that server/tests/process/slurm.rs hands a torchrun training to
 # Add a package here when a test starts one (and say which test in a comment).
 set -euo pipefail
-want=(dicom3tools dcmtk orthanc orthanc-dicomweb chromium chromium-driver postgresql haproxy mold)
+want=(dicom3tools dcmtk orthanc orthanc-dicomweb chromium chromium-driver postgresql haproxy mold slurm-wlm munge)
 missing=()
 for p in "${want[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

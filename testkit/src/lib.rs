@@ -11,7 +11,8 @@
 //! package ([`Postgres`]) and haproxy on loopback in front of several servers ([`Haproxy`],
 //! rendered from `deploy/team/haproxy.cfg`). Both panic when their package is missing. For object
 //! storage: moto's S3 server on loopback ([`S3Server`], `moto[server]` from PyPI; `None` without
-//! it on a developer machine, a panic under `CI=true`).
+//! it on a developer machine, a panic under `CI=true`). For distributed training: a throwaway
+//! single-node Slurm cluster ([`Slurm`], Debian's `slurm-wlm` and `munge`; a panic without them).
 //!
 //! This crate is test support only: it is `publish = false` and must only ever be a
 //! `[dev-dependencies]` entry, never a normal dependency of any crate of the workspace.
@@ -21,10 +22,12 @@ mod orthanc;
 mod postgres;
 mod s3;
 mod series;
+mod slurm;
 
 pub use haproxy::{Haproxy, HAPROXY_TEMPLATE};
 pub use postgres::{postgres_bin_dir, Postgres, PG_USER};
 pub use s3::{python, S3Server, S3_KEY_ID, S3_REGION, S3_SECRET};
+pub use slurm::{slurm_program, Slurm, SLURM_PARTITION};
 
 pub use orthanc::{free_port, in_ci, orthanc_install, stow_body, Orthanc, PASSWORD, USER};
 pub use series::{
