@@ -19,19 +19,17 @@
 //! * Checkpoints: each better checkpoint the bundle writes is checked to load strictly into the
 //!   engine's network, then replaces the active weights atomically (temp + fsync + rename), so
 //!   the next `/infer` uses it.
-//! * Slurm (`--conf slurm true`): the same torchrun command in a batch script, submitted with
-//!   `sbatch --wait`; a stop runs `scancel`.
+//! * Slurm (`--conf slurm true`): the same torchrun command in a batch script named after the
+//!   run's marker, submitted with `sbatch --wait`; Slurm owns the processes, so a stop runs
+//!   `scancel` and waits until the job has left the queue (no local killing), and a failed job's
+//!   error carries the tail of its output file.
 //! * A job taken up again after a restart starts over (the bundle's checkpoints carry no
 //!   optimiser state), after killing what the earlier attempt left.
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ferrolabel_models::train::{TrainEvent, TrainOutcome};
 use ferrolabel_models::Resolution;
 use serde_json::{json, Map, Value};
 
@@ -39,11 +37,15 @@ use super::stats::Stats;
 use super::torchrun_cmd as cmd;
 use super::torchrun_conf::{self as conf, RunFiles};
 use super::torchrun_launch::{self as launching, Launch, TorchrunSettings};
-use super::torchrun_procs::{kill_marked, own_session, replace_atomically, signal, MARKER_VAR};
+use super::torchrun_procs::{kill_marked, own_session, scancel, MARKER_VAR};
 use super::{result_json, Trainer};
 use crate::error::{AppError, Result};
 use crate::jobs::JobHandle;
 use ferrolabel_models::train::Pair;
+
+#[path = "torchrun_follow.rs"]
+mod follow;
+use follow::{Follow, SCANCEL_WAIT};
 
 /// The CUDA devices libtorch sees here.
 fn cuda_count() -> usize {
@@ -115,6 +117,14 @@ pub(super) fn run(
         handle.log(format!(
             "a restart took the job up: it starts over ({killed} leftover process(es) killed)"
         ));
+        if settings.slurm.is_some() {
+            match scancel(None, &prev, SCANCEL_WAIT) {
+                Ok(t) => handle.log(format!(
+                    "the earlier attempt's Slurm job (if any) is gone ({t:.1?})"
+                )),
+                Err(e) => handle.log(format!("the earlier attempt's Slurm job: {e}")),
+            }
+        }
     }
     let models = job.output.parent().unwrap_or(Path::new(".")).to_path_buf();
     let files = RunFiles::new(
@@ -163,6 +173,7 @@ pub(super) fn run(
                     &env,
                     &bundle_args,
                     &files.dir,
+                    &marker,
                 ),
             )?;
             let mut c = Command::new("sbatch");
@@ -224,9 +235,20 @@ pub(super) fn run(
         promoted: 0,
         promote,
         res,
+        slurm: settings.slurm.is_some(),
         slurm_job: None,
     };
-    let (status, tail) = watch.follow(child, &files.progress, &marker);
+    let (status, mut tail) = watch.follow(child, &files.progress, &marker);
+    if let Some(id) = &watch.slurm_job {
+        let out = files.dir.join(format!("slurm-{id}.out"));
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        tail = format!(
+            "{tail} | {}: {}",
+            out.display(),
+            lines[lines.len().saturating_sub(8)..].join(" | ")
+        );
+    }
     watch.stats.finish(watch.outcome.as_ref());
     trainer.write_stats(&watch.stats);
     let cancelled = handle.is_cancelled();
@@ -258,216 +280,4 @@ pub(super) fn run(
 fn write_json(path: &Path, v: &Value) -> Result<()> {
     std::fs::write(path, serde_json::to_vec_pretty(v).unwrap_or_default())?;
     Ok(())
-}
-
-/// Follows one run: the progress file, torchrun's output, the cancel flag.
-struct Follow<'a> {
-    trainer: &'a Trainer,
-    handle: &'a JobHandle,
-    stats: Stats,
-    output: PathBuf,
-    network: ferrolabel_models::network::SegResNetConfig,
-    outcome: Option<TrainOutcome>,
-    promoted: usize,
-    /// Records each promoted checkpoint as a model version.
-    promote: &'a dyn crate::versions::Promote,
-    res: Resolution,
-    /// The Slurm job id (`sbatch --parsable` prints it first).
-    slurm_job: Option<String>,
-}
-
-/// A rank's first line.
-#[derive(serde::Deserialize)]
-struct RankLine {
-    rank: usize,
-    world_size: usize,
-    pid: u32,
-    host: String,
-}
-
-#[derive(serde::Deserialize)]
-struct Finished {
-    finished: TrainOutcome,
-}
-
-impl Follow<'_> {
-    /// Tails `progress` until the child ends; kills the run once the job is cancelled.
-    /// Answers the child's exit status and the tail of its stderr.
-    fn follow(
-        &mut self,
-        mut child: Child,
-        progress: &Path,
-        marker: &str,
-    ) -> (std::io::Result<std::process::ExitStatus>, String) {
-        let tail = Arc::new(Mutex::new(Vec::<String>::new()));
-        let slurm_job = Arc::new(Mutex::new(None::<String>));
-        let mut readers = Vec::new();
-        if let Some(err) = child.stderr.take() {
-            let tail = tail.clone();
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
-                    tracing::info!(target: "torchrun", "{line}");
-                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-                    t.push(line);
-                    if t.len() > 8 {
-                        t.remove(0);
-                    }
-                }
-            }));
-        }
-        if let Some(out) = child.stdout.take() {
-            let (tail, job) = (tail.clone(), slurm_job.clone());
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
-                    tracing::info!(target: "torchrun", "{line}");
-                    let mut j = job.lock().unwrap_or_else(|e| e.into_inner());
-                    if j.is_none()
-                        && line.split(';').next().is_some_and(|id| {
-                            !id.is_empty() && id.chars().all(|c| c.is_ascii_digit())
-                        })
-                    {
-                        *j = line.split(';').next().map(String::from);
-                    }
-                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-                    t.push(line);
-                    if t.len() > 8 {
-                        t.remove(0);
-                    }
-                }
-            }));
-        }
-        let cancel = self.handle.cancel_flag();
-        let mut offset = 0u64;
-        let mut partial = String::new();
-        let mut killed = false;
-        let status = loop {
-            self.read_progress(progress, &mut offset, &mut partial);
-            if self.slurm_job.is_none() {
-                self.slurm_job = slurm_job.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                if let Some(id) = &self.slurm_job {
-                    self.handle.log(format!("Slurm job {id}"));
-                }
-            }
-            if cancel.load(Ordering::SeqCst) && !killed {
-                killed = true;
-                if let Some(id) = &self.slurm_job {
-                    let _ = Command::new("scancel").arg(id).status();
-                }
-                signal(child.id(), true);
-                let n = kill_marked(marker, Duration::from_secs(30));
-                self.handle.log(format!(
-                    "stopped: killed torchrun and {n} process(es) of the run"
-                ));
-            }
-            match child.try_wait() {
-                Ok(Some(s)) => break Ok(s),
-                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-                Err(e) => break Err(e),
-            }
-        };
-        // ranks that outlived the agent (they end on their own within a second)
-        if !killed {
-            kill_marked(marker, Duration::from_secs(10));
-        }
-        for r in readers {
-            let _ = r.join();
-        }
-        if !killed {
-            self.read_progress(progress, &mut offset, &mut partial);
-        }
-        let tail = tail.lock().unwrap_or_else(|e| e.into_inner()).join(" | ");
-        (status, tail)
-    }
-
-    /// Reads the complete lines appended to `path` since `offset`.
-    fn read_progress(&mut self, path: &Path, offset: &mut u64, partial: &mut String) {
-        let Ok(mut f) = std::fs::File::open(path) else {
-            return;
-        };
-        let mut buf = String::new();
-        if f.seek(SeekFrom::Start(*offset)).is_err() || f.read_to_string(&mut buf).is_err() {
-            return;
-        }
-        *offset += buf.len() as u64;
-        partial.push_str(&buf);
-        while let Some(i) = partial.find('\n') {
-            let line: String = partial.drain(..=i).collect();
-            self.on_line(line.trim_end());
-        }
-    }
-
-    fn on_line(&mut self, line: &str) {
-        if line.is_empty() {
-            return;
-        }
-        if let Ok(ev) = serde_json::from_str::<TrainEvent>(line) {
-            self.on_event(&ev);
-        } else if let Ok(f) = serde_json::from_str::<Finished>(line) {
-            self.outcome = Some(f.finished);
-        } else if let Ok(r) = serde_json::from_str::<RankLine>(line) {
-            self.handle.log(format!(
-                "rank {} of {} started (pid {} on {})",
-                r.rank, r.world_size, r.pid, r.host
-            ));
-        } else {
-            self.handle.log(line.to_string());
-        }
-    }
-
-    fn on_event(&mut self, ev: &TrainEvent) {
-        let (handle, stats) = (self.handle, &mut self.stats);
-        match ev {
-            TrainEvent::Started {
-                train,
-                val,
-                iterations_per_epoch,
-                parameters,
-                ..
-            } => {
-                stats.iterations_per_epoch = *iterations_per_epoch;
-                handle.log(format!(
-                    "started: {train} training pair(s), {val} validation pair(s), {iterations_per_epoch} step(s)/epoch per process, {parameters} parameters"
-                ));
-            }
-            TrainEvent::Iteration { epoch, .. } => {
-                stats.iteration += 1;
-                let total = stats.iterations_per_epoch * stats.total_epochs;
-                handle.progress(stats.iteration, total, Some(&format!("epoch {epoch}")));
-            }
-            TrainEvent::Epoch(r) => {
-                self.trainer.record_epoch(handle, stats, r);
-            }
-            TrainEvent::Checkpoint {
-                epoch,
-                metric,
-                path,
-            } => {
-                let checked =
-                    ferrolabel_models::network::weights::validate_file(&self.network, path)
-                        .map_err(|e| AppError::BadWeights(e.to_string()))
-                        .and_then(|_| replace_atomically(path, &self.output));
-                match checked {
-                    Ok(()) => {
-                        self.promoted += 1;
-                        self.promote.promoted(crate::versions::Promotion {
-                            res: self.res,
-                            path: self.output.clone(),
-                            epoch: *epoch,
-                            metric: *metric,
-                            source: "torchrun",
-                        });
-                        handle.log(format!(
-                            "epoch {epoch}: new best {} {metric:.4}, saved {}",
-                            stats.metric_name,
-                            self.output.display()
-                        ));
-                    }
-                    Err(e) => handle.log(format!(
-                        "epoch {epoch}: the bundle's checkpoint was not used: {e}"
-                    )),
-                }
-            }
-            _ => {}
-        }
-    }
 }

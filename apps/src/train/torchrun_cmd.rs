@@ -57,7 +57,8 @@ pub(super) fn sh(s: &str) -> String {
 }
 
 /// The Slurm batch script: one task per node, each running torchrun with a c10d rendezvous on
-/// the allocation's first node; progress goes to the run folder (shared by the nodes).
+/// the allocation's first node; progress goes to the run folder (shared by the nodes). The job
+/// is named `job_name` (the run's marker), so that a stop or a restart finds it by name.
 pub(super) fn sbatch_script(
     python: &Path,
     launch: &Launch,
@@ -65,9 +66,10 @@ pub(super) fn sbatch_script(
     env: &[(String, String)],
     bundle: &[String],
     run_dir: &Path,
+    job_name: &str,
 ) -> String {
     let mut s = String::from("#!/bin/bash\n");
-    s.push_str("#SBATCH --job-name=ferrolabel-train\n");
+    s.push_str(&format!("#SBATCH --job-name={job_name}\n"));
     s.push_str(&format!("#SBATCH --nodes={}\n", launch.nodes));
     s.push_str("#SBATCH --ntasks-per-node=1\n");
     if launch.gpus.is_some() {

@@ -259,9 +259,11 @@ fn the_slurm_script() {
         &env,
         &args,
         Path::new("/runs/r1"),
+        "ferrolabel-t1",
     );
     assert!(s.starts_with("#!/bin/bash\n"));
     for line in [
+        "#SBATCH --job-name=ferrolabel-t1\n",
         "#SBATCH --nodes=2\n",
         "#SBATCH --ntasks-per-node=1\n",
         "#SBATCH --gpus-per-node=2\n",

@@ -1,6 +1,6 @@
 //! The processes of a `torchrun` training ([`super::torchrun`]): started in a session of their
-//! own, found by the run's marker variable, killed; and the atomic replacement of the active
-//! weights by a checkpoint of the run.
+//! own, found by the run's marker variable, killed; a Slurm job of the run cancelled
+//! ([`scancel`]); and the atomic replacement of the active weights by a checkpoint of the run.
 
 use std::path::Path;
 use std::process::Command;
@@ -84,6 +84,51 @@ pub(super) fn kill_marked(marker: &str, limit: Duration) -> usize {
             signal(pid, true);
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Cancels the Slurm job of the run `marker` (its job name, see
+/// [`super::torchrun_cmd::sbatch_script`]): `scancel <id>` when the id is known, else
+/// `scancel --name=<marker>`; then waits (up to `limit`) until no job of that name is pending,
+/// running or completing. Answers how long that took, or why it could not tell.
+pub(super) fn scancel(
+    id: Option<&str>,
+    marker: &str,
+    limit: Duration,
+) -> std::result::Result<Duration, String> {
+    let t0 = Instant::now();
+    let mut cmd = Command::new("scancel");
+    match id {
+        Some(id) => cmd.arg(id),
+        None => cmd.arg(format!("--name={marker}")),
+    };
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run scancel: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scancel failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    loop {
+        let q = Command::new("squeue")
+            .args(["-h", "-o", "%i", &format!("--name={marker}")])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run squeue: {e}"))?;
+        if q.status.success() && q.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > limit {
+            return Err(format!(
+                "the Slurm job {} is still in the queue {limit:?} after scancel",
+                id.unwrap_or(marker)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
