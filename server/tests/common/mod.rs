@@ -133,6 +133,8 @@ pub struct Opts {
     pub args: Vec<String>,
     /// Files written into the studies folder before start: (name, bytes).
     pub files: Vec<(String, Vec<u8>)>,
+    /// Extra environment variables of a spawned server (`spawned::Server` only).
+    pub env: Vec<(String, String)>,
 }
 
 impl Opts {
@@ -143,6 +145,7 @@ impl Opts {
             with_example: true,
             args: vec![],
             files: vec![],
+            env: vec![],
         }
     }
 }

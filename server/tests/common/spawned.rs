@@ -57,6 +57,7 @@ impl Server {
                 "1",
             ])
             .args(&opts.args)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());

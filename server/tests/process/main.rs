@@ -2,8 +2,8 @@
 //! start_server` spawned and SIGKILLed (crash safety, jobs handed over by a restart), training
 //! workers that must not outlive their server, the proxy's bounded resident size, and the
 //! one-shot `ferrolabel infer` command, distributed training through `torchrun` (no process left
-//! after a stop), two servers and workers on PostgreSQL behind haproxy
-//! SIGKILLed mid-job (`cluster`), servers on one S3 bucket (`objects`). Route tests run
+//! after a stop) and through a real single-node Slurm (`slurm`), two servers and workers on
+//! PostgreSQL behind haproxy SIGKILLed mid-job (`cluster`), servers on one S3 bucket (`objects`). Route tests run
 //! in-process in `tests/http/`.
 
 #[path = "../common/mod.rs"]
@@ -17,5 +17,6 @@ mod crash_safety;
 mod jobs;
 mod objects;
 mod proxy;
+mod slurm;
 mod torchrun;
 mod train;

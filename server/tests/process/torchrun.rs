@@ -1,11 +1,3 @@
-//! Distributed training through `torchrun` with the real binary and the project's Python: two
-//! gloo processes on the CPU train a small network (the test bundle's `init_filters` 8) for 2
-//! epochs on the 30-slice CT and its mapped labels → DONE, progress in the task,
-//! `train_stats` and the curve; the checkpoint loads strictly in ferrolabel (`ferrolabel
-//! infer` with the bundle) and the next `/infer` uses it. Then a stop during a run leaves no
-//! process of it behind (found here independently: every process whose environment carries the
-//! run's marker).
-
 //! Distributed training through `torchrun`, driven by the official `monailabel` client
 //! (`MONAILabelClient.train_start` with MONAI Label's `multi_gpu` options, `train_status`,
 //! `infer`, `train_stop`: `torchrun_client.py`) against the real binary and the project's Python:
@@ -14,7 +6,8 @@
 //! and the curve; the checkpoint becomes a `torchrun` model version, loads strictly in
 //! ferrolabel (`ferrolabel infer` with the bundle) and the client's next infer uses it. Then a
 //! stop during a run leaves no process of it behind (found here independently: every process
-//! whose environment carries the run's marker).
+//! whose environment carries the run's marker). The client and process helpers here serve
+//! `slurm.rs` too.
 
 use crate::common;
 use crate::common::spawned::Server;
@@ -26,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const MODEL: &str = "wholeBody_ct_segmentation";
+pub(crate) const MODEL: &str = "wholeBody_ct_segmentation";
 
 /// Runs `torchrun_client.py <server> <args>` (the official client) and answers the JSON line it
 /// prints.
-fn client(s: &Server, args: &[&str]) -> Value {
+pub(crate) fn client(s: &Server, args: &[&str]) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/process/torchrun_client.py");
     let out = Command::new(python())
         .arg(script)
@@ -50,13 +43,13 @@ fn client(s: &Server, args: &[&str]) -> Value {
 }
 
 /// The client's low-resolution label of the example CT, gunzipped.
-fn client_infer(s: &Server, dir: &Path) -> Vec<u8> {
+pub(crate) fn client_infer(s: &Server, dir: &Path) -> Vec<u8> {
     let out = dir.join("client-infer.nii.gz");
     client(s, &["infer", "example_ct", out.to_str().unwrap()]);
     gunzip(&std::fs::read(&out).unwrap())
 }
 
-fn details(task: &Value) -> Vec<String> {
+pub(crate) fn details(task: &Value) -> Vec<String> {
     task["details"]
         .as_array()
         .into_iter()
@@ -67,7 +60,7 @@ fn details(task: &Value) -> Vec<String> {
 }
 
 /// Live (not zombie) processes whose environment holds `FERROLABEL_TORCHRUN_RUN=<marker>`.
-fn processes_of(marker: &str) -> Vec<u32> {
+pub(crate) fn processes_of(marker: &str) -> Vec<u32> {
     let want = format!("FERROLABEL_TORCHRUN_RUN={marker}");
     std::fs::read_dir("/proc")
         .unwrap()
@@ -82,14 +75,14 @@ fn processes_of(marker: &str) -> Vec<u32> {
         .collect()
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
         .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
 }
 
-fn leftovers(bundle: &Path) -> Vec<String> {
+pub(crate) fn leftovers(bundle: &Path) -> Vec<String> {
     std::fs::read_dir(bundle.join("models"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
