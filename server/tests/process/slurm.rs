@@ -4,8 +4,9 @@
 //! rendezvous, two gloo processes on the CPU), driven by the official `monailabel` client as in
 //! `torchrun.rs`: DONE, the ranks ran inside the Slurm job, the checkpoint is the active
 //! `torchrun` version and the Rust engine serves the client's next infer with it. Then a stop
-//! during a run: `scancel`, the job leaves the queue and no process of the run is left (the
-//! server kills nothing itself under Slurm: without the scancel the processes would stay).
+//! during a run: the job leaves the queue and no process of the run is left. (Breaking the
+//! scancel by hand did not turn this red: the job still ended 2.5 s after the stop, cause not yet
+//! found; the test guards the outcome, not the scancel itself.)
 
 use std::time::{Duration, Instant};
 
