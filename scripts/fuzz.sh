@@ -34,6 +34,11 @@ export RUSTC_BOOTSTRAP=1
 # the build must not see the main workspace's libtorch settings
 unset LIBTORCH LIBTORCH_USE_PYTORCH || true
 
+# FERROLABEL_FUZZ_SEED: libFuzzer's -seed (scripts/test.sh fixes one, so that CI explores the same
+# inputs on every run and a red fuzz phase is a regression, not a new find; unset: a random seed)
+seed=()
+[ -n "${FERROLABEL_FUZZ_SEED:-}" ] && seed=(-seed="$FERROLABEL_FUZZ_SEED")
+
 case "$length" in
   *s) limit=(-max_total_time="${length%s}") ;;
   *) limit=(-runs="$length") ;;
@@ -59,9 +64,20 @@ for t in "${targets[@]}"; do
   fi
   echo "fuzz.sh: $t (${tlimit[*]})" >&2
   if ! (cd fuzz && cargo fuzz run -O --debug-assertions "$t" "corpus/$t" "seeds/$t" -- \
-      "${tlimit[@]}" -max_len=8192 -timeout=10 -malloc_limit_mb=256 -rss_limit_mb=1024 \
+      "${tlimit[@]}" "${seed[@]}" -max_len=8192 -timeout=10 -malloc_limit_mb=256 -rss_limit_mb=1024 \
       -print_final_stats=1 -close_fd_mask=3) >"$log" 2>&1; then
-    tail -40 "$log" >&2
+    # the cause (panic message, sanitizer report) comes before libFuzzer's closing lines
+    grep -m1 -A40 -E "panicked at|==[0-9]+==ERROR|ERROR: libFuzzer|deadly signal" "$log" >&2 \
+      || tail -60 "$log" >&2
+    grep -m1 "INFO: Seed:" "$log" >&2 || true
+    # the failing input, so that a CI log alone reproduces it:
+    #   base64 -d > crash && cd fuzz && cargo fuzz run -O --debug-assertions TARGET ../crash
+    for a in "fuzz/artifacts/$t"/*; do
+      [ -f "$a" ] || continue
+      echo "fuzz.sh: $a ($(stat -c %s "$a") bytes), base64:" >&2
+      base64 -w 0 "$a" >&2
+      echo >&2
+    done
     echo "fuzz.sh: $t FAILED (input saved under fuzz/artifacts/$t/)" >&2
     exit 1
   fi

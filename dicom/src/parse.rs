@@ -48,14 +48,24 @@ const CT_CLASSES: &[&str] = &[
 ];
 
 /// A parsed file of an upload.
-pub(crate) struct Parsed {
+pub(crate) struct Parsed<'a> {
     /// The file's name in the upload.
     pub name: String,
-    /// The object: pixel data included when parsed from memory, up to (and without) Pixel
-    /// Data when parsed from a file on disk.
+    /// The object: whole (see [`parse`]), or its top-level elements up to (and without) Pixel
+    /// Data (see [`parse_header`], [`parse_header_bytes`]).
     pub obj: DefaultDicomObject,
-    /// The file on disk holding the pixel data, for objects parsed up to Pixel Data only.
-    pub path: Option<PathBuf>,
+    /// Where the rest is, for an object parsed up to Pixel Data.
+    pub pixels: Pixels<'a>,
+}
+
+/// Where the pixel data of a [`Parsed`] object is.
+pub(crate) enum Pixels<'a> {
+    /// In the object itself (parsed whole).
+    Held,
+    /// In these bytes of the upload (parsed again whole by [`open_pixels`]).
+    Bytes(&'a [u8]),
+    /// In this file on disk (parsed again whole by [`open_pixels`]).
+    File(PathBuf),
 }
 
 /// Walks the element headers of a Part 10 file (with dicom-parser's decoder; values are skipped,
@@ -233,12 +243,9 @@ fn has_part10_magic(bytes: &[u8]) -> bool {
 
 /// Parses one file. Bytes without the `DICM` magic are [`DicomError::NotDicom`]; a Part 10
 /// file that does not parse is [`DicomError::Corrupt`]. `None` for a DICOMDIR (skipped).
-pub(crate) fn parse(file: &NamedBytes) -> Result<Option<Parsed>> {
+pub(crate) fn parse(file: &NamedBytes) -> Result<Option<Parsed<'static>>> {
     if !has_part10_magic(&file.bytes) {
-        return Err(DicomError::NotDicom {
-            name: file.name.clone(),
-            reason: "no DICM magic at byte 128 (not a DICOM Part 10 file)".into(),
-        });
+        return Err(not_part10(&file.name));
     }
     check_declared_lengths(
         std::io::Cursor::new(&file.bytes[..]),
@@ -252,8 +259,41 @@ pub(crate) fn parse(file: &NamedBytes) -> Result<Option<Parsed>> {
     Ok((!is_dicomdir(&obj)).then(|| Parsed {
         name: file.name.clone(),
         obj,
-        path: None,
+        pixels: Pixels::Held,
     }))
+}
+
+/// Parses one file held in memory up to Pixel Data, like [`parse_header`] does from disk:
+/// the series assembler reads both ways with the same parse, so that an upload assembles
+/// the same from memory as from disk whatever it holds (elements out of order past Pixel
+/// Data, corrupt bytes after it: found by `fuzz/`'s `dicom_series` target). The same
+/// refusals as [`parse`].
+pub(crate) fn parse_header_bytes(file: &NamedBytes) -> Result<Option<Parsed<'_>>> {
+    if !has_part10_magic(&file.bytes) {
+        return Err(not_part10(&file.name));
+    }
+    check_declared_lengths(
+        std::io::Cursor::new(&file.bytes[..]),
+        file.bytes.len() as u64,
+        &file.name,
+    )?;
+    let obj = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Auto)
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(&file.bytes[..])
+        .map_err(corrupt(&file.name))?;
+    Ok((!is_dicomdir(&obj)).then(|| Parsed {
+        name: file.name.clone(),
+        obj,
+        pixels: Pixels::Bytes(&file.bytes),
+    }))
+}
+
+fn not_part10(name: &str) -> DicomError {
+    DicomError::NotDicom {
+        name: name.to_string(),
+        reason: "no DICM magic at byte 128 (not a DICOM Part 10 file)".into(),
+    }
 }
 
 fn is_dicomdir(obj: &DefaultDicomObject) -> bool {
@@ -272,7 +312,7 @@ fn corrupt(name: &str) -> impl Fn(dicom_object::ReadError) -> DicomError + '_ {
 
 /// Parses one file on disk up to Pixel Data (which is left on disk, see [`open_pixels`]).
 /// The same refusals as [`parse`].
-pub(crate) fn parse_header(file: &NamedPath) -> Result<Option<Parsed>> {
+pub(crate) fn parse_header<'a>(file: &NamedPath) -> Result<Option<Parsed<'a>>> {
     let mut head = Vec::with_capacity(132);
     std::fs::File::open(&file.path)
         .and_then(|f| f.take(132).read_to_end(&mut head))
@@ -281,10 +321,7 @@ pub(crate) fn parse_header(file: &NamedPath) -> Result<Option<Parsed>> {
             source: e,
         })?;
     if !has_part10_magic(&head) {
-        return Err(DicomError::NotDicom {
-            name: file.name.clone(),
-            reason: "no DICM magic at byte 128 (not a DICOM Part 10 file)".into(),
-        });
+        return Err(not_part10(&file.name));
     }
     let io = |e| DicomError::Io {
         context: format!("reading {}", file.path.display()),
@@ -301,21 +338,21 @@ pub(crate) fn parse_header(file: &NamedPath) -> Result<Option<Parsed>> {
     Ok((!is_dicomdir(&obj)).then(|| Parsed {
         name: file.name.clone(),
         obj,
-        path: Some(file.path.clone()),
+        pixels: Pixels::File(file.path.clone()),
     }))
 }
 
-/// For an object parsed from disk up to Pixel Data: the whole file, parsed again with its
-/// pixel data ([`DicomError::NoPixelData`] when it has none). `None` for an object that
-/// already holds its pixel data.
-pub(crate) fn open_pixels(p: &Parsed) -> Result<Option<Parsed>> {
-    let Some(path) = &p.path else {
-        return Ok(None);
-    };
-    let obj = OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Auto)
-        .open_file(path)
-        .map_err(corrupt(&p.name))?;
+/// For an object parsed up to Pixel Data: the whole file (from the upload's bytes or from
+/// disk), parsed again with its pixel data ([`DicomError::NoPixelData`] when it has none).
+/// `None` for an object that already holds its pixel data.
+pub(crate) fn open_pixels(p: &Parsed<'_>) -> Result<Option<Parsed<'static>>> {
+    let options = || OpenFileOptions::new().read_preamble(ReadPreamble::Auto);
+    let obj = match &p.pixels {
+        Pixels::Held => return Ok(None),
+        Pixels::Bytes(bytes) => options().from_reader(*bytes),
+        Pixels::File(path) => options().open_file(path),
+    }
+    .map_err(corrupt(&p.name))?;
     if obj.get(tags::PIXEL_DATA).is_none() {
         return Err(DicomError::NoPixelData {
             name: p.name.clone(),
@@ -324,13 +361,13 @@ pub(crate) fn open_pixels(p: &Parsed) -> Result<Option<Parsed>> {
     Ok(Some(Parsed {
         name: p.name.clone(),
         obj,
-        path: None,
+        pixels: Pixels::Held,
     }))
 }
 
 /// Checks one file of the chosen series: CT modality and SOP class, a supported transfer
 /// syntax, pixel data present, one 8/16-bit grey plane.
-pub(crate) fn check_image(p: &Parsed) -> Result<()> {
+pub(crate) fn check_image(p: &Parsed<'_>) -> Result<()> {
     let modality = text(&p.obj, tags::MODALITY).unwrap_or_default();
     if modality != "CT" {
         return Err(DicomError::NotCt {
@@ -368,8 +405,8 @@ pub(crate) fn check_image(p: &Parsed) -> Result<()> {
             file: p.name.clone(),
         });
     }
-    // an object parsed from disk up to Pixel Data is checked for it when it is decoded
-    if p.path.is_none() && p.obj.get(tags::PIXEL_DATA).is_none() {
+    // an object parsed up to Pixel Data is checked for it when it is decoded
+    if matches!(p.pixels, Pixels::Held) && p.obj.get(tags::PIXEL_DATA).is_none() {
         return Err(DicomError::NoPixelData {
             name: p.name.clone(),
         });
@@ -411,14 +448,14 @@ fn meta_uid(uid: &str) -> Option<String> {
 
 /// SOPClassUID, else the file meta's MediaStorageSOPClassUID (anonymisers sometimes blank
 /// the former).
-pub(crate) fn sop_class_uid(p: &Parsed) -> String {
+pub(crate) fn sop_class_uid(p: &Parsed<'_>) -> String {
     text(&p.obj, tags::SOP_CLASS_UID)
         .or_else(|| meta_uid(p.obj.meta().media_storage_sop_class_uid()))
         .unwrap_or_default()
 }
 
 /// SOPInstanceUID, else the file meta's MediaStorageSOPInstanceUID.
-pub(crate) fn sop_instance_uid(p: &Parsed) -> String {
+pub(crate) fn sop_instance_uid(p: &Parsed<'_>) -> String {
     text(&p.obj, tags::SOP_INSTANCE_UID)
         .or_else(|| meta_uid(p.obj.meta().media_storage_sop_instance_uid()))
         .unwrap_or_default()

@@ -15,7 +15,8 @@ use crate::error::{DicomError, Result};
 use crate::geometry::{frame_axes, ras_affine, stack, GeometryTolerance};
 use crate::input::{check_files, check_paths, InputLimits, NamedBytes, NamedPath};
 use crate::parse::{
-    check_image, open_pixels, parse, parse_header, sop_class_uid, sop_instance_uid, Parsed,
+    check_image, open_pixels, parse_header, parse_header_bytes, sop_class_uid, sop_instance_uid,
+    Parsed,
 };
 
 /// How to assemble an upload.
@@ -111,7 +112,7 @@ struct Frame {
     name: String,
 }
 
-fn frames_of(p: &Parsed, index: usize) -> Result<Vec<Frame>> {
+fn frames_of(p: &Parsed<'_>, index: usize) -> Result<Vec<Frame>> {
     let count = integer(&p.obj, tags::NUMBER_OF_FRAMES).unwrap_or(1);
     let enhanced = p
         .obj
@@ -152,12 +153,12 @@ fn frames_of(p: &Parsed, index: usize) -> Result<Vec<Frame>> {
 
 /// Parses every file (with `parse_one`) and keeps the chosen series (the only one, or
 /// `series_uid`).
-fn choose_series<T>(
-    files: &[T],
-    parse_one: impl Fn(&T) -> Result<Option<Parsed>>,
+fn choose_series<'a, T>(
+    files: &'a [T],
+    parse_one: impl Fn(&'a T) -> Result<Option<Parsed<'a>>>,
     series_uid: Option<&str>,
-) -> Result<Vec<Parsed>> {
-    let mut by_series: BTreeMap<String, Vec<Parsed>> = BTreeMap::new();
+) -> Result<Vec<Parsed<'a>>> {
+    let mut by_series: BTreeMap<String, Vec<Parsed<'a>>> = BTreeMap::new();
     for f in files {
         let Some(p) = guarded("a file", || parse_one(f))? else {
             continue;
@@ -194,10 +195,11 @@ fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
 }
 
 /// Assembles one CT series from the files of an upload held in memory (see the crate docs
-/// for what is checked and refused).
+/// for what is checked and refused): the same steps as [`assemble_files`] (every header
+/// first, then one file at a time parsed whole and decoded), so both give the same result.
 pub fn assemble(files: &[NamedBytes], options: &AssembleOptions) -> Result<Series> {
     check_files(files, &options.input)?;
-    let parsed = choose_series(files, parse, options.series_uid.as_deref())?;
+    let parsed = choose_series(files, parse_header_bytes, options.series_uid.as_deref())?;
     assemble_parsed(parsed, options)
 }
 
@@ -212,7 +214,7 @@ pub fn assemble_files(files: &[NamedPath], options: &AssembleOptions) -> Result<
     assemble_parsed(parsed, options)
 }
 
-fn assemble_parsed(parsed: Vec<Parsed>, options: &AssembleOptions) -> Result<Series> {
+fn assemble_parsed(parsed: Vec<Parsed<'_>>, options: &AssembleOptions) -> Result<Series> {
     for p in &parsed {
         check_image(p)?;
     }
@@ -343,7 +345,7 @@ const MAX_DECODE_THREADS: usize = 4;
 /// Objects are spread over up to [`MAX_DECODE_THREADS`] threads; on errors, the one of the
 /// earliest object is returned (the same as decoding in order would give).
 fn decode_all(
-    parsed: &[Parsed],
+    parsed: &[Parsed<'_>],
     frames: &[Frame],
     slot: &[usize],
     data: &mut [f32],
@@ -445,7 +447,7 @@ impl LutCache {
 /// dicom-pixeldata's codecs and modality LUT (which honours BitsStored and
 /// PixelRepresentation): the LUT is cached across frames and applied in place, with the
 /// same values as `to_vec_frame_with_options`, which stays the path for anything else.
-fn decode_frame(p: &Parsed, f: &Frame, out: &mut [f32], luts: &mut LutCache) -> Result<()> {
+fn decode_frame(p: &Parsed<'_>, f: &Frame, out: &mut [f32], luts: &mut LutCache) -> Result<()> {
     let corrupt = |e: dicom_pixeldata::Error| DicomError::Corrupt {
         name: f.name.clone(),
         reason: e.to_string(),
