@@ -243,20 +243,8 @@ fn has_part10_magic(bytes: &[u8]) -> bool {
 
 /// Parses one file. Bytes without the `DICM` magic are [`DicomError::NotDicom`]; a Part 10
 /// file that does not parse is [`DicomError::Corrupt`]. `None` for a DICOMDIR (skipped).
-pub(crate) fn parse(file: &NamedBytes) -> Result<Option<Parsed<'static>>> {
-    if !has_part10_magic(&file.bytes) {
-        return Err(not_part10(&file.name));
-    }
-    check_declared_lengths(
-        std::io::Cursor::new(&file.bytes[..]),
-        file.bytes.len() as u64,
-        &file.name,
-    )?;
-    let obj = OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Auto)
-        .from_reader(&file.bytes[..])
-        .map_err(corrupt(&file.name))?;
-    Ok((!is_dicomdir(&obj)).then(|| Parsed {
+pub(crate) fn parse<'a>(file: &NamedBytes) -> Result<Option<Parsed<'a>>> {
+    Ok(parse_bytes(file, None)?.map(|obj| Parsed {
         name: file.name.clone(),
         obj,
         pixels: Pixels::Held,
@@ -269,6 +257,18 @@ pub(crate) fn parse(file: &NamedBytes) -> Result<Option<Parsed<'static>>> {
 /// Data, corrupt bytes after it: found by `fuzz/`'s `dicom_series` target). The same
 /// refusals as [`parse`].
 pub(crate) fn parse_header_bytes(file: &NamedBytes) -> Result<Option<Parsed<'_>>> {
+    Ok(
+        parse_bytes(file, Some(tags::PIXEL_DATA))?.map(|obj| Parsed {
+            name: file.name.clone(),
+            obj,
+            pixels: Pixels::Bytes(&file.bytes),
+        }),
+    )
+}
+
+/// The checks and the parse of [`parse`] and [`parse_header_bytes`]: up to `until` (exclusive)
+/// or whole; `None` for a DICOMDIR.
+fn parse_bytes(file: &NamedBytes, until: Option<Tag>) -> Result<Option<DefaultDicomObject>> {
     if !has_part10_magic(&file.bytes) {
         return Err(not_part10(&file.name));
     }
@@ -277,16 +277,14 @@ pub(crate) fn parse_header_bytes(file: &NamedBytes) -> Result<Option<Parsed<'_>>
         file.bytes.len() as u64,
         &file.name,
     )?;
-    let obj = OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Auto)
-        .read_until(tags::PIXEL_DATA)
+    let mut options = OpenFileOptions::new().read_preamble(ReadPreamble::Auto);
+    if let Some(tag) = until {
+        options = options.read_until(tag);
+    }
+    let obj = options
         .from_reader(&file.bytes[..])
         .map_err(corrupt(&file.name))?;
-    Ok((!is_dicomdir(&obj)).then(|| Parsed {
-        name: file.name.clone(),
-        obj,
-        pixels: Pixels::Bytes(&file.bytes),
-    }))
+    Ok((!is_dicomdir(&obj)).then_some(obj))
 }
 
 fn not_part10(name: &str) -> DicomError {

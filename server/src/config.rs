@@ -28,7 +28,8 @@ pub struct ServerArgs {
     #[arg(long, env = "MONAI_LABEL_STUDIES")]
     pub studies: String,
     /// App setting, repeatable: `--conf bundle_dir /path/to/bundle`, `--conf skip_strategies true`.
-    #[arg(long, num_args = 2, value_names = ["KEY", "VALUE"], action = ArgAction::Append)]
+    /// A value may start with `-` (`--conf sbatch_args "--partition gpu"`).
+    #[arg(long, num_args = 2, value_names = ["KEY", "VALUE"], action = ArgAction::Append, allow_hyphen_values = true)]
     pub conf: Vec<String>,
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
@@ -488,6 +489,26 @@ mod tests {
         assert!(pattern_to_ext("*").is_err());
         assert!(parse_bool("maybe").is_err());
         assert!(parse_bool("On").unwrap());
+    }
+
+    #[test]
+    fn conf_values_may_start_with_a_hyphen() {
+        let a = crate::serve::parse_args([
+            "--app",
+            "a",
+            "--studies",
+            "s",
+            "--conf",
+            "sbatch_args",
+            "--partition gpu --time 10",
+            "--conf",
+            "slurm",
+            "true",
+        ])
+        .unwrap();
+        let conf = a.conf_map();
+        assert_eq!(conf["sbatch_args"], "--partition gpu --time 10");
+        assert_eq!(conf["slurm"], "true");
     }
 
     fn dicomweb_args(extra: &[&str]) -> DicomWebArgs {

@@ -4,9 +4,8 @@
 //! rendezvous, two gloo processes on the CPU), driven by the official `monailabel` client as in
 //! `torchrun.rs`: DONE, the ranks ran inside the Slurm job, the checkpoint is the active
 //! `torchrun` version and the Rust engine serves the client's next infer with it. Then a stop
-//! during a run: the job leaves the queue and no process of the run is left. (Breaking the
-//! scancel by hand did not turn this red: the job still ended 2.5 s after the stop, cause not yet
-//! found; the test guards the outcome, not the scancel itself.)
+//! during a run: the server's scancel reaches the controller (its log holds the kill request), the
+//! job leaves the queue and no process of the run is left.
 
 use std::time::{Duration, Instant};
 
@@ -42,8 +41,8 @@ fn torchrun_through_slurm_and_a_stop_scancels_the_job() {
             "true",
             "--conf",
             "sbatch_args",
-            // a leading space: clap takes a value that starts with "--" for a flag
-            &format!(" --partition {SLURM_PARTITION} --time 30"),
+            // a value starting with "--" (start_server's --conf allows it)
+            &format!("--partition {SLURM_PARTITION} --time 30"),
             "--conf",
             "slurm_rdzv_port",
             &free_port().to_string(),
@@ -146,6 +145,14 @@ fn torchrun_through_slurm_and_a_stop_scancels_the_job() {
         },
     );
     eprintln!("{} processes ended {took:?} after the stop", running.len());
+    // and it was the scancel that ended it (Slurm's controller logs the kill request); without
+    // the scancel the job also ends, but on its own: its run folder is removed under it
+    let log = slurm.log();
+    assert!(
+        log.lines().any(|l| l.contains("REQUEST_KILL_JOB")
+            && l.split_whitespace().any(|w| w == format!("JobId={job}"))),
+        "no kill request for Slurm job {job} in the controller's log:\n{log}"
+    );
     wait_until("the task to let go", Duration::from_secs(60), || {
         s.get_json("/train/?check_if_running=true").0 == 404
     });
