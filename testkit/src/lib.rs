@@ -20,12 +20,14 @@
 mod haproxy;
 mod orthanc;
 mod postgres;
+mod procs;
 mod s3;
 mod series;
 mod slurm;
 
 pub use haproxy::{Haproxy, HAPROXY_TEMPLATE};
 pub use postgres::{postgres_bin_dir, Postgres, PG_USER};
+pub use procs::{alive, processes_with_env};
 pub use s3::{python, S3Server, S3_KEY_ID, S3_REGION, S3_SECRET};
 pub use slurm::{slurm_program, Slurm, SLURM_PARTITION};
 

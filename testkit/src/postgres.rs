@@ -10,6 +10,7 @@
 //! or exits (even SIGKILLed), the pipe closes and the supervisor shuts the cluster down and
 //! removes its folder, so a cluster kept in a `static` ([`Postgres::shared`]) is cleaned up too.
 
+use crate::procs::alive;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -86,17 +87,6 @@ fn id_of(args: &[&str]) -> u32 {
 /// otherwise.
 fn run_as() -> Option<(u32, u32)> {
     (id_of(&["-u"]) == 0).then(|| (id_of(&["-u", PG_USER]), id_of(&["-g", PG_USER])))
-}
-
-/// Whether process `pid` is alive (not gone, not a zombie).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let state = s.rsplit_once(')')?.1.trim_start().chars().next()?;
-            Some(state != 'Z' && state != 'X')
-        })
-        .unwrap_or(false)
 }
 
 /// A running throwaway PostgreSQL cluster; stopped and deleted on drop (or at process exit).

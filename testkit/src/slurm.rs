@@ -11,6 +11,7 @@
 //! every job of the partition, waits for the queue to empty, stops slurmd, slurmctld and munged
 //! (SIGTERM, SIGKILL after 10 s) and removes the folder.
 
+use crate::procs::alive;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -86,17 +87,6 @@ fn output(cmd: &mut Command) -> String {
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Whether process `pid` is alive (not gone, not a zombie).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let state = s.rsplit_once(')')?.1.trim_start().chars().next()?;
-            Some(state != 'Z' && state != 'X')
-        })
-        .unwrap_or(false)
 }
 
 /// The `slurm.conf` of a cluster in `dir`.
@@ -340,20 +330,6 @@ mod tests {
         }
     }
 
-    /// Live processes whose environment holds `kv`.
-    fn marked(kv: &str) -> Vec<u32> {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| alive(*pid))
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|env| env.split(|&b| b == 0).any(|e| e == kv.as_bytes()))
-            })
-            .collect()
-    }
-
     #[test]
     fn runs_a_batch_job_cancels_one_and_cleans_up() {
         let slurm = Slurm::start();
@@ -401,7 +377,7 @@ mod tests {
         );
         let kv = format!("FL_MARK={mark}");
         wait("the job's sleep to start", Duration::from_secs(30), || {
-            marked(&kv).len() >= 2
+            crate::procs::processes_with_env(&kv).len() >= 2
         });
         assert_eq!(slurm.queue_names(), ["fl-long"]);
         let st = slurm
@@ -416,7 +392,7 @@ mod tests {
         wait(
             "the job's processes to end",
             Duration::from_secs(30),
-            || marked(&kv).is_empty(),
+            || crate::procs::processes_with_env(&kv).is_empty(),
         );
         let port = slurm.ctld_port;
         drop(slurm);

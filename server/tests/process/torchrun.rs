@@ -61,26 +61,10 @@ pub(crate) fn details(task: &Value) -> Vec<String> {
 
 /// Live (not zombie) processes whose environment holds `FERROLABEL_TORCHRUN_RUN=<marker>`.
 pub(crate) fn processes_of(marker: &str) -> Vec<u32> {
-    let want = format!("FERROLABEL_TORCHRUN_RUN={marker}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| alive(*pid))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|&b| b == 0).any(|kv| kv == want.as_bytes()))
-                .unwrap_or(false)
-        })
-        .collect()
+    ferrolabel_testkit::processes_with_env(&format!("FERROLABEL_TORCHRUN_RUN={marker}"))
 }
 
-pub(crate) fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
-        .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
-}
+pub(crate) use ferrolabel_testkit::alive;
 
 pub(crate) fn leftovers(bundle: &Path) -> Vec<String> {
     std::fs::read_dir(bundle.join("models"))
