@@ -219,3 +219,67 @@ fn cli_fails_with_a_one_line_reason() {
         );
     }
 }
+
+/// The binary's allocator is jemalloc, configured to keep freed pages for reuse, and libtorch's
+/// tensors are allocated through it: c10's `posix_memalign` and `free` bind to the executable's
+/// definitions (what the dynamic linker reports with `LD_DEBUG=bindings`), not glibc's. With
+/// glibc's allocator every window's activations were mapped afresh (docs/benchmarks.md).
+#[test]
+fn libtorch_allocates_through_the_binarys_jemalloc() {
+    let g = golden();
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_ferrolabel");
+    let out = Command::new(bin)
+        .args(["infer", "--bundle"])
+        .arg(g.join("bundle_small"))
+        .arg("--image")
+        .arg(repo().join("data/totalseg/example_ct_sm.nii.gz"))
+        .arg("--output")
+        .arg(tmp.path().join("labels.nii.gz"))
+        .args(["--highres", "false", "--threads", "1"])
+        .env("LD_DEBUG", "bindings")
+        .env("LD_DEBUG_OUTPUT", tmp.path().join("ld"))
+        .env("MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for opt in [
+        "opt.oversize_threshold: 0",
+        "opt.dirty_decay_ms: 60000",
+        "opt.background_thread: true",
+    ] {
+        assert!(
+            stderr.contains(opt),
+            "jemalloc's statistics at exit lack {opt:?}: {stderr}"
+        );
+    }
+    let mut bindings = String::new();
+    for entry in std::fs::read_dir(tmp.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("ld.")
+        {
+            bindings.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+    for symbol in ["posix_memalign", "free"] {
+        let bound_to: Vec<&str> = bindings
+            .lines()
+            .filter(|l| l.contains("/libc10.so ") && l.contains(&format!("`{symbol}'")))
+            .collect();
+        assert!(
+            !bound_to.is_empty(),
+            "libc10 never bound {symbol}: the run allocated no tensor?"
+        );
+        for line in bound_to {
+            assert!(
+                line.contains(&format!(" to {bin} ")),
+                "libtorch's {symbol} is not the binary's: {line}"
+            );
+        }
+    }
+}
