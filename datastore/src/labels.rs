@@ -281,6 +281,11 @@ impl Datastore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        if self.objects().is_some() {
+            // SQLite: a collection may have deleted an identical unnamed blob before the commit
+            self.recheck_blob(&self.studies().join(&rev_rel), &sha)
+                .await?;
+        }
         Ok(Some(rev))
     }
 

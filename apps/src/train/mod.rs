@@ -435,16 +435,12 @@ impl Watch<'_> {
         let (handle, stats) = (self.handle, &mut self.stats);
         match ev {
             TrainEvent::Started {
-                train,
-                val,
                 iterations_per_epoch,
-                parameters,
+                ..
             } => {
-                stats.iterations_per_epoch = *iterations_per_epoch;
+                stats.on_progress(handle, ev, "");
+                // a resumed run's earlier epochs count as done
                 stats.iteration = self.start_epoch * iterations_per_epoch;
-                handle.log(format!(
-                    "started: {train} training pair(s), {val} validation pair(s), {iterations_per_epoch} step(s)/epoch, {parameters} parameters"
-                ));
             }
             TrainEvent::Iteration {
                 epoch,
@@ -452,9 +448,7 @@ impl Watch<'_> {
                 loss,
                 seconds,
             } => {
-                stats.iteration += 1;
-                let total = stats.iterations_per_epoch * stats.total_epochs;
-                handle.progress(stats.iteration, total, Some(&format!("epoch {epoch}")));
+                stats.on_progress(handle, ev, "");
                 tracing::debug!(epoch, iteration, loss, seconds, "train step");
             }
             TrainEvent::Resumed { changed, .. } if !changed.is_empty() => handle.log(format!(

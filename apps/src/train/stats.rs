@@ -2,9 +2,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferrolabel_models::train::{EpochRecord, TrainJob, TrainOutcome};
+use ferrolabel_models::train::{EpochRecord, TrainEvent, TrainJob, TrainOutcome};
 use ferrolabel_models::Resolution;
 use serde_json::{json, Map, Value};
+
+use crate::jobs::JobHandle;
 
 /// Now, in Unix seconds.
 pub(super) fn now_secs() -> u64 {
@@ -50,6 +52,33 @@ impl Stats {
             history: Vec::new(),
             finished: None,
         }
+    }
+
+    /// What both trainers (the Rust one and torchrun's ranks) report alike: `Started` sets the
+    /// steps per epoch and logs the run's sizes (`per`: what a step is counted per, e.g.
+    /// " per process"); `Iteration` is one step more of the job's progress. False for the other
+    /// events.
+    pub(super) fn on_progress(&mut self, handle: &JobHandle, ev: &TrainEvent, per: &str) -> bool {
+        match ev {
+            TrainEvent::Started {
+                train,
+                val,
+                iterations_per_epoch,
+                parameters,
+            } => {
+                self.iterations_per_epoch = *iterations_per_epoch;
+                handle.log(format!(
+                    "started: {train} training pair(s), {val} validation pair(s), {iterations_per_epoch} step(s)/epoch{per}, {parameters} parameters"
+                ));
+            }
+            TrainEvent::Iteration { epoch, .. } => {
+                self.iteration += 1;
+                let total = self.iterations_per_epoch * self.total_epochs;
+                handle.progress(self.iteration, total, Some(&format!("epoch {epoch}")));
+            }
+            _ => return false,
+        }
+        true
     }
 
     pub(super) fn finish(&mut self, outcome: Option<&TrainOutcome>) {

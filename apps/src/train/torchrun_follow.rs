@@ -191,24 +191,10 @@ impl Follow<'_> {
 
     fn on_event(&mut self, ev: &TrainEvent) {
         let (handle, stats) = (self.handle, &mut self.stats);
+        if stats.on_progress(handle, ev, " per process") {
+            return;
+        }
         match ev {
-            TrainEvent::Started {
-                train,
-                val,
-                iterations_per_epoch,
-                parameters,
-                ..
-            } => {
-                stats.iterations_per_epoch = *iterations_per_epoch;
-                handle.log(format!(
-                    "started: {train} training pair(s), {val} validation pair(s), {iterations_per_epoch} step(s)/epoch per process, {parameters} parameters"
-                ));
-            }
-            TrainEvent::Iteration { epoch, .. } => {
-                stats.iteration += 1;
-                let total = stats.iterations_per_epoch * stats.total_epochs;
-                handle.progress(stats.iteration, total, Some(&format!("epoch {epoch}")));
-            }
             TrainEvent::Epoch(r) => {
                 self.trainer.record_epoch(handle, stats, r);
             }
