@@ -9,17 +9,20 @@
 //! on A serves `/infer?session_id=` on B, and an image uploaded to A as a DICOM series exports
 //! its label as a DICOM SEG from B (the session's files and the DICOM source are blobs named in
 //! the database, not files of A's folders), and a resume state written in A's bundle reaches
-//! B's.
+//! B's. A training stopped on one server continues exactly on another with `resume: true`.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ferrolabel_testkit::{free_port, S3Server};
+use serde_json::json;
 use sha2::Digest;
 
+use crate::common::spawned::Server;
+use crate::common::training::{mapped_label, wait_until};
 use crate::common::{
-    self, bundle_copy, bundle_without_weights, repo, small_ct_bytes, weights, BIN,
+    self, bundle_copy, bundle_without_weights, repo, small_ct_bytes, weights, Opts, BIN,
 };
 use crate::jobs_support::ball_label;
 
@@ -364,4 +367,118 @@ fn shared_sessions_and_dicom_sources(
     assert_eq!(r.headers()["content-type"], "application/dicom");
     let seg = r.bytes().unwrap();
     assert_eq!(&seg[128..132], b"DICM");
+}
+
+/// A training stopped on server A continues exactly on server B (`resume: true`): A's resume
+/// state reaches B's bundle through the bucket (B starts with no weights or state of its own,
+/// and A is gone before B trains), B's datalist names the same training pairs, and B runs only
+/// the epochs after A's.
+#[test]
+fn a_training_stopped_on_one_server_resumes_exactly_on_another() {
+    let Some(s3) = S3Server::shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
+    s3.create_bucket(&bucket);
+    let url = format!("s3://{bucket}/team");
+    let db = format!("sqlite://{}", tmp.path().join("team.db").display());
+    let team = |bundle: &Path| Opts {
+        bundle: bundle.to_path_buf(),
+        with_example: false,
+        args: vec![
+            "--datastore-url".into(),
+            db.clone(),
+            "--storage-url".into(),
+            url.clone(),
+        ],
+        env: s3.env(),
+        ..Opts::new()
+    };
+    let params = |max_epochs: u64, resume: bool| {
+        json!({"highres": false, "max_epochs": max_epochs, "val_interval": 1,
+               "train_batch_size": 1, "roi_size": 32, "val_roi_size": 64, "resume": resume})
+    };
+    let history = |s: &Server| s.get_json("/info/").1["train_stats"][MODEL]["history"].clone();
+
+    let bundle_a = bundle_copy();
+    let mut a = Server::start(team(bundle_a.path()));
+    // through the API: a file dropped into A's folder would be A's alone (docs/team.md)
+    let form = reqwest::blocking::multipart::Form::new().part(
+        "file",
+        reqwest::blocking::multipart::Part::bytes(std::fs::read(common::example_ct()).unwrap())
+            .file_name("example_ct.nii.gz"),
+    );
+    let r = a
+        .http
+        .put(a.url("/datastore/?image=example_ct"))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    a.save_final("example_ct", mapped_label(tmp.path()));
+    let r = a
+        .http
+        .post(a.url(&format!("/train/{MODEL}")))
+        .json(&params(100_000, false))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    // an epoch recorded: its resume state was written before its record
+    wait_until("A's first epoch", Duration::from_secs(300), || {
+        history(&a).as_array().is_some_and(|h| !h.is_empty())
+    });
+    let r = a.http.delete(a.url("/train/")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    wait_until("A's worker to end", Duration::from_secs(30), || {
+        a.get_json("/train/?check_if_running=true").0 == 404
+    });
+    let k = history(&a).as_array().unwrap().len() as u64;
+    let state = std::fs::read(bundle_a.path().join("models/model_lowres.resume.pt")).unwrap();
+
+    // B: the same database and bucket, an empty studies folder, a bundle without weights
+    let bundle_b = bundle_without_weights();
+    let b = Server::start(team(bundle_b.path()));
+    let b_state = bundle_b.path().join("models/model_lowres.resume.pt");
+    wait_until(
+        "B fetches A's resume state",
+        Duration::from_secs(60),
+        || std::fs::read(&b_state).is_ok_and(|s| s == state),
+    );
+    a.kill();
+    let max_epochs = k + 2;
+    let r = b
+        .http
+        .post(b.url(&format!("/train/{MODEL}")))
+        .json(&params(max_epochs, true))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let done = b.wait_train_end(Duration::from_secs(300));
+    assert_eq!(done["status"], "DONE", "{done}\n{}", b.stderr());
+    assert_eq!(done["result"]["epochs"], max_epochs, "{done}");
+    let lines: Vec<&str> = done["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    let from: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("resumed exactly at epoch "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exact resume line: {lines:?}"));
+    assert!(
+        (k..max_epochs).contains(&from),
+        "resumed at {from}, A recorded {k}: {lines:?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("not an exact continuation")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("epoch 1/")),
+        "B started over: {lines:?}"
+    );
 }
