@@ -11,16 +11,18 @@
 //! * `dev make-weights` (hidden) — random, seeded weights for demos and tests (not a model).
 
 use clap::{Parser, Subcommand};
-// linked so that its unprefixed malloc/free replace glibc's for libtorch as well
+// jemalloc serves every allocation of the process, libtorch's tensors included: its unprefixed
+// `malloc`/`posix_memalign`/`free` replace glibc's for every library, and Rust's allocator calls
+// them too. glibc maps each allocation over 32 MiB afresh and unmaps it when freed, so every
+// window's activations cost a page fault per 4 KiB (29% of a bf16 inference's time); jemalloc
+// reuses those pages (`oversize_threshold:0`, set in `.cargo/config.toml`) and returns idle ones
+// from a background thread. See docs/benchmarks.md, "Allocator". It is deliberately not also
+// Rust's `#[global_allocator]` (tikv-jemallocator): with that, a JPEG 2000 DICOM upload aborted
+// the server ("memory allocation of 8 bytes failed", server/tests/process/objects.rs). That
+// allocator frees with the size Rust states (`sdallocx`), so memory handed between C-style
+// `malloc`/`free` code (the JPEG 2000 decoder's) and Rust collections at another size corrupts
+// jemalloc's heap; through `malloc`/`free` sizes are never stated.
 use tikv_jemalloc_sys as _;
-
-/// jemalloc serves every allocation of the process, libtorch's tensors included: glibc maps each
-/// allocation over 32 MiB afresh and unmaps it when freed, so every window's activations cost a
-/// page fault per 4 KiB (29% of a bf16 inference's time); jemalloc reuses those pages
-/// (`oversize_threshold:0`, set in `.cargo/config.toml`) and returns idle ones from a background
-/// thread. See docs/benchmarks.md, "Allocator".
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// ferrolabel: MONAI Label protocol server and one-shot segmentation CLI.
 #[derive(Debug, Parser)]
