@@ -247,6 +247,7 @@ fn libtorch_allocates_through_the_binarys_jemalloc() {
     for opt in [
         "opt.oversize_threshold: 0",
         "opt.dirty_decay_ms: 60000",
+        "opt.narenas: 1",
         "opt.background_thread: true",
     ] {
         assert!(
