@@ -52,6 +52,24 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -
     t0.elapsed()
 }
 
+/// A finished training task's log lines (`details`) and the epoch its "resumed exactly at epoch N"
+/// line names; panics when there is no such line.
+pub fn exact_resume(task: &serde_json::Value) -> (Vec<String>, u64) {
+    let lines: Vec<String> = task["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str().map(str::to_string))
+        .collect();
+    let from = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("resumed exactly at epoch "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exact resume line: {lines:?}"));
+    (lines, from)
+}
+
 /// The gunzipped bytes of a `.nii.gz`.
 pub fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();

@@ -20,7 +20,7 @@ use serde_json::json;
 use sha2::Digest;
 
 use crate::common::spawned::Server;
-use crate::common::training::{mapped_label, wait_until};
+use crate::common::training::{exact_resume, mapped_label, wait_until};
 use crate::common::{
     self, bundle_copy, bundle_without_weights, repo, small_ct_bytes, weights, Opts, BIN,
 };
@@ -90,14 +90,21 @@ for o in c.list_objects_v2(Bucket=sys.argv[2]).get('Contents', []):
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A new bucket on `s3` and a team's settings in `dir`: (bucket, `--storage-url`, `--datastore-url`
+/// of a SQLite file).
+fn team_bucket(s3: &S3Server, dir: &Path) -> (String, String, String) {
+    let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
+    s3.create_bucket(&bucket);
+    let url = format!("s3://{bucket}/team");
+    let db = format!("sqlite://{}", dir.join("team.db").display());
+    (bucket, url, db)
+}
+
 #[test]
 fn servers_on_one_bucket_save_and_serve_labels_through_http() {
     let Some(s3) = S3Server::shared() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
-    s3.create_bucket(&bucket);
-    let url = format!("s3://{bucket}/team");
-    let db = format!("sqlite://{}", tmp.path().join("team.db").display());
+    let (bucket, url, db) = team_bucket(s3, tmp.path());
     let bundle_a = bundle_copy();
     let (_a, a) = start(s3, &url, &db, &tmp.path().join("a"), bundle_a.path());
     let http = reqwest::blocking::Client::new();
@@ -377,10 +384,7 @@ fn shared_sessions_and_dicom_sources(
 fn a_training_stopped_on_one_server_resumes_exactly_on_another() {
     let Some(s3) = S3Server::shared() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
-    s3.create_bucket(&bucket);
-    let url = format!("s3://{bucket}/team");
-    let db = format!("sqlite://{}", tmp.path().join("team.db").display());
+    let (_, url, db) = team_bucket(s3, tmp.path());
     let team = |bundle: &Path| Opts {
         bundle: bundle.to_path_buf(),
         with_example: false,
@@ -455,18 +459,7 @@ fn a_training_stopped_on_one_server_resumes_exactly_on_another() {
     let done = b.wait_train_end(Duration::from_secs(300));
     assert_eq!(done["status"], "DONE", "{done}\n{}", b.stderr());
     assert_eq!(done["result"]["epochs"], max_epochs, "{done}");
-    let lines: Vec<&str> = done["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(serde_json::Value::as_str)
-        .collect();
-    let from: u64 = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("resumed exactly at epoch "))
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no exact resume line: {lines:?}"));
+    let (lines, from) = exact_resume(&done);
     assert!(
         (k..max_epochs).contains(&from),
         "resumed at {from}, A recorded {k}: {lines:?}"

@@ -5,7 +5,7 @@
 
 use crate::common;
 use crate::common::spawned::Server;
-use crate::common::training::{cli_infer_lowres, mapped_label, wait_until};
+use crate::common::training::{cli_infer_lowres, exact_resume, mapped_label, wait_until};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -217,18 +217,7 @@ fn stop_kills_the_worker_within_seconds_and_resume_continues() {
     let resumed = s.wait_train_end(Duration::from_secs(300));
     assert_eq!(resumed["status"], "DONE", "{resumed}");
     assert_eq!(resumed["result"]["epochs"], max_epochs, "{resumed}");
-    let lines: Vec<&str> = resumed["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    let from: u64 = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("resumed exactly at epoch "))
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no exact resume line: {lines:?}"));
+    let (lines, from) = exact_resume(&resumed);
     assert!(
         (k..max_epochs).contains(&from),
         "resumed at {from}, {k} recorded: {lines:?}"
