@@ -129,6 +129,15 @@ impl Server {
         assert_eq!(r.status(), 200, "{}", r.text().unwrap());
     }
 
+    /// `POST /train/{model}` with the training options `body`.
+    pub fn start_training(&self, model: &str, body: &Value) -> reqwest::blocking::Response {
+        self.http
+            .post(self.url(&format!("/train/{model}")))
+            .json(body)
+            .send()
+            .unwrap()
+    }
+
     /// `POST /infer/{model}?image={image}` at low resolution: the label, gunzipped.
     pub fn infer_lowres(&self, model: &str, image: &str) -> Vec<u8> {
         let form =

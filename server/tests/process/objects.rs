@@ -406,11 +406,8 @@ fn a_training_stopped_on_one_server_resumes_exactly_on_another() {
     let bundle_a = bundle_copy();
     let mut a = Server::start(team(bundle_a.path()));
     // through the API: a file dropped into A's folder would be A's alone (docs/team.md)
-    let form = reqwest::blocking::multipart::Form::new().part(
-        "file",
-        reqwest::blocking::multipart::Part::bytes(std::fs::read(common::example_ct()).unwrap())
-            .file_name("example_ct.nii.gz"),
-    );
+    let ct = std::fs::read(common::example_ct()).unwrap();
+    let form = common::form_with_file("file", "example_ct.nii.gz", ct, "{}");
     let r = a
         .http
         .put(a.url("/datastore/?image=example_ct"))
@@ -419,12 +416,7 @@ fn a_training_stopped_on_one_server_resumes_exactly_on_another() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
     a.save_final("example_ct", mapped_label(tmp.path()));
-    let r = a
-        .http
-        .post(a.url(&format!("/train/{MODEL}")))
-        .json(&params(100_000, false))
-        .send()
-        .unwrap();
+    let r = a.start_training(MODEL, &params(100_000, false));
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
     // an epoch recorded: its resume state was written before its record
     wait_until("A's first epoch", Duration::from_secs(300), || {
@@ -449,12 +441,7 @@ fn a_training_stopped_on_one_server_resumes_exactly_on_another() {
     );
     a.kill();
     let max_epochs = k + 2;
-    let r = b
-        .http
-        .post(b.url(&format!("/train/{MODEL}")))
-        .json(&params(max_epochs, true))
-        .send()
-        .unwrap();
+    let r = b.start_training(MODEL, &params(max_epochs, true));
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
     let done = b.wait_train_end(Duration::from_secs(300));
     assert_eq!(done["status"], "DONE", "{done}\n{}", b.stderr());

@@ -96,12 +96,7 @@ fn torchrun_through_the_official_client_and_a_stop_leaves_no_process() {
         json!({"multi_gpu": true, "nproc_per_node": 0}),
         json!({"multi_gpu": true, "rdzv_endpoint": "nohost"}),
     ] {
-        let r = s
-            .http
-            .post(s.url(&format!("/train/{MODEL}")))
-            .json(&bad)
-            .send()
-            .unwrap();
+        let r = s.start_training(MODEL, &bad);
         assert_eq!(r.status(), 422, "{bad}");
         let body: Value = r.json().unwrap();
         assert!(body["detail"].is_string(), "{body}");

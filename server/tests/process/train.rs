@@ -14,14 +14,6 @@ use serde_json::{json, Value};
 
 const MODEL: &str = "wholeBody_ct_segmentation";
 
-fn start_training(s: &Server, body: Value) -> reqwest::blocking::Response {
-    s.http
-        .post(s.url(&format!("/train/{MODEL}")))
-        .json(&body)
-        .send()
-        .unwrap()
-}
-
 fn infer_lowres(s: &Server) -> Vec<u8> {
     s.infer_lowres(MODEL, "example_ct")
 }
@@ -54,11 +46,11 @@ fn train_reports_progress_and_the_next_infer_uses_the_new_weights() {
     assert_eq!(info["train_stats"][MODEL], json!({}));
 
     // nothing labelled yet
-    let r = start_training(&s, json!({}));
+    let r = s.start_training(MODEL, &json!({}));
     assert_eq!(r.status(), 422);
     assert!(r.text().unwrap().contains("final"));
     // bad options and unknown models are refused before anything starts
-    let r = start_training(&s, json!({"max_epochs": "many"}));
+    let r = s.start_training(MODEL, &json!({"max_epochs": "many"}));
     assert_eq!(r.status(), 422);
     let r = s
         .http
@@ -73,9 +65,9 @@ fn train_reports_progress_and_the_next_infer_uses_the_new_weights() {
     let before = infer_lowres(&s);
     let weights_before = std::fs::read(bundle.path().join("models/model_lowres.pt")).unwrap();
 
-    let r = start_training(
-        &s,
-        json!({"highres": false, "max_epochs": 3, "val_interval": 1, "train_batch_size": 1,
+    let r = s.start_training(
+        MODEL,
+        &json!({"highres": false, "max_epochs": 3, "val_interval": 1, "train_batch_size": 1,
                "roi_size": 32, "val_roi_size": 64, "init_LR": 0.01, "client_id": "user-xyz"}),
     );
     assert_eq!(r.status(), 200);
@@ -83,7 +75,7 @@ fn train_reports_progress_and_the_next_infer_uses_the_new_weights() {
     assert_eq!(task["status"], "RUNNING");
     assert!(task["start_ts"].is_string() && task["id"].is_string());
     // a second start while the first runs
-    let r = start_training(&s, json!({"highres": false}));
+    let r = s.start_training(MODEL, &json!({"highres": false}));
     assert_eq!(r.status(), 429, "{}", r.text().unwrap());
     let (code, running) = s.get_json("/train/?check_if_running=true");
     assert_eq!(code, 200);
@@ -178,9 +170,9 @@ fn stop_kills_the_worker_within_seconds_and_resume_continues() {
     let tmp = tempfile::tempdir().unwrap();
     s.save_final("example_ct", mapped_label(tmp.path()));
     let weights_before = std::fs::read(bundle.path().join("models/model_lowres.pt")).unwrap();
-    let r = start_training(
-        &s,
-        json!({"highres": false, "max_epochs": 100000, "val_interval": 1, "train_batch_size": 1,
+    let r = s.start_training(
+        MODEL,
+        &json!({"highres": false, "max_epochs": 100000, "val_interval": 1, "train_batch_size": 1,
                "roi_size": 32, "val_roi_size": 64}),
     );
     assert_eq!(r.status(), 200);
@@ -271,9 +263,9 @@ fn a_worker_does_not_outlive_a_killed_server() {
     });
     let tmp = tempfile::tempdir().unwrap();
     s.save_final("example_ct", mapped_label(tmp.path()));
-    let r = start_training(
-        &s,
-        json!({"highres": false, "max_epochs": 100000, "val_interval": 1000, "train_batch_size": 1,
+    let r = s.start_training(
+        MODEL,
+        &json!({"highres": false, "max_epochs": 100000, "val_interval": 1000, "train_batch_size": 1,
                "roi_size": 32}),
     );
     assert_eq!(r.status(), 200);
